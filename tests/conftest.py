@@ -1,0 +1,25 @@
+import pytest
+
+from tests.instance import Instance, Template
+
+
+@pytest.fixture(scope="session")
+def instance_template():
+    template = Template()
+    yield template
+    template.drop()
+
+
+@pytest.fixture
+def make_instance(instance_template):
+    """Factory of real remote instances (own database, own gunicorn)."""
+    created = []
+
+    def factory(hostname="remote.example.org", **settings):
+        instance = Instance(instance_template, hostname=hostname, **settings)
+        created.append(instance)
+        return instance
+
+    yield factory
+    for instance in created:
+        instance.drop()

@@ -1,0 +1,149 @@
+"""A real second Enhydris instance for the tests: its own PostgreSQL database,
+migrated by ``manage.py migrate``, served by gunicorn on a loopback port.
+
+Everything here talks to the instance the way a user would: ``manage.py``
+subprocesses, HTTP, or SQL on its own database.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PG_BASE = PG_URL.rsplit("/", 1)[0]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def admin_execute(sql):
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def instance_env(db_name, var_dir, **extra):
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"{PG_BASE}/{db_name}",
+        DJANGO_DEBUG="1",
+        DJANGO_ALLOWED_HOSTS="*",
+        DBSYNC_VAR_DIR=str(var_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def manage(env, *args, check=True, timeout=600, **kwargs):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        cwd=ROOT,
+        check=check,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+class Template:
+    """A migrated, empty database that instances are cloned from (fast)."""
+
+    def __init__(self):
+        self.name = f"dbsync_tpl_{uuid.uuid4().hex[:8]}"
+        self.var_dir = tempfile.mkdtemp(prefix="dbsync-tpl-")
+        admin_execute(f'CREATE DATABASE "{self.name}"')
+        manage(instance_env(self.name, self.var_dir), "migrate", "-v0")
+
+    def drop(self):
+        admin_execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Instance:
+    """One Enhydris instance (a remote, from the syncer's point of view)."""
+
+    def __init__(self, template, hostname="remote.example.org", **settings):
+        self.db_name = f"dbsync_remote_{uuid.uuid4().hex[:8]}"
+        self.hostname = hostname
+        self.var_dir = Path(tempfile.mkdtemp(prefix="dbsync-remote-"))
+        self.settings = settings
+        self.env = instance_env(self.db_name, self.var_dir, **settings)
+        self.port = None
+        self.process = None
+        admin_execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{template.name}"')
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args, **kwargs):
+        return manage(self.env, *args, **kwargs)
+
+    def generate(self, **options):
+        args = ["generate_sample_data"]
+        for key, value in options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return self.manage(*args)
+
+    def shell(self, code):
+        """Run Python in the instance's Django (e.g. to change data as a user would)."""
+        return self.manage("shell", "-c", code).stdout
+
+    def sql(self, query, params=None):
+        with psycopg.connect(f"{PG_BASE}/{self.db_name}", autocommit=True) as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else None
+
+    def start(self, workers=2, extra_env=None):
+        self.port = free_port()
+        env = dict(self.env, **(extra_env or {}))
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "project.wsgi",
+                "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(workers), "--threads", "4",
+                "--timeout", "300", "--log-level", "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
+            try:
+                if requests.get(f"{self.url}/api/", timeout=2).status_code < 500:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the remote instance did not start within 30 s")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def drop(self):
+        self.stop()
+        admin_execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
