@@ -1,0 +1,104 @@
+"""Reading fetched dumps: Django's serialization format, one object at a time.
+
+The API writes one object per line between a ``[`` line and a ``]`` line, so a
+dump of any size is read with flat memory. A dump written by ``manage.py
+dumpdata`` (an air-gapped transfer) is any valid JSON list; it is read whole.
+"""
+
+import json
+import os
+import re
+
+from .errors import PayloadError
+
+SAFE_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
+
+
+def dump_name(model_label, suffix=""):
+    """A file name for a model's dump, from a planned model label only."""
+    if not SAFE_NAME.match(model_label):
+        raise PayloadError(f"refusing unsafe model name {model_label!r}")
+    return f"{model_label}{suffix}.json"
+
+
+def iter_objects(path):
+    """Yield the objects of a dump; raise PayloadError on anything malformed."""
+    name = os.path.basename(path)
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        try:
+            first = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"{name}: not UTF-8: {exc}") from exc
+        if first.strip() != "[":
+            yield from _iter_whole(path)
+            return
+        lineno, closed = 1, False
+        try:
+            for line in fh:
+                lineno += 1
+                text = line.strip()
+                if not text:
+                    continue
+                if closed:
+                    raise PayloadError(f"{name} line {lineno}: data after the closing bracket")
+                if text == "]":
+                    closed = True
+                    continue
+                if text.endswith(","):
+                    text = text[:-1]
+                try:
+                    obj = json.loads(text)
+                except (ValueError, RecursionError) as exc:
+                    if lineno == 2:
+                        # Not our line layout (e.g. dumpdata --indent): read it whole.
+                        yield from _iter_whole(path)
+                        return
+                    raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
+                yield _check_object(obj, name, lineno)
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"{name} line {lineno}: not UTF-8: {exc}") from exc
+        if not closed:
+            raise PayloadError(f"{name}: truncated (no closing bracket after line {lineno})")
+
+
+def _iter_whole(path):
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"{name}: malformed or truncated JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise PayloadError(f"{name}: a dump must be a JSON list of objects")
+    for index, obj in enumerate(data):
+        yield _check_object(obj, name, f"object {index + 1}")
+
+
+def _check_object(obj, name, where):
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("model"), str)
+        or not isinstance(obj.get("fields"), dict)
+    ):
+        raise PayloadError(f"{name} {where}: not a serialized object (model, pk, fields)")
+    pk = obj.get("pk")
+    if isinstance(pk, str) and pk.isdigit():
+        pk = obj["pk"] = int(pk)
+    if not isinstance(pk, int) or isinstance(pk, bool) or pk <= 0:
+        raise PayloadError(f"{name} {where}: {obj['model']} has an invalid pk {pk!r}")
+    return obj
+
+
+def read_keys(path):
+    """The list of primary keys of a keys-only listing."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            keys = json.load(fh)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"{name}: malformed or truncated key listing: {exc}") from exc
+    if not isinstance(keys, list) or not all(
+        isinstance(k, int) and not isinstance(k, bool) for k in keys
+    ):
+        raise PayloadError(f"{name}: a key listing must be a JSON list of integers")
+    return keys

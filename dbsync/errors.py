@@ -1,0 +1,41 @@
+"""The fatal problems of a sync. Every one derives from :class:`SyncError`.
+
+Per-object problems are not exceptions but entries in the run's result (see
+``dbsync.result``), unless the caller asked to halt on them, which is the default.
+"""
+
+
+class SyncError(Exception):
+    """A sync could not be completed; the local database was left as it was."""
+
+
+class PlanError(SyncError):
+    """The requested set of models cannot be synced (unknown model, bad exclusion, cycle)."""
+
+
+class RemoteError(SyncError):
+    """The remote could not be reached, or answered with an error."""
+
+
+class TransientRemoteError(RemoteError):
+    """A remote error that may pass: a retry is worth it."""
+
+
+class PayloadError(SyncError):
+    """The remote's data is malformed, truncated, or of the wrong model."""
+
+
+class SchemaMismatch(SyncError):
+    """The remote's schema differs from the local one."""
+
+
+class ObjectError(SyncError):
+    """An object could not be installed (and the run was told to halt on errors)."""
+
+
+class DeleteGuardError(SyncError):
+    """The run would delete more replicated objects than allowed."""
+
+
+class AlreadyRunning(SyncError):
+    """Another sync of the same remote is in progress."""

@@ -1,0 +1,113 @@
+"""Fetching a remote's dumps into a folder: per model, keys-only listings, re-fetches."""
+
+import json
+import logging
+from pathlib import Path
+
+from api.schema import fingerprint
+
+from .dumps import dump_name
+from .errors import PayloadError, SchemaMismatch
+from .planner import label
+
+logger = logging.getLogger(__name__)
+
+REFETCH_CHUNK = 500
+
+
+def check_manifest(plan, manifest, remote):
+    """The remote's manifest entries of the planned models; refuse a schema mismatch."""
+    entries = {}
+    for entry in manifest["models"]:
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+            entries[entry["model"].lower()] = entry
+    missing = [lbl for lbl in plan.labels if lbl not in entries]
+    if missing:
+        raise SchemaMismatch(
+            f"{remote} does not serve {', '.join(missing)}; exclude them (-e) or upgrade the "
+            f"remote."
+        )
+    differ = [
+        lbl
+        for lbl in plan.labels
+        if entries[lbl].get("fingerprint") != fingerprint(plan_model(plan, lbl))
+    ]
+    if differ:
+        raise SchemaMismatch(
+            f"{remote} has a different schema for {', '.join(differ)} (schema fingerprints "
+            f"differ); both sides must run the same version of the models."
+        )
+    for lbl in plan.labels:
+        for key in ("url", "keys_url"):
+            _check_path(entries[lbl].get(key), remote)
+    return entries
+
+
+def plan_model(plan, model_label):
+    return next(m for m in plan.models if label(m) == model_label)
+
+
+def _check_path(path, remote):
+    # A hostile manifest must not send us (and our credentials) elsewhere.
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.startswith("//")
+        or ("://" in path)
+    ):
+        raise PayloadError(f"{remote}: the manifest names an invalid API path {path!r:.100}")
+
+
+def fetch_model(client, entry, dest_dir, since=None):
+    """Download one model's dump; return {"model", "path", "bytes"}."""
+    model_label = entry["model"].lower()
+    path = Path(dest_dir) / dump_name(model_label)
+    params = {"modified_after": since.isoformat()} if since else None
+    size = client.download(entry["url"], path, params)
+    logger.info("Fetched %s from %s: %d bytes", model_label, client.database, size)
+    return {"model": model_label, "path": str(path), "bytes": size}
+
+
+def fetch_keys(client, entry, dest_dir):
+    """Download the keys-only listing of a model; return the file's path."""
+    path = Path(dest_dir) / dump_name(entry["model"].lower(), ".keys")
+    client.download(entry["keys_url"], path)
+    return str(path)
+
+
+def make_refetcher(client, entries, plan, dest_dir):
+    """A function that fetches given objects again, with their whole row family."""
+    counter = {"n": 0}
+
+    def refetch(model_label, pks):
+        model = plan_model(plan, model_label)
+        found = {}
+        for member in plan.family(model):
+            member_label = label(member)
+            for start in range(0, len(pks), REFETCH_CHUNK):
+                chunk = pks[start : start + REFETCH_CHUNK]
+                counter["n"] += 1
+                path = Path(dest_dir) / dump_name(member_label, f".refetch{counter['n']}")
+                client.download(
+                    entries[member_label]["url"], path, {"pks": ",".join(map(str, chunk))}
+                )
+                found.setdefault(member_label, []).append(str(path))
+        return found
+
+    return refetch
+
+
+def write_fetch_record(dest_dir, record):
+    path = Path(dest_dir) / "fetch.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+    return path
+
+
+def read_fetch_record(dest_dir):
+    path = Path(dest_dir) / "fetch.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise PayloadError(f"{path}: unreadable fetch record: {exc}") from exc

@@ -1,0 +1,177 @@
+"""manage.py hcore_remotesyncdb: sync the local database from a remote instance."""
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Q
+
+from dbsync.errors import SyncError
+from dbsync.install import validate_max_delete
+from dbsync.models import Database
+from dbsync.service import SyncOptions, run_sync
+
+
+class Command(BaseCommand):
+    help = (
+        "This command is used to synchronize the local database using data from a remote "
+        "instance: it fetches every model of an app from the remote's API and installs the "
+        "objects locally in one transaction, re-linking all keys without keeping remote ids."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "-r",
+            "--remote",
+            required=True,
+            help="Remote instance to sync from: the hostname or name of a registered remote "
+            "(see `manage.py dbsync_addremote`).",
+        )
+        parser.add_argument(
+            "-p",
+            "--port",
+            type=int,
+            default=None,
+            help="Specify custom port. Default is the remote's registered port (80 unless set).",
+        )
+        parser.add_argument(
+            "-a", "--app", default="hcore", help="Application which should be synced (hcore)."
+        )
+        parser.add_argument(
+            "-e",
+            "--exclude",
+            action="append",
+            default=[],
+            help="Models of the app to leave out, comma-separated; may be repeated. "
+            "UserProfile is never synced anyway.",
+        )
+        parser.add_argument(
+            "-f",
+            "--fetch-only",
+            action="store_true",
+            help="Doesn't actually submit any changes, just fetches remote dumps and saves "
+            "them locally (install them later with --resume).",
+        )
+        parser.add_argument(
+            "-w",
+            "--work-dir",
+            dest="work_dir",
+            default=None,
+            help="Folder for the fetched dumps (default: DBSYNC_WORK_DIR/<remote>).",
+        )
+        parser.add_argument(
+            "-N",
+            "--no-backups",
+            action="store_true",
+            help="Default behaviour is to take a backup of the local db before doing any "
+            "changes. This overrides this behaviour.",
+        )
+        parser.add_argument(
+            "-s",
+            "--skip",
+            action="store_true",
+            help="Skip objects that cannot be installed (and whatever needs them), report "
+            "each, and go on. Default behaviour is to halt on all errors, changing nothing.",
+        )
+        parser.add_argument(
+            "-R",
+            "--resume",
+            action="store_true",
+            help="Fetch nothing; install the dumps already in the work dir (from --fetch-only, "
+            "or the remote's own `manage.py dumpdata` output).",
+        )
+        parser.add_argument(
+            "-S",
+            "--silent",
+            action="store_true",
+            help="Nothing on stdout; problems still go to stderr (for cron).",
+        )
+        parser.add_argument(
+            "--full",
+            action="store_true",
+            help="Fetch everything, not only what changed since the last run.",
+        )
+        parser.add_argument(
+            "--max-delete",
+            default=None,
+            help="Most replicated objects of a model one run may delete: a count, a "
+            "percentage (10%%) or 'all'. Default: DBSYNC_MAX_DELETE.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Show, per model, what would be created, updated and deleted; change nothing.",
+        )
+
+    def handle(self, *args, **options):
+        if options["silent"]:
+            options["verbosity"] = 0
+        self.verbosity = options["verbosity"]
+        if options["fetch_only"] and options["resume"]:
+            raise CommandError("--fetch-only and --resume exclude each other.")
+        if options["max_delete"] is not None:
+            try:
+                validate_max_delete(options["max_delete"])
+            except ValueError as exc:
+                raise CommandError(f"--max-delete: {exc}") from exc
+        database = self.find_remote(options["remote"])
+        # Empty names ("-e ''") are dropped here, so that make_plan sees real ones only.
+        sync_options = SyncOptions(
+            app_label=options["app"],
+            exclude=[
+                n.strip() for item in options["exclude"] for n in item.split(",") if n.strip()
+            ],
+            port=options["port"],
+            work_dir=options["work_dir"],
+            fetch_only=options["fetch_only"],
+            resume=options["resume"],
+            backup=not options["no_backups"],
+            skip=options["skip"],
+            full=options["full"],
+            max_delete=options["max_delete"],
+            dry_run=options["dry_run"],
+            trigger="command",
+        )
+        try:
+            result = run_sync(database, sync_options, log=self.log)
+        except SyncError as exc:
+            raise CommandError(str(exc)) from exc
+        self.report(result, sync_options)
+
+    def log(self, message, level=1):
+        if self.verbosity >= level:
+            self.stdout.write(message)
+
+    def find_remote(self, name):
+        found = Database.objects.filter(Q(hostname=name) | Q(name=name))
+        if len(found) == 1:
+            database = found[0]
+            if not database.is_active:
+                raise CommandError(f"The remote {database} is inactive; activate it first.")
+            return database
+        registered = ", ".join(f"{d.name} ({d.hostname})" for d in Database.objects.all())
+        if not found:
+            raise CommandError(
+                f"No registered remote is named {name!r}. Registered: {registered or 'none'}. "
+                f"Add one with `manage.py dbsync_addremote --name NAME --hostname HOST` or "
+                f"in the admin (Database replication > Remote databases)."
+            )
+        raise CommandError(f"{name!r} matches several remotes ({registered}); use its name.")
+
+    def report(self, result, options):
+        for problem in result.problems:
+            self.stderr.write(f"Skipped: {problem}")
+        if result.user_links_dropped:
+            self.log(
+                f"Dropped the user-account links of {result.user_links_dropped} object(s).", 1
+            )
+        if options.fetch_only:
+            return
+        if options.dry_run or self.verbosity >= 2:
+            self.log("Model                          fetched created updated unchanged deleted", 1)
+            for model_label, c in sorted(result.counts.items()):
+                self.log(
+                    f"{model_label:30} {c['fetched']:7} {c['created']:7} {c['updated']:7} "
+                    f"{c['unchanged']:9} {c['deleted']:7}",
+                    1,
+                )
+        self.log(result.summary(), 1)
+        if result.problems:
+            self.stderr.write(f"{len(result.problems)} object(s) skipped; see above.")

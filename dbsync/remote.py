@@ -1,0 +1,268 @@
+"""The HTTP client of a remote instance's API.
+
+The remote is reached at its IP address (when one is registered) with the Host
+header, and for https the certificate check, set to its hostname, as the seed's
+note on virtual hosts requires. Transient failures (connection errors, timeouts,
+5xx, 429) are retried with exponential backoff, honouring Retry-After; responses
+are streamed to disk under a size cap; redirects are never followed, so a remote
+cannot send the client, with its credentials, to another host.
+"""
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlencode
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+from .errors import PayloadError, RemoteError, TransientRemoteError
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 120
+CHUNK = 1 << 16
+
+
+class HostnameTLSAdapter(HTTPAdapter):
+    """Connect to an IP address but check the certificate against the hostname."""
+
+    def __init__(self, hostname, **kwargs):
+        self.hostname = hostname
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["server_hostname"] = self.hostname
+        kwargs["assert_hostname"] = self.hostname
+        super().init_poolmanager(*args, **kwargs)
+
+
+class RemoteClient:
+    def __init__(
+        self, database, port=None, timeout=None, retries=None, backoff=None, max_bytes=None
+    ):
+        self.database = database
+        self.port = port or database.port
+        self.timeout = timeout if timeout is not None else settings.DBSYNC_HTTP_TIMEOUT
+        self.retries = retries if retries is not None else settings.DBSYNC_HTTP_RETRIES
+        self.backoff = backoff if backoff is not None else settings.DBSYNC_HTTP_BACKOFF
+        self.max_bytes = max_bytes or settings.DBSYNC_MAX_RESPONSE_BYTES
+        host = database.ip_address or database.hostname
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        self.base = f"{database.scheme}://{host}:{self.port}"
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "dbsync/1"
+        self.session.verify = database.verify_tls
+        if database.ip_address and database.hostname:
+            self.session.headers["Host"] = (
+                database.hostname if self.port in (80, 443) else f"{database.hostname}:{self.port}"
+            )
+            if database.scheme == "https":
+                self.session.mount("https://", HostnameTLSAdapter(database.hostname))
+        if database.token:
+            self.session.headers["Authorization"] = f"Token {database.token}"
+        elif database.username:
+            self.session.auth = (database.username, database.password)
+
+    def __str__(self):
+        return f"{self.database.hostname} ({self.base})"
+
+    def url(self, path, params=None):
+        if not path.startswith("/"):
+            path = "/" + path
+        query = f"?{urlencode(params)}" if params else ""
+        return f"{self.base}{path}{query}"
+
+    # --- requests with retries ---------------------------------------------------
+
+    def _attempts(self, what, func):
+        """Call ``func`` until it succeeds, retrying transient failures."""
+        attempt = 0
+        while True:
+            try:
+                return func()
+            except TransientRemoteError as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    raise RemoteError(f"{what}: {exc} (gave up after {attempt} attempts)") from exc
+                delay = getattr(exc, "retry_after", None)
+                if delay is None:
+                    delay = self.backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "%s: %s; retry %d of %d in %.1f s", what, exc, attempt, self.retries, delay
+                )
+                time.sleep(delay)
+
+    def _get(self, url):
+        try:
+            response = self.session.get(
+                url, timeout=self.timeout, stream=True, allow_redirects=False
+            )
+        except requests.exceptions.SSLError as exc:
+            raise RemoteError(f"TLS verification failed for {self}: {exc}") from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientRemoteError(f"cannot reach {self}: {_reason(exc)}") from exc
+        self._check_status(response)
+        return response
+
+    def _check_status(self, response):
+        status = response.status_code
+        if status < 300:
+            return
+        detail = _error_detail(response)
+        response.close()
+        if 300 <= status < 400:
+            raise RemoteError(
+                f"{self} redirected to {response.headers.get('Location', '?')!r}; redirects are "
+                f"not followed. Register the remote with the address it redirects to."
+            )
+        if status in (401, 403):
+            raise RemoteError(
+                f"{self} refused access (HTTP {status}): check the remote's username/password "
+                f"or token."
+            )
+        if status in RETRY_STATUSES:
+            error = TransientRemoteError(f"{self} answered HTTP {status}{detail}")
+            error.retry_after = _retry_after(response)
+            raise error
+        raise RemoteError(f"{self} answered HTTP {status}{detail}")
+
+    def get_json(self, path, params=None):
+        url = self.url(path, params)
+
+        def attempt():
+            response = self._get(url)
+            body = self._read_capped(response)
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                raise PayloadError(f"{url}: malformed JSON: {exc}") from exc
+
+        return self._attempts(f"GET {path}", attempt)
+
+    def _read_capped(self, response):
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(CHUNK):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise PayloadError(
+                        f"{response.url}: response larger than the cap of {self.max_bytes} bytes "
+                        f"(DBSYNC_MAX_RESPONSE_BYTES)"
+                    )
+                chunks.append(chunk)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientRemoteError(f"connection broken mid-response: {_reason(exc)}") from exc
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+    def download(self, path, dest, params=None):
+        """Stream a dump to ``dest`` (atomically) and return its size in bytes."""
+        url = self.url(path, params)
+        tmp = f"{dest}.part"
+
+        def attempt():
+            response = self._get(url)
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > self.max_bytes:
+                response.close()
+                raise PayloadError(
+                    f"{url}: response of {length} bytes is over the cap of {self.max_bytes} "
+                    f"bytes (DBSYNC_MAX_RESPONSE_BYTES)"
+                )
+            size = 0
+            try:
+                with open(tmp, "wb") as out:
+                    for chunk in response.iter_content(CHUNK):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise PayloadError(
+                                f"{url}: response larger than the cap of {self.max_bytes} bytes "
+                                f"(DBSYNC_MAX_RESPONSE_BYTES)"
+                            )
+                        out.write(chunk)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                raise TransientRemoteError(
+                    f"connection broken mid-response after {size} bytes: {_reason(exc)}"
+                ) from exc
+            except requests.Timeout as exc:
+                raise TransientRemoteError(f"timed out mid-response after {size} bytes") from exc
+            finally:
+                response.close()
+            if not _ends_with_bracket(tmp):
+                raise TransientRemoteError(f"response truncated after {size} bytes")
+            os.replace(tmp, dest)
+            return size
+
+        try:
+            return self._attempts(f"GET {path}", attempt)
+        except SyncErrorTypes:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    # --- the API -------------------------------------------------------------------
+
+    def manifest(self):
+        data = self.get_json(self.database.api_path)
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            raise PayloadError(f"{self}: the API manifest has no list of models")
+        try:
+            data["server_time"] = datetime.fromisoformat(data["server_time"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"{self}: the API manifest has no valid server_time") from exc
+        return data
+
+
+SyncErrorTypes = (RemoteError, PayloadError)
+
+
+def _reason(exc):
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "timed out",
+        "Temporary failure in name resolution",
+        "Connection reset",
+    ):
+        if marker in text:
+            return marker
+    return text[:200]
+
+
+def _error_detail(response):
+    try:
+        body = response.raw.read(4096, decode_content=True)
+        message = json.loads(body).get("error")
+        return f": {message}" if message else ""
+    except Exception:  # noqa: BLE001 - the detail is a courtesy; the status says enough
+        return ""
+
+
+def _retry_after(response):
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(int(value), MAX_RETRY_AFTER)
+    try:
+        delta = parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(delta, MAX_RETRY_AFTER))
+
+
+def _ends_with_bracket(path):
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 64))
+        return fh.read().rstrip().endswith(b"]")

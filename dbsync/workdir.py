@@ -1,0 +1,97 @@
+"""The folder where a remote's dumps are fetched to and installed from."""
+
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.utils.text import slugify
+
+from api.schema import NEVER_SERVED_MODELS
+
+from .dumps import dump_name, iter_objects, read_keys
+from .errors import PayloadError
+from .fetch import read_fetch_record
+
+
+def work_dir_for(database, explicit=None):
+    """``-w DIR`` is used as given; by default each remote has its own subfolder."""
+    if explicit:
+        path = Path(explicit)
+    else:
+        path = (
+            Path(settings.DBSYNC_WORK_DIR) / f"{slugify(database.name) or 'remote'}-{database.pk}"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_for_resume(work, plan):
+    """The dumps already in ``work``: (files, remote keys or "present", server time).
+
+    A folder written by an earlier ``--fetch-only`` run has a fetch record; any other
+    ``*.json`` (e.g. from the remote's ``manage.py dumpdata``) is taken as a full dump
+    and split by model.
+    """
+    record = read_fetch_record(work)
+    if record is not None:
+        files = {
+            lbl: [p for p in paths if Path(p).exists()]
+            for lbl, paths in record["files"].items()
+            if lbl in plan.labels
+        }
+        keys = "present"
+        if not record.get("full"):
+            keys = {root: set(read_keys(path)) for root, path in record["keys"].items()}
+        return files, keys, record.get("server_time")
+    files = {}
+    for lbl in plan.labels:
+        own = work / dump_name(lbl)
+        if own.exists():
+            files[lbl] = [str(own)]
+    others = sorted(
+        p
+        for p in work.glob("*.json")
+        if p.name not in {dump_name(lbl) for lbl in plan.labels} and ".keys" not in p.name
+    )
+    if others:
+        for lbl, path in _split(others, work, plan).items():
+            files.setdefault(lbl, []).append(path)
+    if not files:
+        raise PayloadError(
+            f"--resume: no dumps in {work}; fetch them first (--fetch-only) or put the "
+            f"remote's `manage.py dumpdata {plan.app_label}` output there."
+        )
+    return files, "present", None
+
+
+def _split(paths, work, plan):
+    """Split whole-app dumps into one file per planned model."""
+    split_dir = work / "split"
+    split_dir.mkdir(exist_ok=True)
+    handles, written = {}, {}
+    dropped = set(NEVER_SERVED_MODELS) | set(plan.excluded)
+    try:
+        for path in paths:
+            for obj in iter_objects(str(path)):
+                model_label = obj["model"].lower()
+                if model_label in dropped:
+                    continue
+                if model_label not in plan.labels:
+                    raise PayloadError(
+                        f"{path.name}: object of {obj['model'][:100]!r} (pk={obj['pk']}) is not "
+                        f"a model of {plan.app_label} being synced"
+                    )
+                if model_label not in handles:
+                    target = split_dir / dump_name(model_label)
+                    written[model_label] = str(target)
+                    handles[model_label] = open(target, "w", encoding="utf-8")  # noqa: SIM115
+                    handles[model_label].write("[\n")
+                    first = True
+                else:
+                    first = False
+                handles[model_label].write(("" if first else ",\n") + json.dumps(obj))
+    finally:
+        for handle in handles.values():
+            handle.write("\n]\n")
+            handle.close()
+    return {lbl: written[lbl] for lbl in plan.labels if lbl in written}
