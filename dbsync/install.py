@@ -116,6 +116,10 @@ class Installer:
         {model label: [paths]} of re-fetched objects."""
         self.database = database
         self.plan = plan
+        # "present": the dumps are complete, so what they hold is all the remote has.
+        self.full_dumps = remote_keys == "present"
+        if self.full_dumps:
+            remote_keys = None
         self.files = {lbl: list(paths) for lbl, paths in files.items()}
         self.result = result
         self.remote_keys = remote_keys
@@ -141,6 +145,10 @@ class Installer:
         for spec in self.specs.values():
             self.scan_model(spec, self.files.get(spec.label, []))
         self.resolve_references()
+        if self.full_dumps:
+            self.remote_keys = {label(root): set() for root in self.plan.roots}
+            for spec in self.specs.values():
+                self.remote_keys[spec.root_label] |= self.present[spec.label]
         self.allocate()
         for model in self.plan.models:
             spec = self.specs[label(model)]
@@ -233,6 +241,8 @@ class Installer:
     def is_known(self, model_label, pk):
         if pk in self.present[model_label]:
             return True
+        if self.full_dumps:
+            return False
         root_label = self.specs[model_label].root_label
         if pk not in self.keymap[root_label]:
             return False

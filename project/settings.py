@@ -181,6 +181,8 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
     "loggers": {
-        "dbsync": {"level": env_str("DBSYNC_LOG_LEVEL", "INFO"), "propagate": True},
+        # WARNING by default, so that a command run by cron writes to stderr only on
+        # trouble; workers set DBSYNC_LOG_LEVEL=INFO.
+        "dbsync": {"level": env_str("DBSYNC_LOG_LEVEL", "WARNING"), "propagate": True},
     },
 }
