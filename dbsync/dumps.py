@@ -67,7 +67,7 @@ def _iter_whole(path):
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"{name}: malformed or truncated JSON: {exc}") from exc
+        raise PayloadError(f"{name}: malformed JSON (or truncated): {exc}") from exc
     if not isinstance(data, list):
         raise PayloadError(f"{name}: a dump must be a JSON list of objects")
     for index, obj in enumerate(data):

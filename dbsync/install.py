@@ -56,7 +56,9 @@ class ModelSpec:
         self.is_root = self.root is model
         self.table = model._meta.db_table
         self.pk_column = model._meta.pk.column
-        self.fields = served_fields(model)
+        # last_modified is ours: set when the local copy changes, so that this
+        # instance's own API serves correct incremental dumps.
+        self.fields = [f for f in served_fields(model) if f.name != "last_modified"]
         self.m2m = served_m2m_fields(model)
         planned = set(plan.models)
         # name -> (column, converter, target root label or None, planned target?)
@@ -71,7 +73,7 @@ class ModelSpec:
                     target in planned if target else None,
                 )
             )
-        self.known = {f.name for f in self.fields} | {f.name for f in self.m2m}
+        self.known = {f.name for f in served_fields(model)} | {f.name for f in self.m2m}
         # Fields a dumpdata file has that we deliberately ignore: the remote's own
         # bookkeeping and its keys to user accounts.
         local = {f.name for f in model._meta.local_fields} | {
@@ -180,8 +182,13 @@ class Installer:
 
     def scan_model(self, spec, paths):
         for path in paths:
-            for obj in iter_objects(path):
-                self.scan_object(spec, obj)
+            try:
+                for obj in iter_objects(path):
+                    self.scan_object(spec, obj)
+            except PayloadError as exc:
+                if str(exc).startswith(str(self.database)):
+                    raise
+                raise PayloadError(f"{self.database}: {exc}") from exc
 
     def scan_object(self, spec, obj):
         if obj["model"].lower() != spec.label:

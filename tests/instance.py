@@ -113,26 +113,36 @@ class Instance:
         env = dict(self.env, **(extra_env or {}))
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "gunicorn", "project.wsgi",
-                "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(workers), "--threads", "4",
-                "--timeout", "300", "--log-level", "warning",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "project.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                "4",
+                "--timeout",
+                "300",
+                "--log-level",
+                "warning",
             ],
             env=env,
             cwd=ROOT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
             try:
-                if requests.get(f"{self.url}/api/", timeout=2).status_code < 500:
+                if requests.get(f"{self.url}/api/", timeout=10).status_code < 500:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("the remote instance did not start within 30 s")
+        raise RuntimeError("the remote instance did not start within 60 s")
 
     def stop(self):
         if self.process and self.process.poll() is None:
