@@ -96,7 +96,8 @@ def test_changes_additions_and_deletions_at_the_remote_arrive(fresh_remote):
     sync(database)
     fresh_remote.shell(
         "from hcore.models import *\n"
-        "s = Station.objects.order_by('pk')[0]; s.name = 'Renamed'; s.altitude = 1234.5; s.save()\n"
+        "s = Station.objects.order_by('pk')[0]\n"
+        "s.name = 'Renamed'; s.altitude = 1234.5; s.save()\n"
         "Station.objects.order_by('pk')[1].delete()\n"
         "Timeseries.objects.order_by('pk')[0].delete()\n"
         "u = UnitOfMeasurement.objects.order_by('pk')[0]; u.variables.clear()\n"
