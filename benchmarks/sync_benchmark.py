@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Benchmark: a full first sync, an unchanged re-sync and a 1 % re-sync, side by side
+with Django's ``loaddata`` and a raw PostgreSQL ``COPY`` of the same rows.
+
+Everything runs on this machine: a remote instance (its own PostgreSQL database,
+``generate_sample_data``, gunicorn on loopback) and a local one. Prints a table of
+rows, seconds, rows/s and peak memory (MB) per step.
+
+    .venv/bin/python benchmarks/sync_benchmark.py                 # 200,000 stations
+    .venv/bin/python benchmarks/sync_benchmark.py --stations 20000
+
+``loaddata`` is slow (it saves object by object), so it runs on a share of the data
+(``--loaddata-share``, default 10 %) and its rate is what is compared.
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.instance import PG_BASE, Instance, Template, admin_execute, instance_env  # noqa: E402
+
+
+def run_measured(args, env):
+    """Run a command; return (seconds, peak RSS in MB, stdout)."""
+    out = tempfile.TemporaryFile(mode="w+")
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True
+    )
+    _pid, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    out.seek(0)
+    text = out.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{text[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, text
+
+
+def manage_args(*args):
+    return [sys.executable, str(ROOT / "manage.py"), *args]
+
+
+def server_peak_mb(instance):
+    """Peak RSS of the remote's gunicorn processes (the largest one)."""
+    peak = 0
+    for pid in [instance.process.pid, *children(instance.process.pid)]:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
+def children(pid):
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def hcore_tables(conn):
+    rows = conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'hcore_%' "
+        "AND tablename <> 'hcore_userprofile' AND tablename NOT LIKE '%maintainers'"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def count_rows(url):
+    with psycopg.connect(url) as conn:
+        return sum(
+            conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in hcore_tables(conn)
+        )
+
+
+def raw_copy(remote_url, target_url):
+    """COPY every hcore table from the remote into an empty database; time the load."""
+    dumps = {}
+    with psycopg.connect(remote_url) as src:
+        for table in hcore_tables(src):
+            buf = io.BytesIO()
+            with src.cursor().copy(f'COPY "{table}" TO STDOUT') as copy:
+                for block in copy:
+                    buf.write(block)
+            dumps[table] = buf.getvalue()
+    rows = 0
+    with psycopg.connect(target_url) as dst:
+        dst.execute("SET session_replication_role = replica")  # no FK triggers, like a restore
+        start = time.perf_counter()
+        for table, data in dumps.items():
+            with dst.cursor().copy(f'COPY "{table}" FROM STDIN') as copy:
+                copy.write(data)
+            rows += data.count(b"\n")
+        dst.commit()
+        seconds = time.perf_counter() - start
+    return rows, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stations", type=int, default=200_000)
+    parser.add_argument("--timeseries-per-station", type=float, default=2)
+    parser.add_argument("--loaddata-share", type=float, default=0.1)
+    parser.add_argument("--keep", action="store_true", help="Keep the databases afterwards.")
+    options = parser.parse_args()
+
+    template = Template()
+    remote = Instance(template, hostname="bench-remote.example.org")
+    local_db = f"dbsync_bench_local_{os.getpid()}"
+    copy_db = f"dbsync_bench_copy_{os.getpid()}"
+    load_db = f"dbsync_bench_load_{os.getpid()}"
+    for name in (local_db, copy_db, load_db):
+        admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template.name}"')
+    var = Path(tempfile.mkdtemp(prefix="dbsync-bench-"))
+    local_env = instance_env(local_db, var / "local", DBSYNC_WORK_DIR=var / "work")
+    results = []
+    try:
+        print(f"Generating {options.stations} stations at the remote…", flush=True)
+        t0 = time.perf_counter()
+        remote.generate(
+            stations=options.stations,
+            timeseries_per_station=options.timeseries_per_station,
+            events_per_station=0.5,
+            seed=11,
+        )
+        print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)
+        remote.start(workers=2)
+        remote_url = f"{PG_BASE}/{remote.db_name}"
+        rows = count_rows(remote_url)
+        print(f"  {rows} rows in hcore tables", flush=True)
+        run_measured(
+            manage_args(
+                "dbsync_addremote",
+                "--name",
+                "bench",
+                "--hostname",
+                remote.hostname,
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(remote.port),
+            ),
+            local_env,
+        )
+        sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "1")
+
+        seconds, peak, out = run_measured(sync, local_env)
+        results.append(("dbsync: first full sync", rows, seconds, peak))
+        print(out.strip().splitlines()[-1], flush=True)
+
+        seconds, peak, out = run_measured(sync, local_env)
+        results.append(("dbsync: re-sync, nothing changed", rows, seconds, peak))
+
+        changed = max(1, options.stations // 100)
+        remote.sql(
+            "UPDATE hcore_gentity SET name = name || ' (renamed)', last_modified = now() "
+            "WHERE id IN (SELECT gpoint_ptr_id FROM hcore_station ORDER BY gpoint_ptr_id "
+            "LIMIT %s)",
+            [changed],
+        )
+        remote.sql(
+            "UPDATE hcore_timeseries SET remarks = 'changed', last_modified = now() "
+            "WHERE id IN (SELECT id FROM hcore_timeseries ORDER BY id LIMIT %s)",
+            [changed * int(options.timeseries_per_station or 1)],
+        )
+        seconds, peak, out = run_measured(sync, local_env)
+        results.append(("dbsync: re-sync, 1 % changed", rows, seconds, peak))
+        results.append(("remote API server (gunicorn worker)", rows, None, server_peak_mb(remote)))
+
+        copy_rows, seconds = raw_copy(remote_url, f"{PG_BASE}/{copy_db}")
+        results.append(("raw COPY of the same rows", copy_rows, seconds, None))
+
+        # loaddata on a share of the stations (whole objects, with their dependencies).
+        share_env = instance_env(load_db, var / "load")
+        fixture = var / "share.json"
+        dumped = remote.manage("dumpdata", "hcore", "--exclude", "hcore.userprofile").stdout
+        objects = json.loads(dumped)
+        del dumped
+        keep = sorted({o["pk"] for o in objects if o["model"] == "hcore.station"})
+        keep = set(keep[: max(1, int(len(keep) * options.loaddata_share))])
+        per_station = {
+            "hcore.station",
+            "hcore.gpoint",
+            "hcore.gentity",
+            "hcore.timeseries",
+            "hcore.gentityevent",
+            "hcore.gentityfile",
+            "hcore.gentityaltcode",
+            "hcore.instrument",
+            "hcore.overseer",
+        }
+        dropped_gentities = {o["pk"] for o in objects if o["model"] == "hcore.station"} - keep
+
+        def wanted(o):
+            if o["model"] not in per_station:
+                return True
+            if o["model"] in {"hcore.station", "hcore.gpoint", "hcore.gentity"}:
+                return o["pk"] not in dropped_gentities
+            ref = o["fields"].get("gentity", o["fields"].get("station"))
+            return ref not in dropped_gentities
+
+        subset = [o for o in objects if wanted(o)]
+        instruments = {o["pk"] for o in subset if o["model"] == "hcore.instrument"}
+        for o in subset:
+            fields = o["fields"]
+            if o["model"] == "hcore.timeseries" and fields.get("instrument") not in instruments:
+                fields["instrument"] = None
+            for key in ("gpoint1", "gpoint2"):
+                if fields.get(key) in dropped_gentities:
+                    fields[key] = None
+        fixture.write_text(json.dumps(subset))
+        del objects
+        seconds, peak, _ = run_measured(manage_args("loaddata", str(fixture)), share_env)
+        results.append(
+            (f"Django loaddata ({options.loaddata_share:.0%} share)", len(subset), seconds, peak)
+        )
+    finally:
+        remote.stop()
+        if not options.keep:
+            remote.drop()
+            for name in (local_db, copy_db, load_db):
+                admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            template.drop()
+
+    print()
+    print(f"{'step':42} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'peak MB':>8}")
+    for name, n, seconds, peak in results:
+        rate = f"{n / seconds:9.0f}" if seconds else f"{'':9}"
+        secs = f"{seconds:8.1f}" if seconds is not None else f"{'':8}"
+        mb = f"{peak:8.0f}" if peak else f"{'':8}"
+        print(f"{name:42} {n:9} {secs} {rate} {mb}")
+    ours = results[0][1] / results[0][2]
+    copy = next(r for r in results if r[0].startswith("raw COPY"))
+    load = next(r for r in results if r[0].startswith("Django loaddata"))
+    print()
+    print(f"first sync / raw COPY rate: {ours / (copy[1] / copy[2]):.2f}")
+    print(f"first sync / loaddata rate: {ours / (load[1] / load[2]):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
