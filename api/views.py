@@ -1,0 +1,137 @@
+"""The read-only web-service API: a manifest, each model's dump, its keys.
+
+Every endpoint goes through :func:`api_endpoint`: GET or HEAD only, the
+configured authentication, an ``X-Server-Time`` header, and JSON errors, even
+for an unexpected crash.
+"""
+
+import datetime as dt
+import functools
+import logging
+
+from django.core.exceptions import FieldDoesNotExist
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from . import dumps
+from .auth import check_credentials
+from .errors import ApiError, error_response
+from .params import check_parameters, parse_dump_query
+from .schema import describe_model, fingerprint, get_served_model, served_apps, served_models
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = 1
+SAFE_METHODS = ("GET", "HEAD")
+JSON = "application/json"
+
+
+def format_server_time(moment):
+    """UTC, ISO 8601 with microseconds: ``2026-11-25T23:59:01.123456+00:00``."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def api_endpoint(view):
+    """What every endpoint does around its own work (see the module's docstring).
+
+    The server time is taken before any query, so a client may use it as the
+    cursor of its next incremental run without missing a change.
+    """
+
+    @csrf_exempt  # read-only; a POST must get its 405, not a CSRF page
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        request.api_time = timezone.now()
+        try:
+            if request.method not in SAFE_METHODS:
+                raise ApiError(
+                    405,
+                    f"Method {request.method} is not allowed; this API is read-only (GET).",
+                    {"Allow": ", ".join(SAFE_METHODS)},
+                )
+            check_credentials(request)
+            response = view(request, *args, **kwargs)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, exc.headers)
+        except Exception:
+            logger.exception("API request for %s failed", request.path)
+            response = error_response(500, "Internal server error; the server's log says more.")
+        response["X-Server-Time"] = format_server_time(request.api_time)
+        return response
+
+    return wrapper
+
+
+def served_model_or_404(app_label, model_name):
+    model = get_served_model(f"{app_label}.{model_name}")
+    if model is None:
+        raise ApiError(
+            404,
+            f"No served model {app_label}.{model_name}; the manifest at "
+            f"{reverse('api:manifest')} lists those served.",
+        )
+    return model
+
+
+@api_endpoint
+def manifest(request):
+    check_parameters(request.GET)
+    return JsonResponse(
+        {
+            "version": API_VERSION,
+            "server_time": format_server_time(request.api_time),
+            "apps": served_apps(),
+            "models": [describe_served_model(model) for model in served_models()],
+        }
+    )
+
+
+def describe_served_model(model):
+    opts = model._meta
+    return {
+        "model": opts.label_lower,
+        "url": reverse("api:dump", args=(opts.app_label, opts.model_name)),
+        "keys_url": reverse("api:keys", args=(opts.app_label, opts.model_name)),
+        "count": model._base_manager.count(),
+        "fingerprint": fingerprint(model),
+        "parents": describe_model(model)["parents"],
+    }
+
+
+@api_endpoint
+def dump(request, app_label, model_name):
+    model = served_model_or_404(app_label, model_name)
+    query = parse_dump_query(request.GET)
+    if query.modified_after is not None and not has_field(model, "last_modified"):
+        raise ApiError(400, f"{model._meta.label_lower} has no last_modified to filter on.")
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    return StreamingHttpResponse(dumps.stream_dump(model, query), content_type=JSON)
+
+
+@api_endpoint
+def keys(request, app_label, model_name):
+    model = served_model_or_404(app_label, model_name)
+    check_parameters(request.GET)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    return StreamingHttpResponse(dumps.stream_keys(model), content_type=JSON)
+
+
+@api_endpoint
+def not_found(request, path=""):
+    raise ApiError(
+        404,
+        f"No such API URL: {request.path}; the manifest at {reverse('api:manifest')} "
+        "lists the URLs of the served models.",
+    )
+
+
+def has_field(model, name):
+    try:
+        model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return False
+    return True
