@@ -9,6 +9,11 @@ import json
 import os
 import re
 
+try:  # several times faster than the standard library's json on this path
+    from orjson import loads
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    from json import loads
+
 from .errors import PayloadError
 
 SAFE_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
@@ -24,39 +29,33 @@ def dump_name(model_label, suffix=""):
 def iter_objects(path):
     """Yield the objects of a dump; raise PayloadError on anything malformed."""
     name = os.path.basename(path)
-    with open(path, encoding="utf-8", errors="strict") as fh:
-        try:
-            first = fh.readline()
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"{name}: not UTF-8: {exc}") from exc
-        if first.strip() != "[":
+    with open(path, "rb") as fh:
+        first = fh.readline()
+        if first.strip() != b"[":
             yield from _iter_whole(path)
             return
         lineno, closed = 1, False
-        try:
-            for line in fh:
-                lineno += 1
-                text = line.strip()
-                if not text:
-                    continue
-                if closed:
-                    raise PayloadError(f"{name} line {lineno}: data after the closing bracket")
-                if text == "]":
-                    closed = True
-                    continue
-                if text.endswith(","):
-                    text = text[:-1]
-                try:
-                    obj = json.loads(text)
-                except (ValueError, RecursionError) as exc:
-                    if lineno == 2:
-                        # Not our line layout (e.g. dumpdata --indent): read it whole.
-                        yield from _iter_whole(path)
-                        return
-                    raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
-                yield _check_object(obj, name, lineno)
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"{name} line {lineno}: not UTF-8: {exc}") from exc
+        for line in fh:
+            lineno += 1
+            text = line.strip()
+            if not text:
+                continue
+            if closed:
+                raise PayloadError(f"{name} line {lineno}: data after the closing bracket")
+            if text == b"]":
+                closed = True
+                continue
+            if text.endswith(b","):
+                text = text[:-1]
+            try:
+                obj = loads(text)
+            except (ValueError, RecursionError) as exc:
+                if lineno == 2:
+                    # Not our line layout (e.g. dumpdata --indent): read it whole.
+                    yield from _iter_whole(path)
+                    return
+                raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
+            yield _check_object(obj, name, lineno)
         if not closed:
             raise PayloadError(f"{name}: truncated (no closing bracket after line {lineno})")
 

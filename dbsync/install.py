@@ -61,16 +61,19 @@ class ModelSpec:
         self.fields = [f for f in served_fields(model) if f.name != "last_modified"]
         self.m2m = served_m2m_fields(model)
         planned = set(plan.models)
-        # name -> (column, converter, target root label or None, planned target?)
+        # (field, name, converter, target model label, target root label) per column;
+        # the target labels are None for plain fields and for keys to unplanned models.
         self.columns = []
         for f in self.fields:
             target = f.related_model if f.is_relation else None
+            in_plan = target in planned
             self.columns.append(
                 (
                     f,
+                    f.name,
                     converter_for(f.target_field if target else f),
-                    label(root_of(target)) if target else None,
-                    target in planned if target else None,
+                    label(target) if in_plan else None,
+                    label(root_of(target)) if in_plan else None,
                 )
             )
         self.known = {f.name for f in served_fields(model)} | {f.name for f in self.m2m}
@@ -86,6 +89,7 @@ class ModelSpec:
             if f.is_relation and f.related_model._meta.app_label == "auth"
         }
         self.parent_labels = [label(p) for p in model._meta.get_parent_list()]
+        self.planned_m2m = [f for f in self.m2m if f.related_model in planned]
 
     @property
     def column_names(self):
@@ -95,11 +99,21 @@ class ModelSpec:
         return names
 
     @property
+    def column_fields(self):
+        opts = self.model._meta
+        fields = [opts.pk] + [f for f, *_ in self.columns]
+        if self.is_root:
+            fields += [opts.get_field(n) for n in ("original_id", "original_db", "last_modified")]
+        return fields
+
+    @property
     def compared_columns(self):
         return [f.column for f, *_ in self.columns]
 
 
 class Installer:
+    """Install a remote's dumps; see the module's docstring for the algorithm."""
+
     def __init__(
         self,
         database,
@@ -114,17 +128,16 @@ class Installer:
         log=None,
     ):
         """``files``: model label -> list of dump paths; ``remote_keys``: root label ->
-        set of remote pks (None: no deletions); ``refetch(model_label, pks)`` returns
-        {model label: [paths]} of re-fetched objects."""
+        set of remote pks, "present" (the dumps are complete) or None (no deletions);
+        ``refetch(model_label, pks)`` returns {model label: [paths]} of re-fetched
+        objects."""
         self.database = database
         self.plan = plan
-        # "present": the dumps are complete, so what they hold is all the remote has.
-        self.full_dumps = remote_keys == "present"
-        if self.full_dumps:
-            remote_keys = None
         self.files = {lbl: list(paths) for lbl, paths in files.items()}
         self.result = result
-        self.remote_keys = remote_keys
+        # "present": the dumps are complete, so what they hold is all the remote has.
+        self.full_dumps = remote_keys == "present"
+        self.remote_keys = None if self.full_dumps else remote_keys
         self.skip = skip
         self.max_delete = max_delete
         self.refetch = refetch
@@ -134,24 +147,34 @@ class Installer:
         self.now = timezone.now()
         self.keymap = {}  # root label -> {remote pk: local pk}
         self.existing = {}  # root label -> set of remote pks installed before this run
+        self.existing_local = {}  # root label -> their local pks
+        self.pools = defaultdict(list)  # root label -> allocated local pks not yet used
+        self.pool_sizes = defaultdict(lambda: 1000)
+        self.sequence_connection = None
         self.present = defaultdict(set)  # model label -> remote pks in this run's dumps
+        self.written = defaultdict(set)  # model label -> local pks written in this run
         self.refs = defaultdict(set)  # model label -> remote pks referenced
         self.bad = set()  # (root label, remote pk) of objects skipped
-        self.obj_refs = {}  # only with skip: (root label, pk) -> [(root label, pk)]
-        self.new = defaultdict(set)  # root label -> local pks allocated in this run
+        self.obj_refs = {}  # only with skip: (root label, pk) -> [(label, root, pk)]
+        self.new = defaultdict(set)  # root label -> local pks of objects new in this run
 
     # --- the whole install ---------------------------------------------------------
 
     def run(self):
+        try:
+            return self._run()
+        finally:
+            if self.sequence_connection is not None:
+                self.sequence_connection.close()
+
+    def _run(self):
         self.load_keymaps()
-        for spec in self.specs.values():
-            self.scan_model(spec, self.files.get(spec.label, []))
-        self.resolve_references()
-        if self.full_dumps:
-            self.remote_keys = {label(root): set() for root in self.plan.roots}
+        if self.skip:
+            # Everything is checked before anything is written, so that a bad object
+            # can be left out together with whatever needs it.
             for spec in self.specs.values():
-                self.remote_keys[spec.root_label] |= self.present[spec.label]
-        self.allocate()
+                self.scan_model(spec, self.files.get(spec.label, []))
+            self.resolve_references_before()
         for model in self.plan.models:
             spec = self.specs[label(model)]
             paths = self.files.get(spec.label, [])
@@ -159,12 +182,18 @@ class Installer:
                 self.log(f"Installing fixtures from file {spec.label}.json", 1)
                 self.result.files += 1
             self.install_model(spec, paths)
+        if not self.skip:
+            self.resolve_references_after()
         self.log("Re-linking foreign keys and many-to-many relations: done", 1)
+        if self.full_dumps:
+            self.remote_keys = {label(root): set() for root in self.plan.roots}
+            for spec in self.specs.values():
+                self.remote_keys[spec.root_label] |= self.present[spec.label]
         if self.remote_keys is not None:
             self.delete_missing()
         return self.result
 
-    # --- 1. key map ------------------------------------------------------------------
+    # --- 1. key map and allocation ----------------------------------------------------
 
     def load_keymaps(self):
         with connection.cursor() as cursor:
@@ -177,64 +206,105 @@ class Installer:
                 mapping = dict(cursor.fetchall())
                 self.keymap[label(root)] = mapping
                 self.existing[label(root)] = set(mapping)
+                self.existing_local[label(root)] = set(mapping.values())
 
-    # --- 2. scan and check references --------------------------------------------------
+    def local_pk(self, root_label, remote_pk):
+        """The local pk of a remote object; a new one is allocated on first sight."""
+        mapping = self.keymap[root_label]
+        local = mapping.get(remote_pk)
+        if local is None:
+            pool = self.pools[root_label]
+            if not pool:
+                size = self.pool_sizes[root_label]
+                self.pool_sizes[root_label] = min(size * 4, 100_000)
+                pool.extend(reversed(self.next_ids(self.specs[root_label].root, size)))
+            local = mapping[remote_pk] = pool.pop()
+            self.new[root_label].add(local)
+        return local
 
-    def scan_model(self, spec, paths):
-        for path in paths:
-            try:
-                for obj in iter_objects(path):
-                    self.scan_object(spec, obj)
-            except PayloadError as exc:
-                if str(exc).startswith(str(self.database)):
-                    raise
-                raise PayloadError(f"{self.database}: {exc}") from exc
+    def next_ids(self, root, count):
+        table, column = root._meta.db_table, root._meta.pk.column
+        if self.vendor == "postgresql":
+            # Keys are allocated while a COPY holds the install's connection, so on a
+            # connection of their own; nextval() is outside transactions anyway.
+            if self.sequence_connection is None:
+                self.sequence_connection = connection.get_new_connection(
+                    connection.get_connection_params()
+                )
+                self.sequence_connection.autocommit = True
+            rows = self.sequence_connection.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [qn(table), column, count],
+            ).fetchall()
+            return [row[0] for row in rows]
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT COALESCE(MAX({qn(column)}), 0) FROM {qn(table)}")
+            start = cursor.fetchone()[0]
+            cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
+            row = cursor.fetchone()
+            start = max(start, row[0] if row else 0, *self.keymap[label(root)].values(), 0)
+            return list(range(start + 1, start + 1 + count))
 
-    def scan_object(self, spec, obj):
+    # --- 2. checking objects and references --------------------------------------------
+
+    def check_object(self, spec, obj):
         if obj["model"].lower() != spec.label:
             raise PayloadError(
                 f"the {spec.label} dump from {self.database} contains an object of "
                 f"{obj['model'][:100]!r} (pk={obj['pk']}); only {spec.label} belongs there"
             )
-        pk, fields = obj["pk"], obj["fields"]
-        unknown = set(fields) - spec.known - spec.ignored
+        unknown = obj["fields"].keys() - spec.known - spec.ignored
         if unknown:
             raise SchemaMismatch(
-                f"{spec.label}(pk={pk}) from {self.database} has field(s) "
+                f"{spec.label}(pk={obj['pk']}) from {self.database} has field(s) "
                 f"{', '.join(sorted(repr(u[:100]) for u in unknown))} that the local model "
                 f"does not have; the remote runs a different schema"
             )
+
+    def objects(self, path):
+        """The objects of a dump, with payload errors naming the remote."""
+        try:
+            yield from iter_objects(path)
+        except PayloadError as exc:
+            if str(exc).startswith(str(self.database)):
+                raise
+            raise PayloadError(f"{self.database}: {exc}") from exc
+
+    def scan_model(self, spec, paths):
+        for path in paths:
+            for obj in self.objects(path):
+                self.scan_object(spec, obj)
+
+    def scan_object(self, spec, obj):
+        """With --skip: check an object and note what it needs, writing nothing."""
+        self.check_object(spec, obj)
+        pk, fields = obj["pk"], obj["fields"]
         self.present[spec.label].add(pk)
-        own_refs = [] if self.skip else None
+        own_refs = [(parent, spec.root_label, pk) for parent in spec.parent_labels]
         for parent in spec.parent_labels:
             self.refs[parent].add(pk)
-        for f, _conv, target_root, planned in spec.columns:
-            if target_root is None or not planned:
-                continue
-            value = fields.get(f.name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.object_problem(spec, pk, f"{f.name}: expected a key, got {value!r:.60}")
-                continue
-            self.refs[label(f.related_model)].add(value)
-            if own_refs is not None:
-                own_refs.append((label(f.related_model), target_root, value))
-        for f in spec.m2m:
+        values = self.convert_row(spec, pk, fields, resolve=False)
+        if values is None:
+            return
+        for (_f, _name, _conv, target_label, target_root), value in zip(
+            spec.columns, values, strict=True
+        ):
+            if target_label is not None and value is not None:
+                self.refs[target_label].add(value)
+                own_refs.append((target_label, target_root, value))
+        for f in spec.planned_m2m:
             values = fields.get(f.name, [])
-            if not isinstance(values, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values
-            ):
-                self.object_problem(spec, pk, f"{f.name}: expected a list of keys")
-                continue
-            if f.related_model in self.plan.models:
+            if self.valid_keys(spec, pk, f, values):
                 self.refs[label(f.related_model)].update(values)
-        if own_refs:
-            self.obj_refs[(spec.root_label, pk)] = own_refs
-        if self.skip:
-            # Convert now, so that a bad value skips the object before anything is
-            # written (and its dependants with it).
-            self.convert_fields(spec, pk, fields, lookup=False)
+        self.obj_refs[(spec.root_label, pk)] = own_refs
+
+    def valid_keys(self, spec, pk, f, values):
+        if isinstance(values, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            return True
+        self.object_problem(spec, pk, f"field {f.name!r}: expected a list of keys")
+        return False
 
     def object_problem(self, spec, pk, message):
         if not self.skip:
@@ -251,7 +321,7 @@ class Installer:
         if self.full_dumps:
             return False
         root_label = self.specs[model_label].root_label
-        if pk not in self.keymap[root_label]:
+        if pk not in self.existing[root_label]:
             return False
         keys = self.remote_keys.get(root_label) if self.remote_keys is not None else None
         return keys is None or pk in keys
@@ -266,31 +336,54 @@ class Installer:
                 missing[model_label] = gone
         return missing
 
-    def resolve_references(self):
+    def refetch_missing(self, missing, install):
+        """Ask the remote again for objects referenced but not sent."""
+        count = sum(len(p) for p in missing.values())
+        self.log(f"Re-fetching {count} object(s) referenced but not sent", 1)
+        fetched_all = defaultdict(list)
+        for model_label, pks in sorted(missing.items()):
+            for fetched_label, paths in self.refetch(model_label, sorted(pks)).items():
+                self.files.setdefault(fetched_label, []).extend(paths)
+                fetched_all[fetched_label].extend(paths)
+        for model in self.plan.models:
+            paths = fetched_all.get(label(model))
+            if paths:
+                install(self.specs[label(model)], paths)
+
+    def resolve_references_before(self):
+        """--skip: re-fetch what is missing, then skip what still dangles."""
         missing = self.missing_refs()
         rounds = 0
         while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
             rounds += 1
-            count = sum(len(p) for p in missing.values())
-            self.log(f"Re-fetching {count} object(s) referenced but not sent", 1)
-            for model_label, pks in sorted(missing.items()):
-                fetched = self.refetch(model_label, sorted(pks))
-                for fetched_label, paths in fetched.items():
-                    spec = self.specs[fetched_label]
-                    self.files.setdefault(fetched_label, []).extend(paths)
-                    self.scan_model(spec, paths)
+            self.refetch_missing(missing, self.scan_model)
             missing = self.missing_refs()
         if missing:
             self.report_dangling(missing)
-        if self.skip and self.bad:
+        if self.bad:
             self.propagate_bad()
+        for spec in self.specs.values():
+            for pk in sorted(self.present[spec.label]):
+                if (spec.root_label, pk) not in self.bad:
+                    self.local_pk(spec.root_label, pk)
+
+    def resolve_references_after(self):
+        """Every reference written must point at an object of this run or an earlier one."""
+        missing = self.missing_refs()
+        rounds = 0
+        while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
+            rounds += 1
+            self.refetch_missing(missing, self.install_model)
+            missing = self.missing_refs()
+        if missing:
+            self.report_dangling(missing)
 
     def report_dangling(self, missing):
         """Name each object whose reference still dangles; halt unless skipping."""
         problems = []
         for spec in self.specs.values():
             for path in self.files.get(spec.label, []):
-                for obj in iter_objects(path):
+                for obj in self.objects(path):
                     for target_label, pk in self.object_targets(spec, obj):
                         if pk in missing.get(target_label, ()):
                             message = (
@@ -312,14 +405,13 @@ class Installer:
         for parent in spec.parent_labels:
             yield parent, obj["pk"]
         fields = obj["fields"]
-        for f, _c, target_root, planned in spec.columns:
-            value = fields.get(f.name)
-            if target_root is not None and planned and isinstance(value, int):
+        for _f, name, _c, target_label, _root in spec.columns:
+            value = fields.get(name)
+            if target_label is not None and isinstance(value, int):
+                yield target_label, value
+        for f in spec.planned_m2m:
+            for value in fields.get(f.name) or ():
                 yield label(f.related_model), value
-        for f in spec.m2m:
-            if f.related_model in self.plan.models:
-                for value in fields.get(f.name) or ():
-                    yield label(f.related_model), value
 
     def propagate_bad(self):
         """With --skip: whatever needs a skipped object is skipped too."""
@@ -332,203 +424,204 @@ class Installer:
                 for target_label, target_root, value in refs:
                     if (target_root, value) in self.bad:
                         self.bad.add((root_label, pk))
-                        model_label = next(
-                            s.label for s in self.specs.values() if s.root_label == root_label
-                        )
                         self.result.problem(
-                            model_label, pk, f"needs {target_label}(pk={value}), which was skipped"
+                            root_label, pk, f"needs {target_label}(pk={value}), which was skipped"
                         )
                         changed = True
                         break
 
-    # --- 3. allocate local keys for new objects ----------------------------------------
+    # --- 3. write -----------------------------------------------------------------------
 
-    def allocate(self):
-        for root in self.plan.roots:
-            root_label = label(root)
-            mapping = self.keymap[root_label]
-            wanted = set()
-            for spec in self.specs.values():
-                if spec.root_label == root_label:
-                    wanted.update(self.present[spec.label])
-            new = sorted(pk for pk in wanted - mapping.keys() if (root_label, pk) not in self.bad)
-            if not new:
-                continue
-            local = self.next_ids(root, len(new))
-            mapping.update(zip(new, local, strict=True))
-            self.new[root_label] = set(local)
-
-    def next_ids(self, root, count):
-        table, column = root._meta.db_table, root._meta.pk.column
-        with connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                cursor.execute(
-                    "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-                    [qn(table), column, count],
-                )
-                return [row[0] for row in cursor.fetchall()]
-            cursor.execute(f"SELECT COALESCE(MAX({qn(column)}), 0) FROM {qn(table)}")
-            start = cursor.fetchone()[0]
-            cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
-            row = cursor.fetchone()
-            start = max(start, row[0] if row else 0)
-            return list(range(start + 1, start + 1 + count))
-
-    # --- 4. write -----------------------------------------------------------------------
-
-    def convert_fields(self, spec, pk, fields, lookup=True):
-        """The row's column values, or None when the object is skipped."""
+    def convert_row(self, spec, pk, fields, resolve=True):
+        """The row's column values (keys translated when ``resolve``), or None if skipped."""
         values = []
-        for f, convert, target_root, planned in spec.columns:
-            raw = fields.get(f.name, MISSING)
-            try:
+        append = values.append
+        name = None
+        try:
+            for f, name, convert, target_label, target_root in spec.columns:
+                raw = fields.get(name, MISSING)
                 if raw is MISSING:
-                    value = f.get_default()
-                elif target_root is not None:
-                    if not planned or raw is None:
-                        value = None
-                        if not f.null:
-                            raise ValueError("may not be null")
-                    else:
-                        value = convert(raw)
-                        if lookup:
-                            value = self.keymap[target_root][value]
+                    append(f.get_default())
+                elif raw is None or (target_root is None and f.is_relation):
+                    if not f.null:
+                        raise ValueError("may not be null")
+                    append(None)
+                elif target_root is None:
+                    append(convert(raw))
+                elif resolve:
+                    remote = convert(raw)
+                    self.refs[target_label].add(remote)
+                    append(self.local_pk(target_root, remote))
                 else:
-                    value = convert(raw)
-            except (ValueError, KeyError) as exc:
-                self.object_problem(spec, pk, f"field {f.name!r}: {exc}")
-                return None
-            values.append(value)
+                    append(convert(raw))
+        except ValueError as exc:
+            self.object_problem(spec, pk, f"field {name!r}: {exc}")
+            return None
         return values
 
-    def rows(self, spec, paths, owners, links):
-        mapping = self.keymap[spec.root_label]
+    def install_model(self, spec, paths):
+        """Insert the new objects of a model's dumps, merge the others, relink M2M."""
+        counts = self.result.model(spec.label)
+        owners, links = set(), defaultdict(set)
+        inserted = changed = set()
+        seen_before = len(self.written[spec.label])
+        if paths:
+            pending = []
+            inserted = self.insert_new(spec, paths, owners, links, pending)
+            if pending:
+                changed = self.merge(spec, self.existing_rows(spec, paths, pending, owners, links))
+        linked = set()
+        for f in spec.planned_m2m:
+            linked |= self.replace_links(f, owners, links[f.name])
+        touched = (changed | linked) - inserted
+        # A root row changed by the merge got its new last_modified there; a change
+        # of a child row or of links is recorded on the root row here.
+        self.touch(spec.root, touched if not spec.is_root else linked - changed - inserted)
+        seen = len(self.written[spec.label]) - seen_before
+        counts["fetched"] += seen
+        counts["created"] += len(inserted)
+        counts["updated"] += len(touched)
+        counts["unchanged"] += seen - len(inserted) - len(touched)
+        if self.skip:
+            counts["skipped"] = sum(
+                1
+                for root_label, pk in self.bad
+                if root_label == spec.root_label and pk in self.present[spec.label]
+            )
+
+    def each_object(self, spec, paths):
+        """(remote pk, fields, local pk) of the objects to install, each once.
+
+        Re-fetched dumps come last and are the newest: they are read first, so that
+        an object sent twice is installed once, in its latest version.
+        """
         done = set()
-        # Re-fetched dumps come last and are the newest: read them first, so that an
-        # object sent twice is installed once, in its latest version.
         for path in reversed(paths):
-            for obj in iter_objects(path):
-                pk, fields = obj["pk"], obj["fields"]
-                if (spec.root_label, pk) in self.bad or pk in done:
+            for obj in self.objects(path):
+                pk = obj["pk"]
+                if pk in done:
                     continue
                 done.add(pk)
-                if spec.user_fields & fields.keys():
-                    self.result.user_links_dropped += 1
-                values = self.convert_fields(spec, pk, fields)
-                if values is None:
+                if not self.skip:
+                    self.check_object(spec, obj)
+                    self.present[spec.label].add(pk)
+                    for parent in spec.parent_labels:
+                        self.refs[parent].add(pk)
+                elif (spec.root_label, pk) in self.bad:
                     continue
-                local = mapping[pk]
-                row = [local, *values]
-                if spec.is_root:
-                    row += [pk, self.database.pk, self.now]
-                owners.append(local)
-                for f in spec.m2m:
-                    self.collect_links(f, local, fields.get(f.name, []), links)
-                yield row
+                yield pk, obj["fields"], self.local_pk(spec.root_label, pk)
 
-    def collect_links(self, f, local, values, links):
-        target = f.related_model
-        if target not in self.plan.models:
+    def insert_new(self, spec, paths, owners, links, pending):
+        """COPY/INSERT the objects that are new here; list the others in ``pending``."""
+        existing = self.existing_local[spec.root_label]
+        written = self.written[spec.label]
+        inserted = set()
+
+        def rows():
+            for pk, fields, local in self.each_object(spec, paths):
+                if local in existing or local in written:
+                    pending.append(pk)
+                    continue
+                row = self.row(spec, pk, fields, local, owners, links)
+                if row is not None:
+                    inserted.add(local)
+                    yield row
+
+        self.write_rows(spec, spec.table, rows())
+        return inserted
+
+    def existing_rows(self, spec, paths, pending, owners, links):
+        wanted = set(pending)
+        for path in reversed(paths):
+            for obj in self.objects(path):
+                pk = obj["pk"]
+                if pk in wanted:
+                    wanted.discard(pk)
+                    local = self.keymap[spec.root_label][pk]
+                    row = self.row(spec, pk, obj["fields"], local, owners, links)
+                    if row is not None:
+                        yield row
+
+    def row(self, spec, pk, fields, local, owners, links):
+        if spec.user_fields and spec.user_fields & fields.keys():
+            self.result.user_links_dropped += 1
+        values = self.convert_row(spec, pk, fields)
+        if values is None:
+            return None
+        self.written[spec.label].add(local)
+        owners.add(local)
+        for f in spec.planned_m2m:
+            self.collect_links(spec, pk, f, local, fields.get(f.name, []), links)
+        row = [local, *values]
+        if spec.is_root:
+            row += [pk, self.database.pk, self.now]
+        return row
+
+    def collect_links(self, spec, pk, f, local, values, links):
+        if not self.valid_keys(spec, pk, f, values):
             return
-        target_label = label(target)
-        target_root = label(root_of(target))
-        target_map = self.keymap[target_root]
+        target_label = label(f.related_model)
+        target_root = label(root_of(f.related_model))
+        refs = self.refs[target_label]
         for value in values:
             if (target_root, value) in self.bad:
                 continue
-            to_pk = target_map.get(value)
-            if to_pk is not None and self.is_known(target_label, value):
-                links[f.name].add((local, to_pk))
+            if self.skip and not self.is_known(target_label, value):
+                continue
+            refs.add(value)
+            links[f.name].add((local, self.local_pk(target_root, value)))
 
-    def install_model(self, spec, paths):
-        counts = self.result.model(spec.label)
-        owners, links = [], defaultdict(set)
-        seen = 0
-        changed = set()
-        if paths:
-            rows = self.rows(spec, paths, owners, links)
-            changed = self.merge(spec, rows)
-            seen = len(set(owners))
-        linked = set()
-        for f in spec.m2m:
-            linked |= self.replace_links(f, owners, links[f.name])
-        new = self.new.get(spec.root_label, set()) & set(owners)
-        touched = (changed | linked) - new
-        # A root row changed by the merge got its new last_modified there; a change
-        # of a child row or of links is recorded on the root row here.
-        self.touch(spec.root, touched if not spec.is_root else linked - changed - new)
-        counts["fetched"] += seen
-        counts["created"] += len(new)
-        counts["updated"] += len(touched)
-        counts["unchanged"] += seen - len(new) - len(touched)
-        counts["skipped"] += sum(
-            1
-            for root_label, pk in self.bad
-            if root_label == spec.root_label and pk in self.present[spec.label]
-        )
+    def write_rows(self, spec, table, rows):
+        """Write ``rows`` (all columns of ``spec``) into ``table``: COPY on PostgreSQL."""
+        columns = spec.column_names
+        cols = ", ".join(qn(c) for c in columns)
+        with connection.cursor() as cursor:
+            if self.vendor == "postgresql":
+                with cursor.cursor.copy(f"COPY {qn(table)} ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                return
+            fields = spec.column_fields
+            sql = f"INSERT INTO {qn(table)} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})"
+            batch = []
+            for row in rows:
+                batch.append(
+                    [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+                )
+                if len(batch) >= SQLITE_CHUNK:
+                    cursor.executemany(sql, batch)
+                    batch = []
+            if batch:
+                cursor.executemany(sql, batch)
 
     def merge(self, spec, rows):
-        """Stage the rows and merge them; return the local pks inserted or changed."""
+        """Stage the rows and merge them; return the local pks whose row changed."""
         columns = spec.column_names
         stage = f"dbsync_stage_{spec.table}"[:60]
         cols = ", ".join(qn(c) for c in columns)
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {qn(stage)}")
-            if self.vendor == "postgresql":
-                cursor.execute(
-                    f"CREATE TEMP TABLE {qn(stage)} AS SELECT {cols} FROM {qn(spec.table)} "
-                    f"WITH NO DATA"
-                )
-                with cursor.cursor.copy(f"COPY {qn(stage)} ({cols}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            else:
-                cursor.execute(
-                    f"CREATE TEMP TABLE {qn(stage)} AS SELECT {cols} FROM {qn(spec.table)} LIMIT 0"
-                )
-                fields = [spec.model._meta.pk] + [f for f, *_ in spec.columns]
-                if spec.is_root:
-                    opts = spec.model._meta
-                    fields += [
-                        opts.get_field(n) for n in ("original_id", "original_db", "last_modified")
-                    ]
-                placeholders = ", ".join(["%s"] * len(columns))
-                batch = []
-                for row in rows:
-                    batch.append(
-                        [
-                            f.get_db_prep_save(v, connection)
-                            for f, v in zip(fields, row, strict=True)
-                        ]
-                    )
-                    if len(batch) >= SQLITE_CHUNK:
-                        cursor.executemany(
-                            f"INSERT INTO {qn(stage)} VALUES ({placeholders})", batch
-                        )
-                        batch = []
-                if batch:
-                    cursor.executemany(f"INSERT INTO {qn(stage)} VALUES ({placeholders})", batch)
-            compared = spec.compared_columns
-            updates = [
-                c
-                for c in columns
-                if c != spec.pk_column and c not in ("original_id", "original_db_id")
-            ]
+            suffix = "WITH NO DATA" if self.vendor == "postgresql" else "LIMIT 0"
+            cursor.execute(
+                f"CREATE TEMP TABLE {qn(stage)} AS SELECT {cols} FROM {qn(spec.table)} {suffix}"
+            )
+        self.write_rows(spec, stage, rows)
+        compared = spec.compared_columns
+        updates = [
+            c
+            for c in columns
+            if c != spec.pk_column and c not in ("original_id", "original_db_id")
+        ]
+        target = qn(spec.table)
+        if not compared:
+            conflict = "DO NOTHING"
+        else:
+            same = "IS DISTINCT FROM" if self.vendor == "postgresql" else "IS NOT"
+            differs = " OR ".join(f"{target}.{qn(c)} {same} EXCLUDED.{qn(c)}" for c in compared)
             set_clause = ", ".join(f"{qn(c)} = EXCLUDED.{qn(c)}" for c in updates)
-            target = qn(spec.table)
-            if not compared:
-                conflict = "DO NOTHING"
-            else:
-                if self.vendor == "postgresql":
-                    differs = " OR ".join(
-                        f"{target}.{qn(c)} IS DISTINCT FROM EXCLUDED.{qn(c)}" for c in compared
-                    )
-                else:
-                    differs = " OR ".join(
-                        f"{target}.{qn(c)} IS NOT EXCLUDED.{qn(c)}" for c in compared
-                    )
-                conflict = f"DO UPDATE SET {set_clause} WHERE {differs}"
-            where = "" if self.vendor == "postgresql" else " WHERE true"
+            conflict = f"DO UPDATE SET {set_clause} WHERE {differs}"
+        where = "" if self.vendor == "postgresql" else " WHERE true"
+        with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {qn(stage)}{where} "
                 f"ON CONFLICT ({qn(spec.pk_column)}) {conflict} RETURNING {qn(spec.pk_column)}"
@@ -539,16 +632,15 @@ class Installer:
 
     def replace_links(self, f, owners, wanted):
         """Make the links of ``owners`` exactly ``wanted``; return owners that changed."""
-        if not owners or f.related_model not in self.plan.models:
+        if not owners:
             return set()
         through = f.remote_field.through._meta
         table = qn(through.db_table)
         src = qn(f.m2m_column_name())
         dst = qn(f.m2m_reverse_name())
-        changed = set()
+        existing = set()
         with connection.cursor() as cursor:
-            existing = set()
-            for chunk in _chunks(sorted(set(owners)), 5000):
+            for chunk in _chunks(sorted(owners), 5000):
                 cursor.execute(
                     f"SELECT {src}, {dst} FROM {table} WHERE {src} IN "
                     f"({', '.join(['%s'] * len(chunk))})",
@@ -561,9 +653,7 @@ class Installer:
                 cursor.executemany(f"DELETE FROM {table} WHERE {src} = %s AND {dst} = %s", chunk)
             for chunk in _chunks(sorted(fresh), 5000):
                 cursor.executemany(f"INSERT INTO {table} ({src}, {dst}) VALUES (%s, %s)", chunk)
-        changed.update(s for s, _ in stale)
-        changed.update(s for s, _ in fresh)
-        return changed
+        return {s for s, _ in stale} | {s for s, _ in fresh}
 
     def touch(self, root, pks):
         """Bump last_modified of objects changed through a child row or a link."""
@@ -575,7 +665,7 @@ class Installer:
                     [self.now, *chunk],
                 )
 
-    # --- 5. deletions ---------------------------------------------------------------------
+    # --- 4. deletions ---------------------------------------------------------------------
 
     def delete_missing(self):
         for root in reversed(self.plan.roots):
@@ -584,7 +674,11 @@ class Installer:
             if remote is None:
                 continue
             mapping = self.keymap[root_label]
-            gone = sorted(set(mapping) - remote)
+            gone = sorted(
+                pk
+                for pk in set(mapping) - remote
+                if pk in self.existing[root_label] or mapping[pk] in self.written[root_label]
+            )
             if not gone:
                 continue
             allowed = deletion_allowance(self.max_delete, len(self.existing[root_label]))
@@ -628,10 +722,8 @@ class Installer:
                     found.append(f"{label(model)}(pk={obj.pk})")
         for qs in collector.fast_deletes:
             if hasattr(qs, "model") and hasattr(qs.model, "original_db_id"):
-                for pk in qs.exclude(original_db_id=self.database.pk).values_list("pk", flat=True)[
-                    :MAX_LISTED_PROBLEMS
-                ]:
-                    found.append(f"{label(qs.model)}(pk={pk})")
+                outside = qs.exclude(original_db_id=self.database.pk).values_list("pk", flat=True)
+                found.extend(f"{label(qs.model)}(pk={pk})" for pk in outside[:MAX_LISTED_PROBLEMS])
         for (field, _value), instances in collector.field_updates.items():
             for obj in instances:
                 if getattr(obj, "original_db_id", self.database.pk) != self.database.pk:
