@@ -19,6 +19,7 @@ deleted: the payload's own ``original_db``/``original_id`` are ignored.
 
 import logging
 import math
+import time
 from collections import defaultdict
 
 from django.conf import settings
@@ -181,7 +182,14 @@ class Installer:
             if paths:
                 self.log(f"Installing fixtures from file {spec.label}.json", 1)
                 self.result.files += 1
+            started = time.monotonic()
             self.install_model(spec, paths)
+            c = self.result.model(spec.label)
+            self.log(
+                f"\t- {c['created']} created, {c['updated']} updated, {c['unchanged']} "
+                f"unchanged in {time.monotonic() - started:.1f} s",
+                2,
+            )
         if not self.skip:
             self.resolve_references_after()
         self.log("Re-linking foreign keys and many-to-many relations: done", 1)
