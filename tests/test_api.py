@@ -36,7 +36,7 @@ from tests.api_helpers import (
     parse_dump,
 )
 
-REFERENCE = Path("/work/shared/reference/enhydris-2010-dbsync-testdata.json")
+REFERENCE = Path(__file__).parent / "fixtures" / "enhydris-2010-dbsync-testdata.json"
 SERVER_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 NOT_SERVED_FIELDS = {"last_modified", "original_id", "original_db", "creator", "maintainers"}
 OLD = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
