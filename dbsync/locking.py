@@ -9,6 +9,8 @@ marks the orphaned run record as failed.
 import fcntl
 import logging
 import os
+import threading
+import time
 import zlib
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,22 +19,47 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from . import notify
 from .errors import AlreadyRunning
-from .models import SyncRun
+from .models import Database, SyncRun
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = zlib.crc32(b"dbsync.remote") & 0x7FFFFFFF
+LOCK_POLL_SECONDS = 0.5
+
+
+class LockBusy(AlreadyRunning):
+    """The lock of the remote is held by another process (no run record was made)."""
 
 
 @contextmanager
-def remote_lock(database):
-    """Hold the lock of ``database`` for the duration; AlreadyRunning if taken."""
+def remote_lock(database, wait=0):
+    """Hold the lock of ``database`` for the duration; LockBusy if still taken after
+    ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with _remote_lock(database):
+                yield
+            return
+        except _Busy:
+            if time.monotonic() >= deadline:
+                raise LockBusy(busy_message(database)) from None
+            time.sleep(LOCK_POLL_SECONDS)
+
+
+class _Busy(Exception):
+    """Raised by _remote_lock before it yields, never from the caller's block."""
+
+
+@contextmanager
+def _remote_lock(database):
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, database.pk])
             if not cursor.fetchone()[0]:
-                raise AlreadyRunning(busy_message(database))
+                raise _Busy
         try:
             yield
         finally:
@@ -49,7 +76,7 @@ def remote_lock(database):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(busy_message(database)) from None
+            raise _Busy from None
         yield
     finally:
         os.close(fd)
@@ -62,28 +89,83 @@ def busy_message(database):
     )
 
 
+@contextmanager
+def lock_or_refuse(database, *, trigger, options, started_by=""):
+    """Hold the lock of ``database``; if another process holds it, record a refused
+    run and raise AlreadyRunning."""
+    try:
+        with remote_lock(database):
+            yield
+    except LockBusy:
+        refuse(database, trigger=trigger, options=options, started_by=started_by)
+
+
+def refuse(database, *, trigger, options, started_by=""):
+    """Record a refused run of ``database`` and raise AlreadyRunning."""
+    SyncRun.objects.create(
+        database=database,
+        status=SyncRun.REFUSED,
+        trigger=trigger,
+        started_by=started_by,
+        options=options,
+        finished_at=timezone.now(),
+        message=busy_message(database),
+    )
+    raise AlreadyRunning(busy_message(database))
+
+
 def reap_orphans(database, lock_held=True):
     """Mark failed the active runs of ``database`` whose process is gone.
 
     A run in the RUNNING state holds the lock, so with the lock in our hands it is
-    dead; a FETCHING run (the Celery fetch phase, which holds no lock) is dead when
-    its heartbeat is older than DBSYNC_STALE_SECONDS.
+    dead (without the lock nothing can be said of it); a FETCHING or QUEUED run (the
+    Celery fetch phase, which holds no lock) is dead when its heartbeat is older than
+    DBSYNC_STALE_SECONDS.
     """
     stale_before = timezone.now() - timedelta(seconds=settings.DBSYNC_STALE_SECONDS)
     reaped = 0
     for run in SyncRun.objects.filter(database=database, status__in=SyncRun.ACTIVE):
         beat = run.heartbeat or run.started_at
-        dead = (run.status == SyncRun.RUNNING and lock_held) or beat < stale_before
+        if run.status == SyncRun.RUNNING:
+            dead = lock_held
+        else:
+            dead = beat < stale_before
         if dead:
-            run.status = SyncRun.FAILED
-            run.finished_at = timezone.now()
-            run.message = (
-                f"Interrupted: the process working on this run stopped (last sign of life "
-                f"{beat:%Y-%m-%d %H:%M:%S %Z}). Nothing of it was installed."
-            )
-            run.save(update_fields=["status", "finished_at", "message"])
-            logger.error("Sync run %s of %s was interrupted; marked failed", run.pk, database)
+            mark_interrupted(run, beat)
             reaped += 1
+    return reaped
+
+
+def mark_interrupted(run, last_sign_of_life=None):
+    beat = last_sign_of_life or run.heartbeat or run.started_at
+    run.status = SyncRun.FAILED
+    run.finished_at = timezone.now()
+    run.message = (
+        f"Interrupted: the process working on this run stopped (last sign of life "
+        f"{beat:%Y-%m-%d %H:%M:%S %Z}). Nothing of it was installed."
+    )
+    run.save(update_fields=["status", "finished_at", "message"])
+    logger.error("Sync run %s of %s was interrupted; marked failed", run.pk, run.database)
+    notify.run_finished(run)
+
+
+def reap_all():
+    """Reap the orphaned runs of every remote (the periodic reap_stale_runs task).
+
+    The lock of a remote is taken only to look: if it is busy, a process is working
+    on the remote, and only its lock-less (fetching) runs can be judged.
+    """
+    reaped = 0
+    remotes = Database.objects.filter(runs__status__in=SyncRun.ACTIVE).distinct()
+    for database in remotes:
+        try:
+            with remote_lock(database), transaction.atomic():
+                type(database).objects.select_for_update().get(pk=database.pk)
+                reaped += reap_orphans(database, lock_held=True)
+        except LockBusy:
+            with transaction.atomic():
+                type(database).objects.select_for_update().get(pk=database.pk)
+                reaped += reap_orphans(database, lock_held=False)
     return reaped
 
 
@@ -92,22 +174,43 @@ def claim(database, *, status, trigger, options, started_by="", lock_held=True):
     with transaction.atomic():
         type(database).objects.select_for_update().get(pk=database.pk)
         reap_orphans(database, lock_held=lock_held)
-        if SyncRun.objects.filter(database=database, status__in=SyncRun.ACTIVE).exists():
-            SyncRun.objects.create(
+        if not SyncRun.objects.filter(database=database, status__in=SyncRun.ACTIVE).exists():
+            return SyncRun.objects.create(
                 database=database,
-                status=SyncRun.REFUSED,
+                status=status,
                 trigger=trigger,
                 started_by=started_by,
                 options=options,
-                finished_at=timezone.now(),
-                message=busy_message(database),
+                heartbeat=timezone.now(),
             )
-            raise AlreadyRunning(busy_message(database))
-        return SyncRun.objects.create(
-            database=database,
-            status=status,
-            trigger=trigger,
-            started_by=started_by,
-            options=options,
-            heartbeat=timezone.now(),
-        )
+    # Outside the transaction, which an exception would roll back with the record.
+    refuse(database, trigger=trigger, options=options, started_by=started_by)
+
+
+@contextmanager
+def keep_alive(run_id, every=None):
+    """Touch the run's heartbeat now, then every DBSYNC_HEARTBEAT_SECONDS until the
+    block ends, so that a long download is not taken for a dead worker."""
+    every = every or settings.DBSYNC_HEARTBEAT_SECONDS
+    _touch(run_id)
+    stop = threading.Event()
+
+    def beat():
+        try:
+            while not stop.wait(every):
+                _touch(run_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-run-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _touch(run_id)
+
+
+def _touch(run_id):
+    SyncRun.objects.filter(pk=run_id, status__in=SyncRun.ACTIVE).update(heartbeat=timezone.now())

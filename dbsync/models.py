@@ -1,7 +1,32 @@
 """The registry of remote Enhydris instances and the record of every sync run."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+
+def validate_crontab(value):
+    """A five-field crontab line: minute hour day-of-month month day-of-week."""
+    from celery.schedules import crontab
+
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValidationError(
+            "Give five fields separated by spaces: minute hour day-of-month month "
+            "day-of-week, e.g. '30 3 * * *' for 03:30 every day.",
+            code="crontab_fields",
+        )
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"Not a valid crontab line: {exc}", code="crontab") from exc
 
 
 class Database(models.Model):
@@ -99,12 +124,59 @@ class Database(models.Model):
         "fetch began; the next incremental run asks for changes since then.",
     )
 
+    SCHEDULE_NONE = "none"
+    SCHEDULE_INTERVAL = "interval"
+    SCHEDULE_CRONTAB = "crontab"
+    SCHEDULE_CHOICES = [
+        (SCHEDULE_NONE, "not scheduled"),
+        (SCHEDULE_INTERVAL, "every N minutes"),
+        (SCHEDULE_CRONTAB, "crontab"),
+    ]
+    schedule_kind = models.CharField(
+        max_length=10,
+        choices=SCHEDULE_CHOICES,
+        default=SCHEDULE_NONE,
+        verbose_name="schedule",
+        help_text="When Celery beat syncs this remote by itself (a periodic task kept in "
+        "step with this remote).",
+    )
+    interval_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="interval (minutes)",
+        help_text="With 'every N minutes': the minutes between the start of two syncs.",
+    )
+    crontab = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[validate_crontab],
+        verbose_name="crontab",
+        help_text="With 'crontab': minute hour day-of-month month day-of-week, in the "
+        "server's time zone; e.g. '30 3 * * *' is 03:30 every day.",
+    )
+
     class Meta:
         ordering = ("name",)
         verbose_name = "remote database"
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        super().clean()
+        if self.schedule_kind == self.SCHEDULE_INTERVAL and not self.interval_minutes:
+            raise ValidationError(
+                {"interval_minutes": "Give the minutes between two syncs (1 or more)."}
+            )
+        if self.schedule_kind == self.SCHEDULE_CRONTAB and not self.crontab.strip():
+            raise ValidationError({"crontab": "Give a crontab line, e.g. '30 3 * * *'."})
+
+    @property
+    def is_scheduled(self):
+        return self.is_active and (
+            (self.schedule_kind == self.SCHEDULE_INTERVAL and bool(self.interval_minutes))
+            or (self.schedule_kind == self.SCHEDULE_CRONTAB and bool(self.crontab.strip()))
+        )
 
     @property
     def address(self):
@@ -169,6 +241,22 @@ class SyncRun(models.Model):
     backup_path = models.CharField(max_length=500, blank=True)
     remote_time = models.DateTimeField(
         null=True, blank=True, help_text="The remote's clock when the fetch began."
+    )
+    fetch_plan = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Celery runs: what is fetched (the remote's manifest entries, full or "
+        "incremental, since when) and, once fetched, each dump's size and checksum.",
+    )
+    task_id = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Celery runs: the id of the install task (the end of the pipeline).",
+    )
+    notified_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the admins were mailed about this failure (once per failure streak).",
     )
 
     class Meta:

@@ -73,6 +73,17 @@ class RemoteClient:
     def __str__(self):
         return f"{self.database.hostname} ({self.base})"
 
+    def clone(self, **changes):
+        """A client of the same remote with its own session (one per thread)."""
+        options = {
+            "port": self.port,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "max_bytes": self.max_bytes,
+        }
+        return RemoteClient(self.database, **{**options, **changes})
+
     def url(self, path, params=None):
         if not path.startswith("/"):
             path = "/" + path
@@ -131,7 +142,9 @@ class RemoteClient:
             error = TransientRemoteError(f"{self} answered HTTP {status}{detail}")
             error.retry_after = _retry_after(response)
             raise error
-        raise RemoteError(f"{self} answered HTTP {status}{detail}")
+        error = RemoteError(f"{self} answered HTTP {status}{detail}")
+        error.status = status
+        raise error
 
     def get_json(self, path, params=None):
         url = self.url(path, params)
@@ -163,8 +176,13 @@ class RemoteClient:
             response.close()
         return b"".join(chunks)
 
-    def download(self, path, dest, params=None):
-        """Stream a dump to ``dest`` (atomically) and return its size in bytes."""
+    def download(self, path, dest, params=None, is_complete=None):
+        """Stream a response to ``dest`` (atomically) and return its size in bytes.
+
+        ``is_complete(path)`` tells a whole body from a cut one (a cut one is fetched
+        again); by default, a JSON dump's closing bracket.
+        """
+        is_complete = is_complete or _ends_with_bracket
         url = self.url(path, params)
         tmp = f"{dest}.part"
 
@@ -196,7 +214,7 @@ class RemoteClient:
                 raise TransientRemoteError(f"timed out mid-response after {size} bytes") from exc
             finally:
                 response.close()
-            if not _ends_with_bracket(tmp):
+            if not is_complete(tmp):
                 raise TransientRemoteError(f"response truncated after {size} bytes")
             os.replace(tmp, dest)
             return size

@@ -157,14 +157,86 @@ DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 DBSYNC_BATCH_SIZE = env_int("DBSYNC_BATCH_SIZE", 5_000)
 
+# --- dbsync: where fetched dumps live between the fetch and the install tasks ---
+# "local": a folder (DBSYNC_STORAGE_ROOT), enough when every worker shares a
+# filesystem; "s3": an S3-compatible bucket, for workers on several hosts.
+DBSYNC_STORAGE = env_str("DBSYNC_STORAGE", "local")
+DBSYNC_STORAGE_ROOT = Path(env_str("DBSYNC_STORAGE_ROOT", str(VAR_DIR / "dbsync-storage")))
+DBSYNC_S3_BUCKET = env_str("DBSYNC_S3_BUCKET", "")
+DBSYNC_S3_ENDPOINT_URL = env_str("DBSYNC_S3_ENDPOINT_URL", "")  # empty: AWS itself
+DBSYNC_S3_REGION = env_str("DBSYNC_S3_REGION", "")
+DBSYNC_S3_ACCESS_KEY_ID = env_str("DBSYNC_S3_ACCESS_KEY_ID", "")  # empty: boto3's own lookup
+DBSYNC_S3_SECRET_ACCESS_KEY = env_str("DBSYNC_S3_SECRET_ACCESS_KEY", "")
+DBSYNC_S3_PREFIX = env_str("DBSYNC_S3_PREFIX", "dbsync")
+DBSYNC_S3_ADDRESSING_STYLE = env_str(
+    "DBSYNC_S3_ADDRESSING_STYLE", "path" if DBSYNC_S3_ENDPOINT_URL else "auto"
+)
+if DBSYNC_STORAGE not in {"local", "s3"}:
+    raise ImproperlyConfigured(f"DBSYNC_STORAGE must be 'local' or 's3', not {DBSYNC_STORAGE!r}.")
+if DBSYNC_STORAGE == "s3" and not DBSYNC_S3_BUCKET:
+    raise ImproperlyConfigured("DBSYNC_STORAGE=s3 needs DBSYNC_S3_BUCKET.")
+
+# --- dbsync: the Celery pipeline (dbsync/tasks.py) ---
+# The longest a task may run (the install of the largest remote); the broker's
+# visibility timeout and the result expiry are derived from it (see below).
+DBSYNC_TASK_TIME_LIMIT = env_int("DBSYNC_TASK_TIME_LIMIT", 6 * 3600)
+# In a fetch task the HTTP client retries a little at once (honouring
+# Retry-After), then the task retries later with backoff, freeing its worker slot:
+# at most (DBSYNC_TASK_HTTP_RETRIES + 1) * (DBSYNC_TASK_MAX_RETRIES + 1) requests.
+DBSYNC_TASK_HTTP_RETRIES = env_int("DBSYNC_TASK_HTTP_RETRIES", 1)
+DBSYNC_TASK_MAX_RETRIES = env_int("DBSYNC_TASK_MAX_RETRIES", 3)
+DBSYNC_TASK_RETRY_BACKOFF = env_int("DBSYNC_TASK_RETRY_BACKOFF", 30)  # seconds, doubled each time
+DBSYNC_TASK_BACKUP = env_bool("DBSYNC_TASK_BACKUP", True)  # pg_dump before a task's install
+DBSYNC_HEARTBEAT_SECONDS = env_int("DBSYNC_HEARTBEAT_SECONDS", 60)
+DBSYNC_LOCK_WAIT_SECONDS = env_int("DBSYNC_LOCK_WAIT_SECONDS", 30)
+DBSYNC_REAP_EVERY_SECONDS = env_int("DBSYNC_REAP_EVERY_SECONDS", 300)
+DBSYNC_STORAGE_KEEP_DAYS = env_int("DBSYNC_STORAGE_KEEP_DAYS", 7)  # dumps of failed runs
+
 # --- Celery (project/celery.py reads the CELERY_ prefix) ---
+from kombu import Queue  # noqa: E402
+
+from dbsync import queues as dbsync_queues  # noqa: E402  (constants only, no models)
+
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# A chord counts its members' results: a result backend is required, and results
+# must not be ignored.
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/1")
-CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_IGNORE_RESULT = False
+CELERY_RESULT_EXPIRES = max(
+    env_int("CELERY_RESULT_EXPIRES", 2 * 86400), 2 * DBSYNC_TASK_TIME_LIMIT
+)
+# Redis redelivers an unacknowledged message after the visibility timeout: it must
+# be longer than the longest task, or a long install would run twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * DBSYNC_TASK_TIME_LIMIT}
+CELERY_TASK_TIME_LIMIT = DBSYNC_TASK_TIME_LIMIT
+CELERY_TASK_SOFT_TIME_LIMIT = max(DBSYNC_TASK_TIME_LIMIT - 300, DBSYNC_TASK_TIME_LIMIT * 9 // 10)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long tasks: never reserve work another worker could do
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_DEFAULT_QUEUE = dbsync_queues.SYNC
+# One binding key per queue: a message routed to one queue lands in that one only.
+CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in dbsync_queues.ALL]
+CELERY_TASK_ROUTES = {
+    "dbsync.tasks.fetch_dump": {"queue": dbsync_queues.FETCH},
+    "dbsync.tasks.install_run": {"queue": dbsync_queues.INSTALL},
+    "dbsync.tasks.*": {"queue": dbsync_queues.SYNC},
+}
+# Workers log through LOGGING below, like the web process and the commands.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# In-process tasks, for a machine without a broker (the embedded default).
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    "dbsync-reap-stale-runs": {
+        "task": "dbsync.tasks.reap_stale_runs",
+        "schedule": DBSYNC_REAP_EVERY_SECONDS,
+    },
+}
 
 LOGGING = {
     "version": 1,
