@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, models
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
@@ -68,11 +68,14 @@ class ModelSpec:
         for f in self.fields:
             target = f.related_model if f.is_relation else None
             in_plan = target in planned
+            convert = converter_for(f.target_field if target else f)
+            if isinstance(f, models.FileField):
+                convert = without_file_name(convert)
             self.columns.append(
                 (
                     f,
                     f.name,
-                    converter_for(f.target_field if target else f),
+                    convert,
                     label(target) if in_plan else None,
                     label(root_of(target)) if in_plan else None,
                 )
@@ -89,6 +92,9 @@ class ModelSpec:
             for f in list(model._meta.local_fields) + list(model._meta.local_many_to_many)
             if f.is_relation and f.related_model._meta.app_label == "auth"
         }
+        # A file field's value is a name in the remote's storage, meaningless here:
+        # dbsync.files fetches the file and sets the name. New rows start without one.
+        self.file_columns = {f.column for f in self.fields if isinstance(f, models.FileField)}
         self.parent_labels = [label(p) for p in model._meta.get_parent_list()]
         self.planned_m2m = [f for f in self.m2m if f.related_model in planned]
 
@@ -109,7 +115,7 @@ class ModelSpec:
 
     @property
     def compared_columns(self):
-        return [f.column for f, *_ in self.columns]
+        return [f.column for f, *_ in self.columns if f.column not in self.file_columns]
 
 
 class Installer:
@@ -134,7 +140,10 @@ class Installer:
         objects."""
         self.database = database
         self.plan = plan
-        self.files = {lbl: list(paths) for lbl, paths in files.items()}
+        # Dump paths are read from ``files`` when the install reaches the model, so
+        # that a caller still fetching can hand over a mapping that waits.
+        self.source = files
+        self.files = {}
         self.result = result
         # "present": the dumps are complete, so what they hold is all the remote has.
         self.full_dumps = remote_keys == "present"
@@ -159,6 +168,11 @@ class Installer:
         self.obj_refs = {}  # only with skip: (root label, pk) -> [(label, root, pk)]
         self.new = defaultdict(set)  # root label -> local pks of objects new in this run
 
+    def paths(self, model_label):
+        if model_label not in self.files:
+            self.files[model_label] = list(self.source.get(model_label, []))
+        return self.files[model_label]
+
     # --- the whole install ---------------------------------------------------------
 
     def run(self):
@@ -174,11 +188,11 @@ class Installer:
             # Everything is checked before anything is written, so that a bad object
             # can be left out together with whatever needs it.
             for spec in self.specs.values():
-                self.scan_model(spec, self.files.get(spec.label, []))
+                self.scan_model(spec, self.paths(spec.label))
             self.resolve_references_before()
         for model in self.plan.models:
             spec = self.specs[label(model)]
-            paths = self.files.get(spec.label, [])
+            paths = self.paths(spec.label)
             if paths:
                 self.log(f"Installing fixtures from file {spec.label}.json", 1)
                 self.result.files += 1
@@ -351,7 +365,7 @@ class Installer:
         fetched_all = defaultdict(list)
         for model_label, pks in sorted(missing.items()):
             for fetched_label, paths in self.refetch(model_label, sorted(pks)).items():
-                self.files.setdefault(fetched_label, []).extend(paths)
+                self.paths(fetched_label).extend(paths)
                 fetched_all[fetched_label].extend(paths)
         for model in self.plan.models:
             paths = fetched_all.get(label(model))
@@ -390,7 +404,7 @@ class Installer:
         """Name each object whose reference still dangles; halt unless skipping."""
         problems = []
         for spec in self.specs.values():
-            for path in self.files.get(spec.label, []):
+            for path in self.paths(spec.label):
                 for obj in self.objects(path):
                     for target_label, pk in self.object_targets(spec, obj):
                         if pk in missing.get(target_label, ()):
@@ -618,7 +632,9 @@ class Installer:
         updates = [
             c
             for c in columns
-            if c != spec.pk_column and c not in ("original_id", "original_db_id")
+            if c != spec.pk_column
+            and c not in ("original_id", "original_db_id")
+            and c not in spec.file_columns
         ]
         target = qn(spec.table)
         if not compared:
@@ -737,6 +753,17 @@ class Installer:
                 if getattr(obj, "original_db_id", self.database.pk) != self.database.pk:
                     found.append(f"{label(field.model)}(pk={obj.pk}).{field.name}")
         return found
+
+
+def without_file_name(convert):
+    """A file field's converter that checks the remote's value and keeps nothing of it:
+    a name in the remote's storage means nothing here (``dbsync.files`` sets ours)."""
+
+    def convert_file(value):
+        convert(value)
+        return ""
+
+    return convert_file
 
 
 def deletion_allowance(max_delete, existing):

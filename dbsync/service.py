@@ -13,6 +13,8 @@ fetching in parallel tasks that hand their dumps over through ``dbsync.storage``
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -150,54 +152,116 @@ def run_sync(database, options, log=_quiet):
 
 def _sync(database, plan, options, run, result, log):
     work = work_dir_for(database, options.work_dir)
-    refetch = None
     if options.resume:
         log(f"Resuming from the dumps in {work}", 1)
         files, keys, server_time = load_for_resume(work, plan)
         if server_time and isinstance(server_time, str):
             server_time = datetime.fromisoformat(server_time)
-        fetched = Fetched(files, keys, server_time)
         result.full = keys == "present"
-    else:
-        client = RemoteClient(database, port=options.port)
-        fetch_plan = plan_fetch(database, plan, options, client, log)
-        result.full = fetch_plan.full
-        fetched = _fetch_all(database, plan, client, fetch_plan, work, log)
-        refetch = make_refetcher(client, fetch_plan.entries, plan, work)
-    _record_fetch(run, fetched.server_time, result.full)
-    if options.fetch_only:
-        log(
-            f"Fetched {len(fetched.files)} dumps into {work}; nothing installed (--fetch-only).", 1
+        _record_fetch(run, server_time, result.full)
+        install_fetched(
+            database, plan, options, result, Fetched(files, keys, server_time), None, log
         )
-        result.notes.append(f"fetch only: dumps kept in {work}")
         return
-    install_fetched(database, plan, options, result, fetched, refetch, log)
-    if not options.resume and not options.dry_run:
+    client = RemoteClient(database, port=options.port)
+    fetch_plan = plan_fetch(database, plan, options, client, log)
+    result.full = fetch_plan.full
+    _record_fetch(run, fetch_plan.server_time, result.full)
+    refetch = make_refetcher(client, fetch_plan.entries, plan, work)
+    with ParallelFetch(database, plan, client, fetch_plan, work, log) as fetched:
+        if options.fetch_only:
+            fetched.wait_all()
+            log(
+                f"Fetched {len(fetch_plan.jobs)} dumps into {work}; nothing installed "
+                f"(--fetch-only).",
+                1,
+            )
+            result.notes.append(f"fetch only: dumps kept in {work}")
+            return
+        # The install starts with the first model while the others are still
+        # being fetched: it waits for each dump only when it reaches it.
+        install_fetched(database, plan, options, result, fetched, refetch, log)
+    if not options.dry_run:
         _clean(work, plan)
 
 
-def _fetch_all(database, plan, client, fetch_plan, work, log):
-    paths = {}
-    for model_label, kind in fetch_plan.jobs:
-        if kind == DUMP:
-            log(f"Syncing model {plan_model_name(plan, model_label)}", 1)
-        path, size = fetch_job(client, fetch_plan, model_label, kind, work)
-        paths[(model_label, kind)] = path
-        if kind == DUMP:
-            name = plan_model_name(plan, model_label)
-            log(f"\t- Downloading {name} fixtures : done ({size} bytes)", 2)
-    fetched = assemble(fetch_plan, paths)
-    write_fetch_record(
-        work,
-        {
-            "remote": database.name,
-            "full": fetch_plan.full,
-            "server_time": fetch_plan.server_time.isoformat(),
-            "files": fetched.files,
-            "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
-        },
-    )
-    return fetched
+class ParallelFetch:
+    """The command's fetch: DBSYNC_FETCH_THREADS downloads at once, in plan order.
+
+    Behaves as the install's ``Fetched``: ``files[label]`` waits for that dump;
+    ``keys`` waits for every keys listing. A failed download fails the install
+    (and so the whole run); leaving the block cancels what has not started.
+    """
+
+    def __init__(self, database, plan, client, fetch_plan, work, log):
+        self.database, self.plan, self.fetch_plan = database, plan, fetch_plan
+        self.client, self.work, self.log = client, work, log
+        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.DBSYNC_FETCH_THREADS))
+        self.futures = {
+            job: self.pool.submit(fetch_job, client, fetch_plan, *job, work)
+            for job in fetch_plan.jobs
+        }
+        self.files = WaitingFiles(self)
+        self.server_time = fetch_plan.server_time
+        self.reported = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        return False
+
+    def result(self, model_label, kind=DUMP):
+        path, size = self.futures[(model_label, kind)].result()
+        if kind == DUMP and (model_label, kind) not in self.reported:
+            self.reported.add((model_label, kind))
+            name = plan_model_name(self.plan, model_label)
+            self.log(f"Syncing model {name}", 1)
+            self.log(f"\t- Downloading {name} fixtures : done ({size} bytes)", 2)
+        return path
+
+    @property
+    def keys(self):
+        if self.fetch_plan.full:
+            return "present"
+        return {
+            m: set(read_keys(str(self.result(m, kind))))
+            for m, kind in self.fetch_plan.jobs
+            if kind == KEYS
+        }
+
+    def wait_all(self):
+        paths = {job: self.result(*job) for job in self.fetch_plan.jobs}
+        write_fetch_record(
+            self.work,
+            {
+                "remote": self.database.name,
+                "full": self.fetch_plan.full,
+                "server_time": self.fetch_plan.server_time.isoformat(),
+                "files": {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP},
+                "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
+            },
+        )
+
+
+class WaitingFiles(Mapping):
+    """model label -> [dump path], each waiting for its download."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+        self.labels = [m for m, kind in fetch.fetch_plan.jobs if kind == DUMP]
+
+    def __getitem__(self, model_label):
+        if model_label not in self.labels:
+            raise KeyError(model_label)
+        return [str(self.fetch.result(model_label))]
+
+    def __iter__(self):
+        return iter(self.labels)
+
+    def __len__(self):
+        return len(self.labels)
 
 
 def plan_model_name(plan, model_label):

@@ -155,7 +155,8 @@ DBSYNC_HTTP_BACKOFF = env_float("DBSYNC_HTTP_BACKOFF", 1.0)
 DBSYNC_MAX_RESPONSE_BYTES = env_int("DBSYNC_MAX_RESPONSE_BYTES", 2 * 1024**3)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
-DBSYNC_BATCH_SIZE = env_int("DBSYNC_BATCH_SIZE", 5_000)
+# The command fetches this many dumps at once, installing while the rest arrive.
+DBSYNC_FETCH_THREADS = env_int("DBSYNC_FETCH_THREADS", 4)
 
 # --- dbsync: where fetched dumps live between the fetch and the install tasks ---
 # "local": a folder (DBSYNC_STORAGE_ROOT), enough when every worker shares a
