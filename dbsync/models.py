@@ -158,6 +158,7 @@ class Database(models.Model):
     class Meta:
         ordering = ("name",)
         verbose_name = "remote database"
+        permissions = [("sync_database", "Can start a sync of a remote")]
 
     def __str__(self):
         return self.name
