@@ -2,16 +2,26 @@
 
 Credentials are never sent back to the browser: the password and token fields
 are blank on every form and a blank field keeps the stored value. Runs are a
-record, so they are view-only.
+record, so they are view-only. "Sync now" (a button on a remote's page and an
+action on the list) queues the same Celery sync as the schedules, through
+``start_sync``.
 """
 
 from datetime import timedelta
 
 from django import forms
-from django.contrib import admin
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
+from django.views.decorators.http import require_POST
 
+from . import service
+from .errors import AlreadyRunning, SyncError
 from .models import Database, SyncRun
 from .result import COUNT_KEYS
 
@@ -37,6 +47,40 @@ def fieldsets_for(model, groups, extra=()):
 
 
 # --- remotes ------------------------------------------------------------------------------
+
+
+def sync_permission():
+    """The permission that lets a user start a sync, as "app_label.codename".
+
+    ``dbsync.sync_database`` once the model declares it; until then whoever may
+    change a remote may sync it.
+    """
+    declared = {codename for codename, _ in Database._meta.permissions}
+    codename = "sync_database" if "sync_database" in declared else "change_database"
+    return f"{Database._meta.app_label}.{codename}"
+
+
+def start_sync(database, started_by=""):
+    """Queue a sync of ``database`` ("Sync now"); return (level, message) for the user.
+
+    A refusal (the remote is busy: a REFUSED run is recorded) or a failure to queue
+    is a message, not an exception.
+    """
+    try:
+        service.enqueue_sync(database, trigger="admin", started_by=started_by)
+    except AlreadyRunning as exc:
+        return messages.WARNING, f"Not syncing {database}: {exc}"
+    except SyncError as exc:
+        return messages.ERROR, f"Could not sync {database}: {exc}"
+    # enqueue_sync returns the task, not the run; the run is this user's newest one.
+    run = (
+        SyncRun.objects.filter(database=database, trigger="admin", started_by=started_by)
+        .order_by("-pk")
+        .first()
+    )
+    if run is None:  # its remote was deleted meanwhile
+        return messages.WARNING, f"Queued a sync of {database}, whose run is gone."
+    return messages.SUCCESS, f"Queued a sync of {database}: run #{run.pk} ({run.status})."
 
 
 def secret_field(name):
@@ -89,12 +133,22 @@ class DatabaseForm(forms.ModelForm):
 @admin.register(Database)
 class DatabaseAdmin(admin.ModelAdmin):
     form = DatabaseForm
-    list_display = ("name", "hostname", "endpoint", "scheme", "is_active", "last_sync", "runs")
+    list_display = (
+        "name",
+        "hostname",
+        "endpoint",
+        "scheme",
+        "is_active",
+        "last_sync",
+        "last_run",
+        "last_run_status",
+        "last_run_age",
+        "runs",
+    )
     list_filter = ("is_active", "scheme")
     search_fields = ("name", "hostname", "descr")
     readonly_fields = ("last_sync", "sync_cursor")
-    # Admin actions ("Sync now", …) go here, each an @admin.action method.
-    actions = ()
+    actions = ("sync_now",)
     fieldsets = fieldsets_for(
         Database,
         [
@@ -111,9 +165,78 @@ class DatabaseAdmin(admin.ModelAdmin):
         extra=[f"clear_{name}" for name in SECRET_FIELDS],
     )
 
+    def get_queryset(self, request):
+        # The latest run of each remote, as columns of the one list query.
+        latest = SyncRun.objects.filter(database=OuterRef("pk")).order_by("-started_at", "-pk")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_run_id=Subquery(latest.values("pk")[:1]),
+                last_run_state=Subquery(latest.values("status")[:1]),
+                last_run_started=Subquery(latest.values("started_at")[:1]),
+            )
+        )
+
+    def get_urls(self):
+        opts = self.opts
+        return [
+            path(
+                "<path:object_id>/sync-now/",
+                self.admin_site.admin_view(self.sync_now_view),
+                name=f"{opts.app_label}_{opts.model_name}_sync_now",
+            ),
+            *super().get_urls(),
+        ]
+
+    def has_sync_permission(self, request):
+        return request.user.has_perm(sync_permission())
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "has_sync_permission": self.has_sync_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def sync_now_view(self, request, object_id):
+        return require_POST(self._sync_now)(request, object_id)
+
+    def _sync_now(self, request, object_id):
+        if not self.has_sync_permission(request):
+            raise PermissionDenied
+        database = get_object_or_404(Database, pk=object_id)
+        level, message = start_sync(database, started_by=request.user.get_username())
+        self.message_user(request, message, level)
+        runs = reverse("admin:dbsync_syncrun_changelist")
+        return redirect(f"{runs}?database__id__exact={database.pk}")
+
+    @admin.action(description="Sync now", permissions=["sync"])
+    def sync_now(self, request, queryset):
+        for database in queryset:
+            level, message = start_sync(database, started_by=request.user.get_username())
+            self.message_user(request, message, level)
+
     @admin.display(description="address")
     def endpoint(self, obj):
         return f"{obj.address}:{obj.port}"
+
+    @admin.display(description="last run", ordering="last_run_id")
+    def last_run(self, obj):
+        if obj.last_run_id is None:
+            return None
+        url = reverse("admin:dbsync_syncrun_change", args=[obj.last_run_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.last_run_id)
+
+    @admin.display(description="status", ordering="last_run_state")
+    def last_run_status(self, obj):
+        return obj.last_run_state
+
+    @admin.display(description="started", ordering="last_run_started")
+    def last_run_age(self, obj):
+        if obj.last_run_started is None:
+            return None
+        return f"{timesince(obj.last_run_started, timezone.now())} ago"
 
     @admin.display(description="runs")
     def runs(self, obj):
@@ -127,14 +250,18 @@ class DatabaseAdmin(admin.ModelAdmin):
 @admin.register(SyncRun)
 class SyncRunAdmin(admin.ModelAdmin):
     list_display = (
+        "id",
         "database",
         "status",
+        "progress",
         "trigger",
+        "started_by",
         "started_at",
         "finished_at",
         "run_duration",
         "run_totals",
     )
+    list_display_links = ("id", "database")
     list_filter = ("status", "trigger", "database")
     list_select_related = ("database",)
     search_fields = ("database__name", "started_by", "message")
@@ -154,6 +281,11 @@ class SyncRunAdmin(admin.ModelAdmin):
         ],
         extra=readonly_fields,
     )
+
+    def changelist_view(self, request, extra_context=None):
+        # While a run is active the list reloads itself to show its progress.
+        active = SyncRun.objects.filter(status__in=SyncRun.ACTIVE).exists()
+        return super().changelist_view(request, {**(extra_context or {}), "auto_refresh": active})
 
     # A record of what happened: nobody adds, edits or deletes it here.
     def has_add_permission(self, request):
