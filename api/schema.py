@@ -13,7 +13,11 @@ from django.conf import settings
 
 # Personal data and accounts: never served, whatever the app.
 NEVER_SERVED_APPS = frozenset({"auth", "admin", "sessions", "contenttypes", "dbsync"})
-NEVER_SERVED_MODELS = frozenset({"hcore.userprofile"})
+# Records are served by endpoints of their own (api.records), not as a model: they
+# are too many for dumps. Their summary and sync state are each instance's own.
+NEVER_SERVED_MODELS = frozenset(
+    {"hcore.userprofile", "hcore.record", "hcore.recordssummary", "hcore.recordssyncstate"}
+)
 # Replication bookkeeping of the serving instance: its own registry's keys mean
 # nothing to a reader, and a dump with them would not load into an empty database.
 BOOKKEEPING_FIELDS = frozenset({"original_id", "original_db"})

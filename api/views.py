@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from . import dumps
+from . import dumps, files, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
 from .params import check_parameters, parse_dump_query
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 API_VERSION = 1
 SAFE_METHODS = ("GET", "HEAD")
 JSON = "application/json"
+CSV = "text/csv; charset=utf-8"
 
 
 def format_server_time(moment):
@@ -84,8 +85,26 @@ def manifest(request):
             "server_time": format_server_time(request.api_time),
             "apps": served_apps(),
             "models": [describe_served_model(model) for model in served_models()],
+            **describe_records_and_files(),
         }
     )
+
+
+def describe_records_and_files():
+    """Where a syncer finds the records and files, if this instance serves hcore."""
+    if "hcore" not in served_apps():
+        return {}
+    return {
+        "records": {
+            "summary_url": reverse("api:records-summary"),
+            "batch_url": reverse("api:records-batch"),
+            "url": reverse("api:records", args=(0,)).replace("/0/", "/{pk}/"),
+        },
+        "files": {
+            "listing_url": reverse("api:file-listing"),
+            "url": reverse("api:file-content", args=(0,)).replace("/0/", "/{pk}/"),
+        },
+    }
 
 
 def describe_served_model(model):
@@ -118,6 +137,57 @@ def keys(request, app_label, model_name):
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
     return StreamingHttpResponse(dumps.stream_keys(model), content_type=JSON)
+
+
+def hcore_served():
+    if "hcore" not in served_apps():
+        raise ApiError(404, "This instance does not serve hcore.")
+
+
+@api_endpoint
+def records_summary(request):
+    hcore_served()
+    check_parameters(request.GET)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    return StreamingHttpResponse(records.stream_summary(), content_type=JSON)
+
+
+@api_endpoint
+def timeseries_records(request, pk):
+    hcore_served()
+    check_parameters(request.GET, records.RECORDS_PARAMETERS)
+    series = records.series_or_404(pk)
+    start, end = records.parse_range(request.GET, series.time_zone.utc_offset)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=CSV)
+    return StreamingHttpResponse(records.stream_records(series, start, end), content_type=CSV)
+
+
+@api_endpoint
+def records_batch(request):
+    hcore_served()
+    check_parameters(request.GET, records.BATCH_PARAMETERS)
+    batch = records.parse_batch(request.GET.get("series"))
+    if request.method == "HEAD":
+        return HttpResponse(content_type=CSV)
+    return StreamingHttpResponse(records.stream_batch(batch), content_type=CSV)
+
+
+@api_endpoint
+def file_listing(request):
+    hcore_served()
+    check_parameters(request.GET)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    return StreamingHttpResponse(files.stream_listing(), content_type=JSON)
+
+
+@api_endpoint
+def file_content(request, pk):
+    hcore_served()
+    check_parameters(request.GET)
+    return files.file_response(pk, head=request.method == "HEAD")
 
 
 @api_endpoint

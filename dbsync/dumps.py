@@ -26,13 +26,17 @@ def dump_name(model_label, suffix=""):
     return f"{model_label}{suffix}.json"
 
 
-def iter_objects(path):
-    """Yield the objects of a dump; raise PayloadError on anything malformed."""
+def iter_objects(path, skip=frozenset()):
+    """Yield the objects of a dump; raise PayloadError on anything malformed.
+
+    Objects of the models labelled in ``skip`` are passed over unchecked (e.g. the
+    records in a ``dumpdata`` file, whose primary keys are not integers).
+    """
     name = os.path.basename(path)
     with open(path, "rb") as fh:
         first = fh.readline()
         if first.strip() != b"[":
-            yield from _iter_whole(path)
+            yield from _iter_whole(path, skip)
             return
         lineno, closed = 1, False
         for line in fh:
@@ -52,15 +56,20 @@ def iter_objects(path):
             except (ValueError, RecursionError) as exc:
                 if lineno == 2:
                     # Not our line layout (e.g. dumpdata --indent): read it whole.
-                    yield from _iter_whole(path)
+                    yield from _iter_whole(path, skip)
                     return
                 raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
-            yield _check_object(obj, name, lineno)
+            if not _skipped(obj, skip):
+                yield _check_object(obj, name, lineno)
         if not closed:
             raise PayloadError(f"{name}: truncated (no closing bracket after line {lineno})")
 
 
-def _iter_whole(path):
+def _skipped(obj, skip):
+    return bool(skip) and isinstance(obj, dict) and str(obj.get("model")).lower() in skip
+
+
+def _iter_whole(path, skip=frozenset()):
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -70,7 +79,8 @@ def _iter_whole(path):
     if not isinstance(data, list):
         raise PayloadError(f"{name}: a dump must be a JSON list of objects")
     for index, obj in enumerate(data):
-        yield _check_object(obj, name, f"object {index + 1}")
+        if not _skipped(obj, skip):
+            yield _check_object(obj, name, f"object {index + 1}")
 
 
 def _check_object(obj, name, where):

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, models
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
@@ -69,6 +69,8 @@ class ModelSpec:
             target = f.related_model if f.is_relation else None
             in_plan = target in planned
             convert = converter_for(f.target_field if target else f)
+            if isinstance(f, models.FileField):
+                convert = without_file_name(convert)
             self.columns.append(
                 (
                     f,
@@ -90,6 +92,9 @@ class ModelSpec:
             for f in list(model._meta.local_fields) + list(model._meta.local_many_to_many)
             if f.is_relation and f.related_model._meta.app_label == "auth"
         }
+        # A file field's value is a name in the remote's storage, meaningless here:
+        # dbsync.files fetches the file and sets the name. New rows start without one.
+        self.file_columns = {f.column for f in self.fields if isinstance(f, models.FileField)}
         self.parent_labels = [label(p) for p in model._meta.get_parent_list()]
         self.planned_m2m = [f for f in self.m2m if f.related_model in planned]
 
@@ -110,7 +115,7 @@ class ModelSpec:
 
     @property
     def compared_columns(self):
-        return [f.column for f, *_ in self.columns]
+        return [f.column for f, *_ in self.columns if f.column not in self.file_columns]
 
 
 class Installer:
@@ -627,7 +632,9 @@ class Installer:
         updates = [
             c
             for c in columns
-            if c != spec.pk_column and c not in ("original_id", "original_db_id")
+            if c != spec.pk_column
+            and c not in ("original_id", "original_db_id")
+            and c not in spec.file_columns
         ]
         target = qn(spec.table)
         if not compared:
@@ -746,6 +753,17 @@ class Installer:
                 if getattr(obj, "original_db_id", self.database.pk) != self.database.pk:
                     found.append(f"{label(field.model)}(pk={obj.pk}).{field.name}")
         return found
+
+
+def without_file_name(convert):
+    """A file field's converter that checks the remote's value and keeps nothing of it:
+    a name in the remote's storage means nothing here (``dbsync.files`` sets ours)."""
+
+    def convert_file(value):
+        convert(value)
+        return ""
+
+    return convert_file
 
 
 def deletion_allowance(max_delete, existing):

@@ -279,7 +279,9 @@ class SyncRun(models.Model):
         return self.finished_at - self.started_at
 
     def totals(self):
+        """Of the objects; records and files are in ``model_counts`` on their own."""
+        from .result import DATA_LABELS
+
         keys = ("fetched", "created", "updated", "deleted", "unchanged", "skipped")
-        return {
-            key: sum(counts.get(key, 0) for counts in self.model_counts.values()) for key in keys
-        }
+        counts = [c for label, c in self.model_counts.items() if label not in DATA_LABELS]
+        return {key: sum(c.get(key, 0) for c in counts) for key in keys}

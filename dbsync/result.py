@@ -3,6 +3,10 @@
 from dataclasses import dataclass, field
 
 COUNT_KEYS = ("fetched", "created", "updated", "unchanged", "deleted", "skipped")
+# Counted apart from the objects: records (dbsync.records) and files (dbsync.files).
+RECORDS_LABEL = "hcore.record"
+FILES_LABEL = "hcore.gentityfile.content"
+DATA_LABELS = frozenset({RECORDS_LABEL, FILES_LABEL})
 
 
 @dataclass
@@ -46,7 +50,11 @@ class SyncResult:
 
     @property
     def totals(self):
-        return {key: sum(counts[key] for counts in self.counts.values()) for key in COUNT_KEYS}
+        """Of the objects: records and files are counted apart (see ``summary``)."""
+        return {
+            key: sum(c[key] for label, c in self.counts.items() if label not in DATA_LABELS)
+            for key in COUNT_KEYS
+        }
 
     @property
     def installed(self):
@@ -62,4 +70,17 @@ class SyncResult:
             f"({t['created']} created, {t['updated']} updated, {t['unchanged']} unchanged, "
             f"{t['deleted']} deleted, {t['skipped']} skipped)."
         )
+        records = self.counts.get(RECORDS_LABEL)
+        if records:
+            skipped = f", {records['skipped']} series skipped" if records["skipped"] else ""
+            text += (
+                f" Records: {records['created']} added, {records['updated']} changed, "
+                f"{records['deleted']} removed, {records['unchanged']} unchanged{skipped}."
+            )
+        files = self.counts.get(FILES_LABEL)
+        if files:
+            text += (
+                f" Files: {files['fetched']} fetched, {files['deleted']} removed, "
+                f"{files['unchanged']} unchanged, {files['skipped']} skipped."
+            )
         return text

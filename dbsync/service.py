@@ -36,10 +36,12 @@ from .fetch import (
     make_refetcher,
     write_fetch_record,
 )
+from .files import sync_files
 from .install import Installer
 from .locking import LockBusy, claim, keep_alive, lock_or_refuse, mark_interrupted, remote_lock
 from .models import SyncRun
 from .planner import label, make_plan
+from .records import SummaryPrefetch, sync_records
 from .remote import RemoteClient
 from .result import SyncResult
 from .workdir import load_for_resume, work_dir_for
@@ -63,6 +65,7 @@ class SyncOptions:
     full: bool = False
     max_delete: str | None = None
     dry_run: bool = False
+    records: bool = True  # the time-series records and files, after the objects
     trigger: str = "command"
     started_by: str = ""
 
@@ -180,7 +183,7 @@ def _sync(database, plan, options, run, result, log):
             return
         # The install starts with the first model while the others are still
         # being fetched: it waits for each dump only when it reaches it.
-        install_fetched(database, plan, options, result, fetched, refetch, log)
+        install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
     if not options.dry_run:
         _clean(work, plan)
 
@@ -331,11 +334,17 @@ def _record_fetch(run, server_time, full):
     run.save(update_fields=["remote_time", "full"])
 
 
-def install_fetched(database, plan, options, result, fetched, refetch=None, log=_quiet):
-    """Back up, then install the dumps and move the cursor in one transaction."""
+def install_fetched(
+    database, plan, options, result, fetched, refetch=None, log=_quiet, client=None
+):
+    """Back up, then install the dumps and move the cursor in one transaction; then,
+    given the remote's ``client``, sync the records and files (see ``sync_data``)."""
     if options.backup and not options.dry_run:
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
+    summary = None
+    if options.records and client is not None and "hcore.timeseries" in plan.labels:
+        summary = SummaryPrefetch(database, client)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     with transaction.atomic():
         Installer(
@@ -358,7 +367,38 @@ def install_fetched(database, plan, options, result, fetched, refetch=None, log=
                 database.sync_cursor = fetched.server_time
                 update.append("sync_cursor")
             database.save(update_fields=update)
+    if options.records:
+        if client is None:
+            result.notes.append("records and files not synced: they need the remote's API")
+        else:
+            sync_data(database, plan, client, options, result, log, summary)
     return result
+
+
+def sync_data(database, plan, client, options, result, log=_quiet, summary=None):
+    """The records and the files, after the objects' transaction has committed (a
+    record cannot outlive its series: the foreign key sees to it). Each in its own
+    transaction; a failure leaves the objects installed and says so."""
+    try:
+        if "hcore.timeseries" in plan.labels:
+            log("Syncing time-series records", 1)
+            records = sync_records(
+                database,
+                client,
+                skip=options.skip,
+                dry_run=options.dry_run,
+                log=log,
+                summary=summary,
+            )
+            records.add_to(result)
+        if "hcore.gentityfile" in plan.labels:
+            log("Syncing files", 1)
+            sync_files(database, client, dry_run=options.dry_run, log=log).add_to(result)
+    except SyncError as exc:
+        raise type(exc)(
+            f"{exc} (the objects of this run were installed; records and files were not "
+            f"all synced)"
+        ) from exc
 
 
 @contextmanager
@@ -577,9 +617,8 @@ def _install_run(run, fetched, log):
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
             client = RemoteClient(database, port=options.port)
             refetch = make_refetcher(client, fetch_plan.entries, plan, work)
-            install_fetched(
-                database, plan, options, result, assemble(fetch_plan, paths), refetch, log
-            )
+            dumps = assemble(fetch_plan, paths)
+            install_fetched(database, plan, options, result, dumps, refetch, log, client=client)
     return result
 
 

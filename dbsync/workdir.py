@@ -72,7 +72,7 @@ def _split(paths, work, plan):
     dropped = set(NEVER_SERVED_MODELS) | set(plan.excluded)
     try:
         for path in paths:
-            for obj in iter_objects(str(path)):
+            for obj in iter_objects(str(path), skip=dropped):
                 model_label = obj["model"].lower()
                 if model_label in dropped:
                     continue

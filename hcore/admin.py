@@ -8,10 +8,12 @@ widgets; lists fetch what they show in one query.
 """
 
 from django.contrib import admin
+from django.template.loader import render_to_string
 
 from dbsync.models import Database
 
 from . import models as m
+from .records import overview as records_overview
 
 REPLICATION_FIELDS = ("origin", "original_id", "last_modified")
 
@@ -291,6 +293,18 @@ class TimeseriesAdmin(ReplicatedAdmin):
     list_filter = ("variable", "time_step", "time_zone")
     search_fields = ("name", "gentity__name", "gentity__short_name")
     autocomplete_fields = ("gentity", "instrument")
+    readonly_fields = ("records",)
+
+    @admin.display(description="records")
+    def records(self, obj):
+        """Count, period and a small plot of the values (an inline SVG)."""
+        if obj is None or obj.pk is None:
+            return "—"
+        state = m.RecordsSyncState.objects.filter(timeseries=obj).first()
+        return render_to_string(
+            "admin/hcore/timeseries/records.html",
+            {"overview": records_overview(obj), "series": obj, "state": state},
+        )
 
 
 @admin.register(m.GentityAltCode)

@@ -433,3 +433,105 @@ class UserProfile(models.Model):
 
     def __str__(self):
         return f"Profile of {self.user}"
+
+
+# --- Time-series records: the bulk of the data, not a served model ------------------------
+
+
+class Record(models.Model):
+    """One value of a time series: tens of millions of rows, growing every day.
+
+    The natural key ``(timeseries, timestamp)`` is the primary key: on PostgreSQL its
+    index serves the range reads of a series and the appends at its end, and no
+    surrogate key (8 bytes a row, and a second index) is needed. Records are not
+    served or synced as a model but through their own endpoints (``api.records``)
+    and ``dbsync.records``.
+    """
+
+    pk = models.CompositePrimaryKey("timeseries", "timestamp")
+    # The primary key's index leads with timeseries_id: a second index would be waste.
+    timeseries = models.ForeignKey(Timeseries, on_delete=models.CASCADE, db_index=False)
+    timestamp = models.DateTimeField()
+    value = models.FloatField(null=True, blank=True, help_text="Empty when missing.")
+    flags = models.TextField(blank=True, help_text="Space-separated flags, e.g. 'MISS RANGE'.")
+
+    class Meta:
+        ordering = ("timeseries", "timestamp")
+
+    def __str__(self):
+        return f"{self.timeseries_id} {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class RecordsSummary(models.Model):
+    """Count, period and checksum of a time series' records, kept by the database.
+
+    On PostgreSQL, triggers on the records table keep it in step with every insert,
+    update, delete and truncation, in the writing transaction (migration 0002), so
+    that the API serves the summary of every series without reading every record
+    (``api.records``). Elsewhere it stays empty, and the API computes the summary.
+    """
+
+    timeseries = models.OneToOneField(
+        Timeseries,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="records_summary",
+        verbose_name="time series",
+    )
+    count = models.BigIntegerField(default=0, verbose_name="records")
+    start = models.DateTimeField(null=True, blank=True, verbose_name="first record")
+    end = models.DateTimeField(null=True, blank=True, verbose_name="last record")
+    checksum = models.DecimalField(
+        max_digits=40,
+        decimal_places=0,
+        default=0,
+        verbose_name="checksum",
+        help_text="The sum of the records' hashes (the API serves it modulo 2**64).",
+    )
+
+    class Meta:
+        verbose_name = "records summary"
+        verbose_name_plural = "records summaries"
+
+    def __str__(self):
+        return f"Records of time series {self.timeseries_id}: {self.count}"
+
+
+class RecordsSyncState(models.Model):
+    """What the last records sync installed for a replicated time series.
+
+    The remote's count, period and checksum of the records as they were installed
+    here, so that the next sync compares them with the remote's summary without
+    reading the local records, and fetches only what is new. Written in the same
+    transaction as the records; never served.
+    """
+
+    timeseries = models.OneToOneField(
+        Timeseries,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="records_sync_state",
+        verbose_name="time series",
+    )
+    count = models.BigIntegerField(
+        verbose_name="records", help_text="Number of records installed from the remote."
+    )
+    start = models.DateTimeField(
+        null=True, blank=True, verbose_name="first record", help_text="Timestamp of the first."
+    )
+    end = models.DateTimeField(
+        null=True, blank=True, verbose_name="last record", help_text="Timestamp of the last."
+    )
+    checksum = models.CharField(
+        max_length=16,
+        verbose_name="checksum",
+        help_text="The remote's checksum of these records (see api.records).",
+    )
+    synced_at = models.DateTimeField(verbose_name="synced at", help_text="When installed.")
+
+    class Meta:
+        verbose_name = "records sync state"
+        verbose_name_plural = "records sync states"
+
+    def __str__(self):
+        return f"Records of time series {self.timeseries_id}: {self.count}"

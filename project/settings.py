@@ -157,6 +157,10 @@ DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 # The command fetches this many dumps at once, installing while the rest arrive.
 DBSYNC_FETCH_THREADS = env_int("DBSYNC_FETCH_THREADS", 4)
+# Time-series records and files (dbsync.records, dbsync.files): downloads at once,
+# and the largest file fetched (a larger one is refused and reported).
+DBSYNC_RECORDS_WORKERS = env_int("DBSYNC_RECORDS_WORKERS", 4)
+DBSYNC_MAX_FILE_BYTES = env_int("DBSYNC_MAX_FILE_BYTES", 100 * 1024**2)
 
 # --- dbsync: where fetched dumps live between the fetch and the install tasks ---
 # "local": a folder (DBSYNC_STORAGE_ROOT), enough when every worker shares a

@@ -3,6 +3,12 @@ import pytest
 from tests.instance import Instance, Template
 
 
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path_factory):
+    """Files that syncs fetch go to a folder of the test run, not to var/media."""
+    settings.MEDIA_ROOT = tmp_path_factory.getbasetemp() / "media"
+
+
 @pytest.fixture(scope="session")
 def instance_template():
     template = Template()

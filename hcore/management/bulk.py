@@ -92,6 +92,14 @@ def copy_rows(connection, sql, rows):
     return count
 
 
+def copy_text(connection, sql, blocks):
+    """COPY ``blocks`` of text, already in COPY's text format (the fastest way in)."""
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(sql) as copy:
+            for block in blocks:
+                copy.write(block)
+
+
 def value_adapters(model, field_names, connection):
     """Per column, a function preparing a value for the database, or None."""
     adapters = []

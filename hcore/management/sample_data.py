@@ -20,18 +20,19 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from hcore import models as m
 from hcore.management import sample_vocabulary as words
 from hcore.management.bulk import (
+    copy_text,
     foreign_keys_checked_at_end,
     insert_rows,
     insert_rows_returning_pks,
@@ -51,6 +52,7 @@ class SampleOptions:
     instruments_per_station: float = 1
     events_per_station: float = 1
     files_per_station: float = 0
+    records_per_series: int = 0
     seed: int = 1
 
 
@@ -127,6 +129,8 @@ class SampleDataGenerator:
             ("events", self.make_events),
             ("alternative codes", self.make_alt_codes),
             ("files", self.make_files),
+            # Last, so that the random draws of everything else stay as they were.
+            ("records", self.make_records),
         ]
         with self.foreign_key_checks():
             for name, step in steps:
@@ -542,7 +546,11 @@ class SampleDataGenerator:
         )
 
     def make_timeseries(self):
-        self.insert(m.Timeseries, TIMESERIES_FIELDS, self.timeseries_rows())
+        self.series_variables = []
+        pks = self.insert_returning_pks(
+            m.Timeseries, TIMESERIES_FIELDS, list(self.timeseries_rows())
+        )
+        self.series = list(zip(pks, self.series_variables, strict=True))
 
     def timeseries_rows(self):
         """Per station, time series of the variables its type measures, in turn."""
@@ -551,6 +559,7 @@ class SampleDataGenerator:
             first = int(self.rng.random() * len(variables))
             for k in range(self.how_many(self.options.timeseries_per_station)):
                 variable = variables[(first + k) % len(variables)]
+                self.series_variables.append(variable)
                 yield self.timeseries_row(station, variable, self.instruments[index])
 
     def timeseries_row(self, station, variable, instruments):
@@ -641,6 +650,24 @@ class SampleDataGenerator:
         self.result.files.append(name)
         return (station.pk, day, file_type, name, f"{descr}, {station.name}", "", "", "", self.now)
 
+    def make_records(self):
+        count = self.options.records_per_series
+        if not count or not self.series:
+            return
+        records = SampleRecords(count, self.rng)
+        fields = ["timeseries", "timestamp", "value", "flags"]
+        connection = connections[self.using]
+        if connection.vendor == "postgresql":
+            columns = ", ".join(
+                connection.ops.quote_name(m.Record._meta.get_field(name).column) for name in fields
+            )
+            table = connection.ops.quote_name(m.Record._meta.db_table)
+            sql = f"COPY {table} ({columns}) FROM STDIN"
+            copy_text(connection, sql, records.copy_text(self.series))
+            self.result.counts[model_label(m.Record)] += count * len(self.series)
+        else:
+            self.insert(m.Record, fields, records.rows(self.series))
+
     def csv_content(self, first_day):
         lines = ["date,value"]
         for offset in range(10):
@@ -652,6 +679,64 @@ class SampleDataGenerator:
         return f"{station.name}, {day:%Y-%m-%d}\n\n{self.pick(words.EVENT_REPORTS)}\n"
 
 
+class SampleRecords:
+    """The records of the sample time series: 10-minute values up to a fixed moment.
+
+    A daily cycle plus noise around each variable's mean, about 1% missing (flag
+    MISS). Made from tables drawn once (the noise, which records are missing) and
+    shifted per series, so that millions of rows cost little more than writing them.
+    """
+
+    END = datetime(2025, 12, 31, 23, 50, tzinfo=UTC)
+    STEP_MINUTES = 10
+    PER_DAY = 24 * 60 // STEP_MINUTES
+    MISSING_SHARE = 0.01
+
+    def __init__(self, count, rng):
+        self.count = count
+        self.rng = rng
+        self.noise = [rng.gauss(0.0, 1.0) for _ in range(count)]
+        self.missing = bytes(rng.random() < self.MISSING_SHARE for _ in range(count))
+        self.cycle = [
+            -math.cos(2 * math.pi * (k - self.PER_DAY / 12) / self.PER_DAY)
+            for k in range(self.PER_DAY)
+        ]
+        self.times = [
+            self.END - timedelta(minutes=self.STEP_MINUTES * (count - 1 - k)) for k in range(count)
+        ]
+
+    def values(self, variable):
+        """(value or None, flags) of one series' records, oldest first."""
+        mean, amplitude, deviation, low, high = words.RECORD_SHAPES[variable]
+        precision = words.VARIABLES[variable][2]
+        count, noise, missing, cycle = self.count, self.noise, self.missing, self.cycle
+        shift = int(self.rng.random() * count)
+        phase = int(self.rng.random() * 6)  # stations are not all on one clock
+        for k in range(count):
+            j = (k + shift) % count
+            if missing[j]:
+                yield None, "MISS"
+                continue
+            value = mean + amplitude * cycle[(k + phase) % self.PER_DAY] + deviation * noise[j]
+            yield round(min(max(value, low), high), precision), ""
+
+    def copy_text(self, series):
+        """The rows of ``series`` ([(pk, variable)]) in COPY's text format, a block a series."""
+        stamps = [f"{moment:%Y-%m-%d %H:%M}+00\t" for moment in self.times]
+        for pk, variable in series:
+            prefix = f"{pk}\t"
+            yield "".join(
+                f"{prefix}{stamp}{NULL if value is None else value}\t{flags}\n"
+                for stamp, (value, flags) in zip(stamps, self.values(variable), strict=True)
+            )
+
+    def rows(self, series):
+        for pk, variable in series:
+            for moment, (value, flags) in zip(self.times, self.values(variable), strict=True):
+                yield pk, moment, value, flags
+
+
+NULL = "\\N"  # COPY's text format for a missing value
 MANUFACTURERS = list(words.INSTRUMENT_MODELS)
 GENTITY_KEYS = ["water_basin", "water_division", "political_division"]
 GENTITY_FIELDS = [

@@ -78,6 +78,23 @@ VARIABLES = {
     "Snow depth": ("Ύψος χιονιού", ["cm"], 0),
 }
 
+# The shape of a variable's sample records: (mean, amplitude of the daily cycle,
+# standard deviation of the noise, lowest, highest), in the variable's first unit.
+RECORD_SHAPES = {
+    "Precipitation": (-0.8, 0.0, 0.6, 0.0, 50.0),
+    "Air temperature": (16.0, 5.0, 1.5, -30.0, 50.0),
+    "Relative humidity": (65.0, -15.0, 6.0, 0.0, 100.0),
+    "Wind speed": (3.5, 1.5, 1.2, 0.0, 40.0),
+    "Wind direction": (180.0, 40.0, 60.0, 0.0, 359.0),
+    "Atmospheric pressure": (1013.0, 1.0, 3.0, 950.0, 1060.0),
+    "Solar radiation": (120.0, 250.0, 40.0, 0.0, 1200.0),
+    "Evaporation": (0.1, 0.1, 0.05, 0.0, 5.0),
+    "Water level": (1.2, 0.0, 0.3, 0.0, 10.0),
+    "Discharge": (3.0, 0.0, 1.5, 0.0, 500.0),
+    "Groundwater level": (25.0, 0.0, 0.5, 0.0, 200.0),
+    "Snow depth": (-20.0, 0.0, 30.0, 0.0, 400.0),
+}
+
 METEO = ["Air temperature", "Relative humidity", "Wind speed", "Wind direction"]
 # Station type: (alternative description, variables it measures)
 STATION_TYPES = {

@@ -95,6 +95,12 @@ class Command(BaseCommand):
             "percentage (10%%) or 'all'. Default: DBSYNC_MAX_DELETE.",
         )
         parser.add_argument(
+            "--no-records",
+            action="store_true",
+            help="Sync the objects only: not the time-series records, nor the files of "
+            "GentityFile objects (both are synced after the objects by default).",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="Show, per model, what would be created, updated and deleted; change nothing.",
@@ -127,6 +133,7 @@ class Command(BaseCommand):
             full=options["full"],
             max_delete=options["max_delete"],
             dry_run=options["dry_run"],
+            records=not options["no_records"],
             trigger="command",
         )
         try:

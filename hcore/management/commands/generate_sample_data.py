@@ -24,7 +24,7 @@ def non_negative_float(text):
 class Command(BaseCommand):
     help = (
         "Add a realistic Enhydris data set (stations with their instruments, time series, "
-        "events, files…) for demos, tests and benchmarks. The same seed gives the same "
+        "events, files, records…) for demos, tests and benchmarks. The same seed gives the same "
         "data on an empty database; on one with data, local lookups are reused and the "
         "rest is added. One transaction."
     )
@@ -48,6 +48,13 @@ class Command(BaseCommand):
                 f"to 30%% of the stations (default {default}).",
             )
         parser.add_argument(
+            "--records-per-series",
+            type=non_negative_int,
+            default=0,
+            help="Records of every time series: 10-minute values up to 2025-12-31 23:50 UTC "
+            "(default 0).",
+        )
+        parser.add_argument(
             "--seed",
             type=int,
             default=1,
@@ -62,6 +69,7 @@ class Command(BaseCommand):
             instruments_per_station=options["instruments_per_station"],
             events_per_station=options["events_per_station"],
             files_per_station=options["files_per_station"],
+            records_per_series=options["records_per_series"],
             seed=options["seed"],
         )
         result = generate(sample_options, on_step=self.report_step)

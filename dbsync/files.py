@@ -1,0 +1,356 @@
+"""Syncing the files of ``GentityFile`` objects (photos, documents) after the metadata.
+
+The remote lists its files with their size and SHA-256 (``api.files``). The local
+copy of a remote's file is stored as
+
+    gentityfile/<remote id>/<remote pk>/<first 12 hex digits of its SHA-256>/<basename>
+
+so that remotes and objects cannot collide, nothing a remote sends can name a path
+outside that folder (the basename is made safe: no folders, no ``..``), and a
+changed file is told from the name alone, without reading ours. A file is fetched
+only when the name it would get here differs from the object's ``content`` (or is
+missing from the storage); it is checked against the listed size and checksum
+before it is stored. A file over DBSYNC_MAX_FILE_BYTES is refused and reported; the
+object keeps what it had. Whatever is in a remote's folder that no object points at
+any more (objects deleted at the remote, earlier versions) is removed.
+
+Files are not in the database's transaction: each is stored first and its object
+updated after, so a run that stops half-way leaves objects that point at whole
+files, and the next run finishes the work.
+"""
+
+import hashlib
+import logging
+import posixpath
+import re
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+
+from hcore.models import GentityFile
+
+from .errors import PayloadError, RemoteError
+from .fetch import _check_path
+from .result import FILES_LABEL, ObjectProblem
+
+try:
+    from orjson import loads
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    from json import loads
+
+logger = logging.getLogger(__name__)
+
+MODEL_LABEL = "hcore.gentityfile"
+ROOT = "gentityfile"
+DEFAULT_MAX_FILE_BYTES = 100 * 2**20
+HEX64 = re.compile(r"[0-9a-f]{64}")
+CHUNK = 1 << 16
+# FileField's default max_length: the whole name must fit.
+MAX_NAME = GentityFile._meta.get_field("content").max_length
+
+
+def _quiet(message, level=1):
+    logger.debug("%s", message)
+
+
+@dataclass
+class FilesResult:
+    remote: str
+    fetched: int = 0  # files downloaded
+    created: int = 0  # objects that got a file
+    updated: int = 0  # objects whose file changed (or went)
+    unchanged: int = 0
+    deleted: int = 0  # files removed from the storage
+    skipped: int = 0
+    bytes: int = 0
+    problems: list = field(default_factory=list)
+    dry_run: bool = False
+
+    def problem(self, remote_pk, message):
+        self.skipped += 1
+        self.problems.append(ObjectProblem(self.remote, MODEL_LABEL, remote_pk, message))
+        logger.warning("%s: gentityfile %s: %s", self.remote, remote_pk, message)
+
+    @property
+    def counts(self):
+        return {
+            "fetched": self.fetched,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "skipped": self.skipped,
+        }
+
+    def add_to(self, result):
+        """Report into a run's SyncResult, under "hcore.gentityfile.content"."""
+        result.counts[FILES_LABEL] = self.counts
+        result.problems.extend(self.problems)
+
+    def summary(self):
+        verb = "Would fetch" if self.dry_run else "Fetched"
+        return (
+            f"{verb} {self.fetched} files ({self.bytes} bytes): {self.created} new, "
+            f"{self.updated} changed, {self.unchanged} unchanged, {self.deleted} removed, "
+            f"{self.skipped} skipped."
+        )
+
+
+def safe_basename(name, room):
+    """The last part of a remote's file name, safe as one path component, at most
+    ``room`` characters (the extension kept)."""
+    base = posixpath.basename(name.replace("\\", "/")).strip().lstrip(".")
+    try:
+        base = get_valid_filename(base).lstrip(".")
+    except SuspiciousFileOperation:  # nothing usable is left of it
+        base = ""
+    base = base or "file"
+    if len(base) > room:
+        stem, dot, ext = base.rpartition(".")
+        if dot and 0 < len(ext) < room - 1:
+            base = stem[: room - len(ext) - 1] + "." + ext
+        else:
+            base = base[:room]
+    return base
+
+
+def folder(database, remote_pk=None):
+    path = f"{ROOT}/{int(database.pk)}"
+    return path if remote_pk is None else f"{path}/{int(remote_pk)}"
+
+
+def local_name(database, remote_pk, entry):
+    """Where the file of a remote's object is stored here (see the module's docstring)."""
+    prefix = f"{folder(database, remote_pk)}/{entry['sha256'][:12]}/"
+    return prefix + safe_basename(entry["name"], max(8, MAX_NAME - len(prefix)))
+
+
+def check_entry(entry):
+    if not isinstance(entry, dict) or not isinstance(entry.get("pk"), int):
+        raise ValueError("not an object with a pk")
+    if not isinstance(entry.get("name"), str):
+        raise ValueError("no name")
+    if entry["name"] and not entry.get("missing"):
+        if not isinstance(entry.get("size"), int) or entry["size"] < 0:
+            raise ValueError("no size")
+        if not isinstance(entry.get("sha256"), str) or not HEX64.fullmatch(entry["sha256"]):
+            raise ValueError("no SHA-256")
+    return entry
+
+
+class FilesSync:
+    def __init__(self, database, client, *, dry_run=False, log=_quiet):
+        self.database = database
+        self.client = client
+        self.dry_run = dry_run
+        self.log = log
+        self.result = FilesResult(remote=str(database), dry_run=dry_run)
+        self.storage = GentityFile._meta.get_field("content").storage
+        self.max_bytes = int(getattr(settings, "DBSYNC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES))
+        self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
+        self.now = timezone.now()
+        self.local = threading.local()
+
+    def run(self):
+        urls = self.endpoints()
+        if urls is None:
+            return self.result
+        work = Path(settings.DBSYNC_WORK_DIR)
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"files-{self.database.pk}-", dir=work) as tmp:
+            self.work = Path(tmp)
+            listing = self.fetch_listing(urls["listing_url"])
+            self.url_template = urls["url"]
+            todo = self.plan(listing)
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="files") as pool:
+                for job, outcome in zip(todo, pool.map(self.fetch, todo), strict=True):
+                    self.install(job, outcome)
+        if not self.dry_run:
+            self.remove_orphans()
+        self.log(self.result.summary(), 1)
+        return self.result
+
+    def endpoints(self):
+        urls = self.client.manifest().get("files")
+        if not isinstance(urls, dict):
+            self.log(f"{self.database} serves no files (an older version?); none synced", 1)
+            return None
+        for key in ("listing_url", "url"):
+            _check_path(urls.get(key), self.client)
+        return urls
+
+    def fetch_listing(self, url):
+        path = self.work / "listing.json"
+        self.client.download(url, path)
+        listing = {}
+        with open(path, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip().rstrip(b",")
+                if text in (b"[", b"]", b""):
+                    continue
+                try:
+                    entry = check_entry(loads(text))
+                except (ValueError, TypeError) as exc:
+                    raise PayloadError(
+                        f"{self.database}: the file listing, line {lineno}: not a valid entry "
+                        f"({exc})"
+                    ) from exc
+                listing[entry["pk"]] = entry
+        return listing
+
+    def plan(self, listing):
+        """(local pk, remote pk, entry, wanted name, current name) of files to fetch;
+        objects that need no download are dealt with here."""
+        todo = []
+        objects = GentityFile._base_manager.filter(original_db=self.database).values_list(
+            "pk", "original_id", "content"
+        )
+        for local_pk, remote_pk, current in objects.order_by("pk"):
+            entry = listing.get(remote_pk)
+            if entry is None:  # deleted at the remote since the metadata fetch
+                continue
+            if entry.get("missing"):
+                self.result.problem(
+                    remote_pk, "the remote lists a file it cannot read; the object kept its own"
+                )
+                continue
+            if not entry["name"]:
+                if current:
+                    self.result.updated += 1
+                    self.set_content(local_pk, "", current)
+                else:
+                    self.result.unchanged += 1
+                continue
+            wanted = local_name(self.database, remote_pk, entry)
+            if current == wanted and self.storage.exists(wanted):
+                self.result.unchanged += 1
+                continue
+            if entry["size"] > self.max_bytes:
+                self.result.problem(
+                    remote_pk,
+                    f"its file {entry['name'][:100]!r} is {entry['size']} bytes, over the "
+                    f"limit of {self.max_bytes} (DBSYNC_MAX_FILE_BYTES); not fetched, the "
+                    f"object kept its own",
+                )
+                continue
+            todo.append((local_pk, remote_pk, entry, wanted, current))
+        return todo
+
+    def fetch(self, job):
+        """In a worker thread: download and check one file; (path, None) or (None, error)."""
+        _local_pk, remote_pk, entry, _wanted, _current = job
+        if self.dry_run:
+            return None, None
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = self.client.clone(max_bytes=self.max_bytes)
+        path = self.work / f"{remote_pk}.bin"
+        url = self.url_template.replace("{pk}", str(int(remote_pk)))
+        try:
+            client.download(url, path, is_complete=lambda p: True)
+        except (RemoteError, PayloadError) as exc:
+            return None, str(exc)
+        size, digest = checksum(path)
+        if size != entry["size"] or digest != entry["sha256"]:
+            path.unlink(missing_ok=True)
+            return None, (
+                f"the file came with {size} bytes and SHA-256 {digest[:12]}..., the listing "
+                f"says {entry['size']} and {entry['sha256'][:12]}... (changed during the sync?)"
+            )
+        return path, None
+
+    def install(self, job, outcome):
+        local_pk, remote_pk, entry, wanted, current = job
+        path, error = outcome
+        if error is not None:
+            self.result.problem(remote_pk, f"{error}; the object kept its own file")
+            return
+        self.result.fetched += 1
+        self.result.bytes += entry["size"]
+        if current:
+            self.result.updated += 1
+        else:
+            self.result.created += 1
+        if self.dry_run:
+            return
+        if self.storage.exists(wanted):  # a leftover of a run that stopped half-way
+            self.storage.delete(wanted)
+        with open(path, "rb") as fh:
+            saved = self.storage.save(wanted, File(fh, name=posixpath.basename(wanted)))
+        path.unlink(missing_ok=True)
+        self.set_content(local_pk, saved, current)
+        self.log(f"\t- gentityfile {remote_pk}: {saved} ({entry['size']} bytes)", 3)
+
+    def set_content(self, local_pk, name, old):
+        if self.dry_run:
+            return
+        GentityFile._base_manager.filter(pk=local_pk).update(content=name, last_modified=self.now)
+        if old and old != name and old.startswith(folder(self.database) + "/"):
+            self.delete_file(old)
+
+    def delete_file(self, name):
+        try:
+            self.storage.delete(name)
+        except OSError as exc:
+            logger.warning("Could not delete %s: %s", name, exc)
+            return
+        self.result.deleted += 1
+
+    def remove_orphans(self):
+        """Files in this remote's folder that no object of ours points at."""
+        root = folder(self.database)
+        try:
+            object_dirs, _files = self.storage.listdir(root)
+        except (FileNotFoundError, NotImplementedError):
+            return
+        kept = {
+            name
+            for name in GentityFile._base_manager.filter(original_db=self.database)
+            .exclude(content="")
+            .values_list("content", flat=True)
+        }
+        for object_dir in object_dirs:
+            self.prune(f"{root}/{object_dir}", kept)
+
+    def prune(self, path, kept):
+        """Remove what under ``path`` is not in ``kept``; return whether it is now empty."""
+        dirs, files = self.storage.listdir(path)
+        empty = True
+        for name in files:
+            full = f"{path}/{name}"
+            if full in kept:
+                empty = False
+            else:
+                self.delete_file(full)
+        for name in dirs:
+            empty = self.prune(f"{path}/{name}", kept) and empty
+        if empty:
+            try:
+                self.storage.delete(path)  # the folder itself (FileSystemStorage)
+            except OSError as exc:
+                logger.warning("Could not remove the folder %s: %s", path, exc)
+        return empty
+
+
+def checksum(path):
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sync_files(database, client, *, dry_run=False, log=_quiet):
+    """Sync the files of the GentityFile objects replicated from ``database`` into the
+    local default storage; return a FilesResult. A file that cannot be fetched is a
+    reported problem, not an error; a remote that cannot be reached raises."""
+    return FilesSync(database, client, dry_run=dry_run, log=log).run()

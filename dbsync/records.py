@@ -1,0 +1,1041 @@
+"""Syncing time-series records: after the metadata, only what is new.
+
+For every time series replicated from a remote, the remote's summary of its
+records (count, period and checksum per series; see ``api.records``) is compared
+with what the last sync installed here (``hcore.RecordsSyncState``):
+
+- the same: nothing to do, not even a request;
+- more records, ending later: only the records after our last one are fetched
+  ("append"). The checksum of what we hold plus that of the new records must make
+  the remote's checksum, and the counts must add up; if not, the remote rewrote
+  records we hold, and the series is fetched again, whole;
+- anything else (a rewrite of old records, a deletion, no state yet): the series is
+  fetched whole ("replace"); a series the remote holds no records of is emptied
+  without a request ("clear").
+
+Series are fetched in batches (one request for up to BATCH_SERIES series, through
+the API's batch endpoint), several batches at a time in a small thread pool: each
+worker downloads a batch into a work folder, checks it line by line and writes its
+records out in COPY's text format. The calling thread installs the batches as they
+come, in one transaction: replaced series by one DELETE and a COPY straight into the
+records table; appends by a COPY straight into the table too (every appended record
+is later than the last one held, so none can clash; a batch that clashes all the
+same goes through a staging table and one ``INSERT ... ON CONFLICT DO UPDATE``); then
+the new sync states. A series the remote deleted loses its records with it (the
+metadata install deletes the series; the foreign key cascades).
+
+A malformed CSV (a bad date, a value that is not a number, a body cut short) stops
+the run with an error naming the remote, the series (its remote pk) and the line,
+and nothing of this run's records is installed. With ``skip``, that series keeps
+the records it had and is reported; the others are installed.
+"""
+
+import csv
+import logging
+import re
+import tempfile
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone as django_timezone
+
+from hcore.models import Record, RecordsSyncState, Timeseries
+
+from .errors import PayloadError
+from .fetch import _check_path
+from .result import RECORDS_LABEL, ObjectProblem
+
+try:  # several times faster than the standard library's json on this path
+    from orjson import loads
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    from json import loads
+
+logger = logging.getLogger(__name__)
+
+SERIES_LABEL = "hcore.timeseries"
+APPEND, REPLACE, CLEAR = "append", "replace", "clear"
+MODULUS = 2**64
+ZERO_CHECKSUM = "0" * 16
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A batch: few enough series for a short URL, few enough records for a short request.
+BATCH_SERIES = 100
+BATCH_RECORDS = 250_000
+WRITE_LINES = 10_000
+COPY_BLOCK = 1 << 20
+SQLITE_BATCH = 5_000
+
+TABLE = Record._meta.db_table
+STAGE = "dbsync_record_stage"
+COLUMNS = 'timeseries_id, "timestamp", value, flags'
+NULL = "\\N"
+HEX = re.compile(r"[0-9a-f]{16}")
+HEADER = re.compile(
+    r"# timeseries (?P<pk>[0-9]+) (?:utc_offset=(?P<utc_offset>-?[0-9]+)|not found)"
+)
+TRAILER = re.compile(
+    r"# end count=(?P<count>[0-9]+) checksum=(?P<checksum>[0-9a-f]{16}) "
+    r"utc_offset=(?P<utc_offset>-?[0-9]+)"
+)
+# What the API writes: minutes, with seconds and microseconds only when present.
+LONG_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?")
+COPY_SPECIALS = re.compile(r"[\\\t\n\r]")
+COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _quiet(message, level=1):
+    logger.debug("%s", message)
+
+
+class SeriesError(Exception):
+    """What is wrong with one series' records (a result, or the run's error)."""
+
+    def __init__(self, remote_pk, message, line=None):
+        super().__init__(message)
+        self.remote_pk = remote_pk
+        self.line = line
+        self.message = message
+
+    def describe(self, short=False):
+        """The error, naming the series (or, ``short``, as "its records", for a problem
+        that names the series already) and the line."""
+        where = f", line {self.line}" if self.line is not None else ""
+        whose = "its records" if short else f"records of {SERIES_LABEL}(pk={self.remote_pk})"
+        return f"{whose}{where}: {self.message}"
+
+
+class RecordsError(PayloadError):
+    """The records of a series could not be installed, and the run was told to halt."""
+
+
+class Truncated(Exception):
+    """A batch's body ends before its last series' ``# end`` line."""
+
+
+class Unreadable(Exception):
+    """A batch's reader lost its place among the series."""
+
+
+UNREAD = "not read: the series before it in its batch is malformed"
+
+
+# --- the result ---------------------------------------------------------------------------
+
+
+@dataclass
+class RecordsResult:
+    """What a records sync did: per series (by remote pk), and in total."""
+
+    remote: str
+    series: dict = field(default_factory=dict)  # remote pk -> {"appended", "replaced", ...}
+    fetched: int = 0  # records received
+    created: int = 0  # rows inserted
+    updated: int = 0  # rows changed by a merge
+    removed: int = 0  # rows deleted by replacements
+    unchanged: int = 0  # records of the series that had nothing new
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    dry_run: bool = False
+
+    def done(self, remote_pk, mode, records, removed=0):
+        self.series[remote_pk] = {
+            "appended": records if mode == APPEND else 0,
+            "replaced": records if mode != APPEND else 0,
+            "removed": removed,
+            "skipped": False,
+        }
+
+    def skipped(self, error):
+        self.series[error.remote_pk] = {
+            "appended": 0,
+            "replaced": 0,
+            "removed": 0,
+            "skipped": True,
+        }
+        self.problems.append(
+            ObjectProblem(
+                self.remote,
+                SERIES_LABEL,
+                error.remote_pk,
+                f"{error.describe(short=True)}; its local records were left as they were",
+            )
+        )
+
+    @property
+    def counts(self):
+        """The counts of the run's table; ``skipped`` counts series, the rest records."""
+        return {
+            "fetched": self.fetched,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.removed,
+            "skipped": sum(1 for s in self.series.values() if s["skipped"]),
+        }
+
+    def add_to(self, result):
+        """Report into a run's SyncResult, under "hcore.record"."""
+        result.counts[RECORDS_LABEL] = self.counts
+        result.problems.extend(self.problems)
+        result.notes.extend(self.notes)
+
+    def summary(self):
+        done = [s for s in self.series.values() if not s["skipped"]]
+        appended = sum(1 for s in done if s["appended"])
+        verb = "Would install" if self.dry_run else "Installed"
+        return (
+            f"{verb} {self.created + self.updated} records: {appended} series appended to, "
+            f"{len(done) - appended} replaced, {self.counts['skipped']} skipped; "
+            f"{self.removed} records removed."
+        )
+
+
+# --- what to fetch -------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    count: int
+    start: datetime | None
+    end: datetime | None
+    checksum: str
+
+
+@dataclass
+class Job:
+    remote_pk: int
+    local_pk: int
+    mode: str
+    remote: dict  # the summary's entry
+    state: State | None
+
+    @property
+    def expected(self):
+        """How many records the job should bring."""
+        if self.mode == APPEND:
+            return self.remote["count"] - self.state.count
+        return self.remote["count"]
+
+    @property
+    def request_item(self):
+        if self.mode != APPEND:
+            return str(self.remote_pk)
+        return f"{self.remote_pk}:{(self.state.end - EPOCH) // timedelta(microseconds=1)}"
+
+
+@dataclass
+class Fetched:
+    """One series of a fetched batch: what came, or what was wrong."""
+
+    job: Job
+    mode: str
+    count: int = 0
+    checksum: str = ZERO_CHECKSUM
+    first: datetime | None = None
+    last: datetime | None = None
+    error: SeriesError | None = None
+
+
+@dataclass
+class Batch:
+    mode: str
+    jobs: list
+    number: int = 0
+
+
+@dataclass
+class FetchedBatch:
+    batch: Batch
+    path: Path | None = None  # the good series' records, in COPY's text format
+    series: list = field(default_factory=list)  # [Fetched]
+    refetch: list = field(default_factory=list)  # appends that did not add up
+    gone: list = field(default_factory=list)  # jobs of series the remote no longer has
+
+
+def plan_jobs(summary, replicated, states, unlisted=None):
+    """The jobs of a run, and the number of records of the series left alone.
+
+    ``summary``: remote pk -> entry; ``replicated``: remote pk -> local pk;
+    ``states``: local pk -> State. A series the summary does not list was deleted at
+    the remote since the objects were fetched, and is left alone; or, ``unlisted`` =
+    REPLACE (a summary fetched before the objects), it may be new: it is fetched whole.
+    """
+    jobs, unchanged = [], 0
+    for remote_pk, local_pk in sorted(replicated.items()):
+        remote = summary.get(remote_pk)
+        state = states.get(local_pk)
+        if remote is None:
+            if unlisted == REPLACE:
+                remote = {"pk": remote_pk, "count": 0, "checksum": ZERO_CHECKSUM, "end": None}
+                jobs.append(Job(remote_pk, local_pk, REPLACE, remote, state))
+            continue
+        if state is not None and (state.count, state.checksum, state.end) == (
+            remote["count"],
+            remote["checksum"],
+            remote["end"],
+        ):
+            unchanged += state.count
+            continue
+        if remote["count"] == 0:
+            mode = CLEAR
+        elif (
+            state is not None
+            and state.count > 0
+            and remote["count"] > state.count
+            and remote["end"] > state.end
+        ):
+            mode = APPEND
+        else:
+            mode = REPLACE
+        jobs.append(Job(remote_pk, local_pk, mode, remote, state))
+    return jobs, unchanged
+
+
+def make_batches(jobs, mode):
+    """Jobs of one mode in batches of at most BATCH_SERIES series and about
+    BATCH_RECORDS records, each by ascending pk."""
+    batch, records = [], 0
+    # By ascending pk: the order in which the API answers.
+    for job in sorted(jobs, key=lambda job: job.remote_pk):
+        if job.mode != mode:
+            continue
+        if batch and (len(batch) >= BATCH_SERIES or records + job.expected > BATCH_RECORDS):
+            yield Batch(mode, batch)
+            batch, records = [], 0
+        batch.append(job)
+        records += job.expected
+    if batch:
+        yield Batch(mode, batch)
+
+
+def adds_up(state, fetched, remote):
+    """Whether what we hold plus what was appended is what the remote holds."""
+    total = (int(state.checksum, 16) + int(fetched.checksum, 16)) % MODULUS
+    return (
+        state.count + fetched.count == remote["count"]
+        and format(total, "016x") == remote["checksum"]
+    )
+
+
+def new_state(fetched):
+    job = fetched.job
+    if fetched.mode == APPEND:
+        state = job.state
+        total = (int(state.checksum, 16) + int(fetched.checksum, 16)) % MODULUS
+        return State(
+            state.count + fetched.count,
+            state.start,
+            fetched.last or state.end,
+            format(total, "016x"),
+        )
+    return State(fetched.count, fetched.first, fetched.last, fetched.checksum)
+
+
+def check_entry(entry):
+    """A summary entry, checked, with its dates parsed; raises ValueError."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    for name in ("pk", "count", "utc_offset"):
+        value = entry[name]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} is not an integer")
+    checksum = entry["checksum"]
+    if entry["count"] < 0 or not isinstance(checksum, str) or not HEX.fullmatch(checksum):
+        raise ValueError("bad count or checksum")
+    for name in ("start", "end"):
+        value = entry[name]
+        if value is not None:
+            value = datetime.fromisoformat(value)
+            if value.tzinfo is None:
+                raise ValueError(f"{name} has no offset")
+            entry[name] = value
+    if entry["count"] and entry["end"] is None:
+        raise ValueError("records but no end")
+    return entry
+
+
+def records_endpoints(client):
+    """The manifest's records URLs, or None if the remote serves no records."""
+    urls = client.manifest().get("records")
+    if not isinstance(urls, dict):
+        return None
+    for key in ("summary_url", "batch_url"):
+        _check_path(urls.get(key), client)
+    return urls
+
+
+def fetch_summary(database, client, url, work):
+    """The remote's summary: {remote pk: entry}, the entries checked."""
+    path = Path(work) / "summary.json"
+    client.download(url, path)
+    summary = {}
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.strip().rstrip(b",")
+            if text in (b"[", b"]", b""):
+                continue
+            try:
+                entry = check_entry(loads(text))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise PayloadError(
+                    f"{database}: the records summary, line {lineno}: not a valid entry ({exc})"
+                ) from exc
+            summary[entry["pk"]] = entry
+    path.unlink()
+    return summary
+
+
+class SummaryPrefetch:
+    """The remote's records summary, fetched in a thread while the objects install.
+
+    The summary costs the remote a read of all its records; fetched alongside the
+    objects' install, it adds nothing to a run's time. A series created at the remote
+    after it is then not listed: it is fetched whole (see ``plan_jobs``).
+    """
+
+    def __init__(self, database, client):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="records-summary")
+        self.future = pool.submit(self.fetch, database, client.clone())
+        pool.shutdown(wait=False)
+
+    @staticmethod
+    def fetch(database, client):
+        started = time.monotonic()
+        try:
+            return SummaryPrefetch.fetch_summary(database, client)
+        finally:
+            logger.info(
+                "%s: records summary fetched in %.1f s", database, time.monotonic() - started
+            )
+
+    @staticmethod
+    def fetch_summary(database, client):
+        urls = records_endpoints(client)
+        if urls is None:
+            return None, None
+        work = Path(settings.DBSYNC_WORK_DIR)
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"summary-{database.pk}-", dir=work) as tmp:
+            return urls, fetch_summary(database, client, urls["summary_url"], tmp)
+
+    def result(self):
+        """(urls, summary), or (None, None); raises what the fetch raised."""
+        return self.future.result()
+
+
+# --- reading a batch -------------------------------------------------------------------------
+
+
+def offset_text(minutes):
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{rest:02d}"
+
+
+class BatchReader:
+    """Checks a fetched batch and writes its good series in COPY's text format.
+
+    The body is a block a series, in the order asked for::
+
+        # timeseries <pk> utc_offset=<minutes>
+        <date>,<value>,<flags>
+        ...
+        # end count=<n> checksum=<hex> utc_offset=<minutes>
+
+    (or the one line ``# timeseries <pk> not found``). A series with a bad line is
+    left out of the output (its lines are taken back) and reported; the batch goes on.
+    """
+
+    def __init__(self, batch, source, dest):
+        self.batch = batch
+        self.source = source
+        self.dest = dest
+        self.result = FetchedBatch(batch, dest)
+        self.failed = set()
+
+    def read(self):
+        """The FetchedBatch; raises Truncated if the body ends before it should."""
+        jobs = deque(self.batch.jobs)
+        with (
+            open(self.source, encoding="utf-8", newline="") as fh,
+            open(self.dest, "wb") as out,
+        ):
+            self.out = out
+            reader = csv.reader(fh, strict=True)
+            try:
+                while jobs:
+                    job = jobs.popleft()
+                    row = next(reader, None)
+                    if row is None:
+                        raise Truncated
+                    header = HEADER.fullmatch(row[0]) if len(row) == 1 else None
+                    if header is None or int(header["pk"]) != job.remote_pk:
+                        self.fail(
+                            job,
+                            SeriesError(
+                                job.remote_pk,
+                                f"expected the line '# timeseries {job.remote_pk} ...', found "
+                                f"{','.join(row)[:80]!r}",
+                                reader.line_num,
+                            ),
+                        )
+                        raise Unreadable
+                    if header["utc_offset"] is None:
+                        self.result.gone.append(job)
+                        continue
+                    self.read_series(job, reader, int(header["utc_offset"]))
+                if next(reader, None) is not None:
+                    job = self.batch.jobs[-1]
+                    self.fail(
+                        job,
+                        SeriesError(job.remote_pk, "data after the last series", reader.line_num),
+                    )
+            except (Unreadable, csv.Error, UnicodeDecodeError) as exc:
+                # The reader lost its place: the rest of the batch is not installed.
+                if not isinstance(exc, Unreadable):
+                    self.fail(job, SeriesError(job.remote_pk, f"malformed CSV: {exc}"))
+                for rest in jobs:
+                    self.fail(rest, SeriesError(rest.remote_pk, UNREAD))
+        return self.result
+
+    def fail(self, job, error):
+        if job.remote_pk not in self.failed:
+            self.failed.add(job.remote_pk)
+            self.result.series.append(Fetched(job, job.mode, error=error))
+
+    def read_series(self, job, reader, utc_offset):
+        """Convert one block; on a bad line, skip to the block's end and report it."""
+        start = self.out.tell()
+        try:
+            fetched = self.convert(job, reader, utc_offset)
+        except SeriesError as exc:
+            self.take_back(start)
+            self.fail(job, exc)
+            self.skip_block(reader)
+            return
+        except Truncated:
+            self.take_back(start)
+            raise
+        if job.mode == APPEND and not adds_up(job.state, fetched, job.remote):
+            # Records we hold changed at the remote: fetch it whole, and keep none of this.
+            self.take_back(start)
+            self.result.refetch.append(job)
+            return
+        self.result.series.append(fetched)
+
+    def take_back(self, start):
+        self.out.seek(start)
+        self.out.truncate()
+
+    def skip_block(self, reader):
+        try:
+            for row in reader:
+                if len(row) == 1 and TRAILER.fullmatch(row[0]):
+                    return
+                if len(row) == 1 and HEADER.fullmatch(row[0]):
+                    raise Unreadable
+        except (csv.Error, UnicodeDecodeError):
+            raise Unreadable from None
+        raise Truncated
+
+    def convert(self, job, reader, utc_offset):
+        """The lines of one series, up to its ``# end`` line (the hot loop)."""
+        remote_pk = job.remote_pk
+        zone = timezone(timedelta(minutes=utc_offset))
+        suffix = offset_text(utc_offset) + "\t"
+        prefix = f"{job.local_pk}\t"
+        previous = first = None
+        if job.mode == APPEND:
+            previous = job.state.end.astimezone(zone).replace(tzinfo=None)
+        fromisoformat = datetime.fromisoformat
+        write = self.out.write
+        lines, count = [], 0
+        rows = iter_rows(reader, remote_pk)
+        for row in rows:
+            if len(row) != 3:
+                if len(row) == 1 and row[0].startswith("#"):
+                    trailer = TRAILER.fullmatch(row[0])
+                    if trailer is None:
+                        raise SeriesError(
+                            remote_pk, f"bad '# end' line {row[0][:80]!r}", reader.line_num
+                        )
+                    break
+                raise SeriesError(
+                    remote_pk,
+                    f"expected 3 fields (date,value,flags), found {len(row)}: "
+                    f"{','.join(row)[:80]!r}",
+                    reader.line_num,
+                )
+            date, value, flags = row
+            try:
+                moment = fromisoformat(date)
+            except ValueError:
+                moment = None
+            if (
+                moment is None
+                or moment.tzinfo is not None
+                or date[10:11] != " "
+                or (len(date) != 16 and not LONG_DATE.fullmatch(date))
+            ):
+                raise SeriesError(
+                    remote_pk,
+                    f"bad date {date[:40]!r} (expected YYYY-MM-DD HH:MM)",
+                    reader.line_num,
+                )
+            if previous is not None and moment <= previous:
+                raise SeriesError(
+                    remote_pk,
+                    f"date {date!r} is not after the previous record's (dates must ascend, "
+                    f"each once)",
+                    reader.line_num,
+                )
+            previous = moment
+            if first is None:
+                first = moment
+            if value:
+                try:
+                    value = repr(float(value))
+                except ValueError:
+                    raise SeriesError(
+                        remote_pk, f"value {value[:40]!r} is not a number", reader.line_num
+                    ) from None
+            else:
+                value = NULL
+            if flags and COPY_SPECIALS.search(flags):
+                flags = COPY_SPECIALS.sub(lambda m: COPY_ESCAPES[m[0]], flags)
+            lines.append(f"{prefix}{date}{suffix}{value}\t{flags}\n")
+            if len(lines) >= WRITE_LINES:
+                write("".join(lines).encode())
+                count += len(lines)
+                lines = []
+        else:
+            raise Truncated
+        write("".join(lines).encode())
+        count += len(lines)
+        if int(trailer["count"]) != count or int(trailer["utc_offset"]) != utc_offset:
+            raise SeriesError(
+                remote_pk,
+                f"the '# end' line says {trailer['count']} records at UTC offset "
+                f"{trailer['utc_offset']}, but {count} came at {utc_offset}",
+                reader.line_num,
+            )
+        last = previous if count else None
+        return Fetched(
+            job,
+            job.mode,
+            count,
+            trailer["checksum"],
+            first and first.replace(tzinfo=zone),
+            last and last.replace(tzinfo=zone),
+        )
+
+
+def iter_rows(reader, remote_pk):
+    """The rows of a csv reader, its errors as SeriesError."""
+    try:
+        yield from reader
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise SeriesError(remote_pk, f"malformed CSV: {exc}", reader.line_num) from exc
+
+
+def ends_with_newline(path):
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
+def cut_partial_line(path):
+    """Drop a cut-off last line (one without its newline); return the whole lines."""
+    lines = end = 0
+    with open(path, "r+b") as fh:
+        position = 0
+        while block := fh.read(COPY_BLOCK):
+            lines += block.count(b"\n")
+            last = block.rfind(b"\n")
+            if last >= 0:
+                end = position + last + 1
+            position += len(block)
+        fh.truncate(end)
+    return lines
+
+
+# --- the sync --------------------------------------------------------------------------
+
+
+class RecordsSync:
+    """One records sync of one remote; see the module's docstring."""
+
+    def __str__(self):
+        return str(self.database)
+
+    def __init__(self, database, client, *, skip=False, dry_run=False, log=_quiet, summary=None):
+        self.database = database
+        self.client = client
+        self.prefetch = summary
+        self.skip = skip
+        self.dry_run = dry_run
+        self.log = log
+        self.result = RecordsResult(remote=str(database), dry_run=dry_run)
+        self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
+        self.local = threading.local()
+        self.vendor = connection.vendor
+        self.now = django_timezone.now()
+        self.states = []  # (local pk, State) to write
+        self.batches = 0
+
+    def run(self):
+        work = Path(settings.DBSYNC_WORK_DIR)
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"records-{self.database.pk}-", dir=work) as tmp:
+            self.work = Path(tmp)
+            started = time.monotonic()
+            if self.prefetch is not None:
+                urls, summary = self.prefetch.result()
+            else:
+                urls = records_endpoints(self.client)
+                summary = urls and fetch_summary(
+                    self.database, self.client, urls["summary_url"], self.work
+                )
+            if urls is None:
+                note = f"{self.database} serves no records (an older version?); none synced"
+                self.result.notes.append(note)
+                self.log(note, 1)
+                return self.result
+            replicated = dict(
+                Timeseries._base_manager.filter(original_db=self.database).values_list(
+                    "original_id", "pk"
+                )
+            )
+            self.batch_url = urls["batch_url"]
+            states = self.load_states(replicated.values())
+            unlisted = REPLACE if self.prefetch is not None else None
+            jobs, self.result.unchanged = plan_jobs(summary, replicated, states, unlisted)
+            self.log(
+                f"Records: {len(jobs)} of {len(replicated)} time series changed at the remote",
+                1,
+            )
+            waited = time.monotonic() - started
+            if self.prefetch is not None:
+                self.log(f"\t- the summary: waited {waited:.1f} s more for it", 2)
+            else:
+                self.log(f"\t- the summary: {waited:.1f} s", 2)
+            started = time.monotonic()
+            with transaction.atomic():
+                self.install(jobs)
+                if self.dry_run:
+                    transaction.set_rollback(True)
+            self.log(
+                f"\t- {self.batches} batches fetched and installed in "
+                f"{time.monotonic() - started:.1f} s",
+                2,
+            )
+        self.log(self.result.summary(), 1)
+        return self.result
+
+    # --- the remote's side ---------------------------------------------------------------
+
+    def thread_client(self):
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = self.client.clone()
+        return client
+
+    def fetch(self, batch):
+        """Run in a worker thread: download a batch and read it. Never raises, except
+        for a failure of the remote (which ends the run, skip or not)."""
+        client = self.thread_client()
+        source = self.work / f"batch-{batch.number}.csv"
+        dest = self.work / f"batch-{batch.number}.copy"
+        params = {"series": ",".join(job.request_item for job in batch.jobs)}
+        attempt = 0
+        while True:
+            client.download(self.batch_url, source, params, is_complete=lambda path: True)
+            try:
+                if not ends_with_newline(source):
+                    raise Truncated
+                return BatchReader(batch, source, dest).read()
+            except Truncated:
+                attempt += 1
+                if attempt > client.retries:
+                    return self.truncated(batch, source, dest, attempt)
+                delay = client.backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "%s: a batch of records was cut short; retry %d of %d in %.1f s",
+                    self.database,
+                    attempt,
+                    client.retries,
+                    delay,
+                )
+                time.sleep(delay)
+            finally:
+                source.unlink(missing_ok=True)
+
+    def truncated(self, batch, source, dest, attempts):
+        """The series of a batch whose body stays cut short: what came before the cut
+        is installed, the series cut and those after it are reported."""
+        lines = cut_partial_line(source)
+        fetched = FetchedBatch(batch, dest)
+        reader = BatchReader(batch, source, dest)
+        try:
+            reader.read()
+        except Truncated:
+            pass
+        done = {f.job.remote_pk for f in reader.result.series}
+        done |= {job.remote_pk for job in reader.result.refetch + reader.result.gone}
+        fetched.series = list(reader.result.series)
+        fetched.refetch, fetched.gone = reader.result.refetch, reader.result.gone
+        for job in batch.jobs:
+            if job.remote_pk not in done:
+                message = (
+                    f"the response is truncated: it ends at line {lines} of its batch, before "
+                    f"this series' '# end' line (fetched {attempts} times)"
+                )
+                fetched.series.append(
+                    Fetched(job, job.mode, error=SeriesError(job.remote_pk, message))
+                )
+        return fetched
+
+    # --- the local side ----------------------------------------------------------------
+
+    def load_states(self, local_pks):
+        local_pks = set(local_pks)
+        states = {}
+        for pk, count, start, end, checksum in RecordsSyncState.objects.filter(
+            timeseries__original_db=self.database
+        ).values_list("timeseries_id", "count", "start", "end", "checksum"):
+            if pk in local_pks:
+                states[pk] = State(count, start, end, checksum)
+        return states
+
+    def install(self, jobs):
+        """Fetch batches in the pool, install each here as it comes; then merge."""
+        if self.vendor == "postgresql":
+            self.prepare_postgresql()
+        self.clear([job for job in jobs if job.mode == CLEAR])
+        window = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="records") as pool:
+
+            def submit(batches):
+                for batch in batches:
+                    self.batches += 1
+                    batch.number = self.batches
+                    window.append(pool.submit(self.fetch, batch))
+
+            try:
+                submit(make_batches(jobs, REPLACE))
+                submit(make_batches(jobs, APPEND))
+                while window:
+                    fetched = window.popleft().result()
+                    self.install_batch(fetched)
+                    if fetched.refetch:
+                        for job in fetched.refetch:
+                            logger.info(
+                                "%s: records of timeseries %s changed before our last one; "
+                                "fetching it whole",
+                                self.database,
+                                job.remote_pk,
+                            )
+                            job.mode = REPLACE
+                        submit(make_batches(fetched.refetch, REPLACE))
+            except BaseException:
+                for future in window:
+                    future.cancel()
+                raise
+        if self.vendor == "postgresql":
+            self.merge_postgresql()
+        self.write_states()
+
+    def clear(self, jobs):
+        """Series the remote has no records of: delete ours, without a request."""
+        if not jobs:
+            return
+        removed = self.delete_series([job.local_pk for job in jobs])
+        for job in jobs:
+            fetched = Fetched(job, CLEAR)
+            self.done(fetched, removed.get(job.local_pk, 0))
+
+    def install_batch(self, fetched):
+        good = [f for f in fetched.series if f.error is None]
+        for failed in fetched.series:
+            if failed.error is None:
+                continue
+            if not self.skip:
+                raise RecordsError(f"{self.database}: {failed.error.describe()}")
+            self.result.skipped(failed.error)
+            logger.warning("%s: skipped %s", self.database, failed.error.describe())
+        try:
+            if not good:
+                return
+            with transaction.atomic() if self.skip else nullcontext():
+                removed = {}
+                if fetched.batch.mode == REPLACE:
+                    removed = self.delete_series([f.job.local_pk for f in good])
+                self.write_batch(fetched)
+            for f in good:
+                self.done(f, removed.get(f.job.local_pk, 0))
+        finally:
+            if fetched.path is not None:
+                fetched.path.unlink(missing_ok=True)
+
+    def done(self, fetched, removed):
+        job = fetched.job
+        self.result.fetched += fetched.count
+        self.result.removed += removed
+        if fetched.mode != APPEND:
+            self.result.created += fetched.count
+        self.result.done(job.remote_pk, fetched.mode, fetched.count, removed)
+        self.states.append((job.local_pk, new_state(fetched)))
+        self.log(f"\t- timeseries {job.remote_pk}: {fetched.mode} {fetched.count} records", 3)
+
+    def delete_series(self, local_pks):
+        """Delete the records of these series; return {local pk: records deleted}."""
+        removed = {}
+        with connection.cursor() as cursor:
+            for start in range(0, len(local_pks), 1000):
+                chunk = local_pks[start : start + 1000]
+                where = f"timeseries_id IN ({', '.join(['%s'] * len(chunk))})"
+                if self.vendor == "postgresql":
+                    cursor.execute(
+                        f"WITH gone AS (DELETE FROM {TABLE} WHERE {where} "
+                        f"RETURNING timeseries_id) "
+                        f"SELECT timeseries_id, count(*) FROM gone GROUP BY timeseries_id",
+                        chunk,
+                    )
+                    removed.update(cursor.fetchall())
+                    continue
+                # SQLite has no DELETE in a WITH: count, then delete.
+                cursor.execute(
+                    f"SELECT timeseries_id, count(*) FROM {TABLE} WHERE {where} "
+                    f"GROUP BY timeseries_id",
+                    chunk,
+                )
+                removed.update(cursor.fetchall())
+                cursor.execute(f"DELETE FROM {TABLE} WHERE {where}", chunk)
+        return removed
+
+    def write_batch(self, fetched):
+        if self.vendor != "postgresql":
+            with connection.cursor() as cursor:
+                self.write_sqlite(cursor, fetched)
+            return
+        if fetched.batch.mode == REPLACE:
+            self.copy_file(TABLE, fetched.path)
+            return
+        # Appended records are all later than the last one we hold (the reader made
+        # sure), so none can clash: straight into the table, without a merge. Should
+        # one clash all the same (records added here by other means), the batch goes
+        # through the staging table and the merge.
+        try:
+            with transaction.atomic():
+                self.copy_file(TABLE, fetched.path)
+        # COPY is psycopg's own: its errors are not wrapped in Django's.
+        except (IntegrityError, connection.Database.IntegrityError) as exc:
+            logger.warning("%s: appended records clash with local ones (%s); merging", self, exc)
+            self.copy_file(STAGE, fetched.path)
+            return
+        self.result.created += sum(f.count for f in fetched.series if f.error is None)
+
+    def copy_file(self, table, path):
+        with connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
+                with open(path, "rb") as fh:
+                    while block := fh.read(COPY_BLOCK):
+                        copy.write(block)
+
+    def write_sqlite(self, cursor, fetched):
+        sql = (
+            f"INSERT INTO {TABLE} ({COLUMNS}) VALUES (%s, %s, %s, %s) "
+            f'ON CONFLICT (timeseries_id, "timestamp") DO UPDATE SET '
+            f"value = excluded.value, flags = excluded.flags"
+        )
+        adapt = connection.ops.adapt_datetimefield_value
+        batch = []
+        with open(fetched.path, encoding="utf-8") as fh:
+            for line in fh:
+                pk, stamp, value, flags = line[:-1].split("\t")
+                if "\\" in flags:
+                    flags = re.sub(r"\\(.)", lambda m: COPY_UNESCAPES.get(m[1], m[1]), flags)
+                moment = datetime.fromisoformat(stamp)
+                number = None if value == NULL else float(value)
+                batch.append((int(pk), adapt(moment), number, flags))
+                if len(batch) >= SQLITE_BATCH:
+                    cursor.executemany(sql, batch)
+                    batch = []
+        if batch:
+            cursor.executemany(sql, batch)
+        if fetched.batch.mode == APPEND:
+            self.result.created += sum(f.count for f in fetched.series if f.error is None)
+
+    def prepare_postgresql(self):
+        with connection.cursor() as cursor:
+            # Check each COPY's foreign keys at its end, not all at commit: millions of
+            # deferred checks would fill the server's memory.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f"DROP TABLE IF EXISTS {STAGE}")
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {STAGE} (timeseries_id bigint NOT NULL, "
+                f'"timestamp" timestamp with time zone NOT NULL, value double precision, '
+                f"flags text NOT NULL) ON COMMIT DROP"
+            )
+
+    def merge_postgresql(self):
+        """The appended records, from the staging table in one statement."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH merged AS (INSERT INTO {TABLE} ({COLUMNS}) SELECT {COLUMNS} FROM {STAGE} "
+                f'ORDER BY timeseries_id, "timestamp" '
+                f'ON CONFLICT (timeseries_id, "timestamp") DO UPDATE SET '
+                f"value = EXCLUDED.value, flags = EXCLUDED.flags WHERE ({TABLE}.value, "
+                f"{TABLE}.flags) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.flags) "
+                f"RETURNING (xmax = 0) AS inserted) "
+                f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+                f"FROM merged"
+            )
+            created, updated = cursor.fetchone()
+            cursor.execute(f"DROP TABLE {STAGE}")
+        self.result.created += created
+        self.result.updated += updated
+
+    def write_states(self):
+        if not self.states:
+            return
+        table = RecordsSyncState._meta.db_table
+        rows = [(pk, s.count, s.start, s.end, s.checksum, self.now) for pk, s in self.states]
+        if self.vendor != "postgresql":
+            adapt = connection.ops.adapt_datetimefield_value
+            rows = [
+                (pk, count, adapt(start), adapt(end), checksum, adapt(now))
+                for pk, count, start, end, checksum, now in rows
+            ]
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f'INSERT INTO {table} (timeseries_id, count, start, "end", checksum, synced_at) '
+                f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (timeseries_id) DO UPDATE SET "
+                f'count = excluded.count, start = excluded.start, "end" = excluded."end", '
+                f"checksum = excluded.checksum, synced_at = excluded.synced_at",
+                rows,
+            )
+
+
+def sync_records(database, client, *, skip=False, dry_run=False, log=_quiet, summary=None):
+    """Sync the records of the time series replicated from ``database``.
+
+    Call it after the metadata install has committed. Returns a RecordsResult (per
+    series: records appended, replaced, skipped). Raises RecordsError (a SyncError)
+    on a malformed series unless ``skip``: nothing of the records is installed then.
+    A failure of the remote (unreachable, HTTP errors) raises RemoteError either way.
+    ``summary``: a SummaryPrefetch started before the objects' install.
+    """
+    sync = RecordsSync(database, client, skip=skip, dry_run=dry_run, log=log, summary=summary)
+    return sync.run()
