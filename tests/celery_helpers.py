@@ -34,10 +34,11 @@ FAST_RETRIES = {
 }
 
 
-def use_test_broker():
+def use_test_broker(broker_url=BROKER_URL, result_url=RESULT_URL):
     """Point this process's Celery app at the test broker and result backend."""
-    app.conf.update(broker_url=BROKER_URL, result_backend=RESULT_URL, task_always_eager=False)
+    app.conf.update(broker_url=broker_url, result_backend=result_url, task_always_eager=False)
     app._pool = None  # a pool made before would still point at the old broker
+    app.amqp._producer_pool = None
     app._backend_cache = None
     app._local.__dict__.pop("backend", None)
 
