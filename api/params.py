@@ -101,7 +101,16 @@ def parse_modified_after(value):
         )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed
+    return in_utc(parsed)
+
+
+def in_utc(moment):
+    """``moment`` in UTC: PostgreSQL refuses offsets over 15:59, Python allows 23:59.
+    A moment out of Python's range in UTC is the range's end: nothing lies beyond."""
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        return (dt.datetime.max if moment.year > 1 else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
 def parse_iso_datetime(value):

@@ -67,7 +67,7 @@ from hcore.models import Record, RecordsSummary, Timeseries
 
 from .dumps import OBJECT_ENCODER
 from .errors import ApiError
-from .params import MAX_KEY
+from .params import MAX_KEY, in_utc
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +149,6 @@ def parse_bound(name, value, utc_offset, end):
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone_of(utc_offset))
     return in_utc(parsed)
-
-
-def in_utc(moment):
-    """``moment`` in UTC: PostgreSQL refuses offsets over 15:59, Python allows 23:59.
-    A moment out of Python's range in UTC is the range's end: no record lies beyond."""
-    try:
-        return moment.astimezone(dt.UTC)
-    except OverflowError:
-        return (dt.datetime.max if moment.year > 1 else dt.datetime.min).replace(tzinfo=dt.UTC)
 
 
 def parse_moment(value):

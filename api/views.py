@@ -9,7 +9,7 @@ import datetime as dt
 import functools
 import logging
 
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, SuspiciousOperation
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -56,6 +56,11 @@ def api_endpoint(view):
             response = view(request, *args, **kwargs)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
+        except SuspiciousOperation as exc:
+            # The client's fault, as Django sees it (e.g. more query parameters than
+            # DATA_UPLOAD_MAX_NUMBER_FIELDS): a 400, as Django itself would answer.
+            logger.warning("API request for %s refused: %s", request.path, exc)
+            response = error_response(400, f"Bad request: {exc}")
         except Exception:
             logger.exception("API request for %s failed", request.path)
             response = error_response(500, "Internal server error; the server's log says more.")
