@@ -1,13 +1,17 @@
 """Reading fetched dumps: Django's serialization format, one object at a time.
 
 The API writes one object per line between a ``[`` line and a ``]`` line, so a
-dump of any size is read with flat memory. A dump written by ``manage.py
-dumpdata`` (an air-gapped transfer) is any valid JSON list; it is read whole.
+dump of any size is read with flat memory: a line (one object) longer than
+DBSYNC_MAX_OBJECT_BYTES is refused before it is read whole. A dump written by
+``manage.py dumpdata`` (an air-gapped transfer) is any valid JSON list; it is read
+whole, but only when the caller allows it (never a dump fetched from a remote).
 """
 
 import json
 import os
 import re
+
+from django.conf import settings
 
 try:  # several times faster than the standard library's json on this path
     from orjson import loads
@@ -17,6 +21,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
 from .errors import PayloadError
 
 SAFE_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
+MAX_PK = 2**63 - 1  # original_id is a bigint
 
 
 def dump_name(model_label, suffix=""):
@@ -26,21 +31,24 @@ def dump_name(model_label, suffix=""):
     return f"{model_label}{suffix}.json"
 
 
-def iter_objects(path, skip=frozenset()):
+def iter_objects(path, skip=frozenset(), whole=True):
     """Yield the objects of a dump; raise PayloadError on anything malformed.
 
     Objects of the models labelled in ``skip`` are passed over unchecked (e.g. the
-    records in a ``dumpdata`` file, whose primary keys are not integers).
+    records in a ``dumpdata`` file, whose primary keys are not integers). A dump not
+    in the line layout is read whole if ``whole``, else refused.
     """
     name = os.path.basename(path)
     with open(path, "rb") as fh:
-        first = fh.readline()
+        numbered = capped_lines(fh, name)
+        _lineno, first = next(numbered, (0, b""))
         if first.strip() != b"[":
+            if not whole:
+                raise PayloadError(f"{name}: not a dump of the API (its first line is not '[')")
             yield from _iter_whole(path, skip)
             return
         lineno, closed = 1, False
-        for line in fh:
-            lineno += 1
+        for lineno, line in numbered:
             text = line.strip()
             if not text:
                 continue
@@ -54,15 +62,29 @@ def iter_objects(path, skip=frozenset()):
             try:
                 obj = loads(text)
             except (ValueError, RecursionError) as exc:
-                if lineno == 2:
+                if lineno == 2 and whole:
                     # Not our line layout (e.g. dumpdata --indent): read it whole.
                     yield from _iter_whole(path, skip)
                     return
                 raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
             if not _skipped(obj, skip):
-                yield _check_object(obj, name, lineno)
+                yield _check_object(obj, name, f"line {lineno}")
         if not closed:
             raise PayloadError(f"{name}: truncated (no closing bracket after line {lineno})")
+
+
+def capped_lines(fh, name):
+    """(line number, line) of a binary file; a line over DBSYNC_MAX_OBJECT_BYTES is
+    refused (PayloadError naming ``name``) before it is read whole."""
+    limit = settings.DBSYNC_MAX_OBJECT_BYTES
+    lineno = 0
+    while line := fh.readline(limit + 1):
+        lineno += 1
+        if len(line) > limit:
+            raise PayloadError(
+                f"{name} line {lineno}: more than {limit} bytes; refused (DBSYNC_MAX_OBJECT_BYTES)"
+            )
+        yield lineno, line
 
 
 def _skipped(obj, skip):
@@ -93,7 +115,7 @@ def _check_object(obj, name, where):
     pk = obj.get("pk")
     if isinstance(pk, str) and pk.isdigit():
         pk = obj["pk"] = int(pk)
-    if not isinstance(pk, int) or isinstance(pk, bool) or pk <= 0:
+    if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk <= MAX_PK:
         raise PayloadError(f"{name} {where}: {obj['model']} has an invalid pk {pk!r}")
     return obj
 

@@ -13,6 +13,9 @@ from .planner import label
 logger = logging.getLogger(__name__)
 
 REFETCH_CHUNK = 500
+# The query of a re-fetch (``pks=1%2C2...``) must keep the request line within what
+# servers accept (gunicorn: 4094 bytes), whatever the size of the keys.
+REFETCH_QUERY_CHARS = 3000
 
 
 def check_manifest(plan, manifest, remote):
@@ -84,8 +87,7 @@ def make_refetcher(client, entries, plan, dest_dir):
         found = {}
         for member in plan.family(model):
             member_label = label(member)
-            for start in range(0, len(pks), REFETCH_CHUNK):
-                chunk = pks[start : start + REFETCH_CHUNK]
+            for chunk in _key_chunks(pks):
                 counter["n"] += 1
                 path = Path(dest_dir) / dump_name(member_label, f".refetch{counter['n']}")
                 client.download(
@@ -95,6 +97,21 @@ def make_refetcher(client, entries, plan, dest_dir):
         return found
 
     return refetch
+
+
+def _key_chunks(pks):
+    """``pks`` in chunks of at most REFETCH_CHUNK keys and REFETCH_QUERY_CHARS characters
+    once URL-encoded (a comma is ``%2C``)."""
+    chunk, size = [], 0
+    for pk in pks:
+        length = len(str(pk)) + 3
+        if chunk and (len(chunk) >= REFETCH_CHUNK or size + length > REFETCH_QUERY_CHARS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pk)
+        size += length
+    if chunk:
+        yield chunk
 
 
 def write_fetch_record(dest_dir, record):

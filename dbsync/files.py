@@ -37,6 +37,7 @@ from django.utils.text import get_valid_filename
 
 from hcore.models import GentityFile
 
+from .dumps import capped_lines
 from .errors import PayloadError, RemoteError
 from .fetch import _check_path
 from .result import FILES_LABEL, ObjectProblem
@@ -192,7 +193,7 @@ class FilesSync:
         self.client.download(url, path)
         listing = {}
         with open(path, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, line in capped_lines(fh, f"{self.database}: the file listing,"):
                 text = line.strip().rstrip(b",")
                 if text in (b"[", b"]", b""):
                     continue

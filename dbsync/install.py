@@ -30,8 +30,14 @@ from django.utils import timezone
 from api.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
 
 from .convert import converter_for
-from .dumps import iter_objects
-from .errors import DeleteGuardError, ObjectError, PayloadError, SchemaMismatch
+from .dumps import MAX_PK, iter_objects
+from .errors import (
+    DanglingReferences,
+    DeleteGuardError,
+    ObjectError,
+    PayloadError,
+    SchemaMismatch,
+)
 from .planner import label, root_of
 
 logger = logging.getLogger(__name__)
@@ -286,7 +292,8 @@ class Installer:
     def objects(self, path):
         """The objects of a dump, with payload errors naming the remote."""
         try:
-            yield from iter_objects(path)
+            # Never read whole: a dump that is not one object per line is refused.
+            yield from iter_objects(path, whole=False)
         except PayloadError as exc:
             if str(exc).startswith(str(self.database)):
                 raise
@@ -321,8 +328,17 @@ class Installer:
         self.obj_refs[(spec.root_label, pk)] = own_refs
 
     def valid_keys(self, spec, pk, f, values):
+        limit = settings.DBSYNC_MAX_LINKS_PER_OBJECT
+        if isinstance(values, list) and len(values) > limit:
+            self.object_problem(
+                spec,
+                pk,
+                f"field {f.name!r}: {len(values)} keys, more than the {limit} allowed "
+                f"(DBSYNC_MAX_LINKS_PER_OBJECT)",
+            )
+            return False
         if isinstance(values, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PK for v in values
         ):
             return True
         self.object_problem(spec, pk, f"field {f.name!r}: expected a list of keys")
@@ -418,7 +434,7 @@ class Installer:
         if not self.skip:
             listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
             more = len(problems) - MAX_LISTED_PROBLEMS
-            raise ObjectError(
+            raise DanglingReferences(
                 f"{self.database}: {len(problems)} reference(s) to objects that do not exist: "
                 f"{listed}{f'; and {more} more' if more > 0 else ''}"
             )
@@ -432,8 +448,10 @@ class Installer:
             if target_label is not None and isinstance(value, int):
                 yield target_label, value
         for f in spec.planned_m2m:
-            for value in fields.get(f.name) or ():
-                yield label(f.related_model), value
+            values = fields.get(f.name)
+            for value in values if isinstance(values, list) else ():
+                if isinstance(value, int):  # not a nested list or object: not a key
+                    yield label(f.related_model), value
 
     def propagate_bad(self):
         """With --skip: whatever needs a skipped object is skipped too."""

@@ -31,6 +31,7 @@ the records it had and is reported; the others are installed.
 """
 
 import csv
+import functools
 import logging
 import re
 import tempfile
@@ -49,6 +50,7 @@ from django.utils import timezone as django_timezone
 
 from hcore.models import Record, RecordsSyncState, Timeseries
 
+from .dumps import capped_lines
 from .errors import PayloadError
 from .fetch import _check_path
 from .result import RECORDS_LABEL, ObjectProblem
@@ -86,7 +88,12 @@ TRAILER = re.compile(
 )
 # What the API writes: minutes, with seconds and microseconds only when present.
 LONG_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?")
-COPY_SPECIALS = re.compile(r"[\\\t\n\r]")
+# csv refuses a field over its limit (128 KiB), but only once it holds the whole line:
+# lines are read at most MAX_LINE_CHARS at a time, so that a remote cannot make the
+# reader hold a longer one (a longer line fails as a field over the limit, or as a line
+# of too many fields).
+MAX_LINE_CHARS = 1 << 20
+COPY_SPECIALS = re.compile(r"[\\\t\n\r\x00]")  # NUL: no PostgreSQL text can hold it
 COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
@@ -378,7 +385,7 @@ def fetch_summary(database, client, url, work):
     client.download(url, path)
     summary = {}
     with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in capped_lines(fh, f"{database}: the records summary,"):
             text = line.strip().rstrip(b",")
             if text in (b"[", b"]", b""):
                 continue
@@ -469,7 +476,8 @@ class BatchReader:
             open(self.dest, "wb") as out,
         ):
             self.out = out
-            reader = csv.reader(fh, strict=True)
+            lines = iter(functools.partial(fh.readline, MAX_LINE_CHARS), "")
+            reader = csv.reader(lines, strict=True)
             try:
                 while jobs:
                     job = jobs.popleft()
@@ -610,6 +618,8 @@ class BatchReader:
             else:
                 value = NULL
             if flags and COPY_SPECIALS.search(flags):
+                if "\x00" in flags:
+                    raise SeriesError(remote_pk, "flags contain a NUL character", reader.line_num)
                 flags = COPY_SPECIALS.sub(lambda m: COPY_ESCAPES[m[0]], flags)
             lines.append(f"{prefix}{date}{suffix}{value}\t{flags}\n")
             if len(lines) >= WRITE_LINES:

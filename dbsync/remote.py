@@ -146,6 +146,18 @@ class RemoteClient:
         error.status = status
         raise error
 
+    def _broken_off(self, exc, size):
+        """The transient error of a response that stopped mid-body."""
+        reason = _reason(exc)
+        if reason == "timed out":
+            return TransientRemoteError(
+                f"{self} stopped sending mid-response: timed out ({size} bytes read; "
+                f"DBSYNC_HTTP_TIMEOUT={self.timeout} s)"
+            )
+        return TransientRemoteError(
+            f"{self} broke the connection mid-response: {reason} ({size} bytes read)"
+        )
+
     def get_json(self, path, params=None):
         url = self.url(path, params)
 
@@ -154,27 +166,35 @@ class RemoteClient:
             body = self._read_capped(response)
             try:
                 return json.loads(body)
-            except (ValueError, RecursionError) as exc:
-                raise PayloadError(f"{url}: malformed JSON: {exc}") from exc
+            except RecursionError:
+                raise PayloadError(f"{self}: {path}: malformed JSON: nested too deeply") from None
+            except ValueError as exc:
+                raise PayloadError(f"{self}: {path}: malformed JSON: {exc}") from exc
 
         return self._attempts(f"GET {path}", attempt)
 
     def _read_capped(self, response):
-        chunks, size = [], 0
+        """A body read whole into memory (a JSON document): at most the response cap, and
+        DBSYNC_MAX_OBJECT_BYTES, which bounds what a remote can make a sync hold."""
+        cap = min(self.max_bytes, settings.DBSYNC_MAX_OBJECT_BYTES)
+        setting = (
+            "DBSYNC_MAX_RESPONSE_BYTES" if cap == self.max_bytes else "DBSYNC_MAX_OBJECT_BYTES"
+        )
+        body, size = bytearray(), 0
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
-                if size > self.max_bytes:
+                if size > cap:
                     raise PayloadError(
-                        f"{response.url}: response larger than the cap of {self.max_bytes} bytes "
-                        f"(DBSYNC_MAX_RESPONSE_BYTES)"
+                        f"{self}: GET {response.request.path_url}: response larger than the cap "
+                        f"of {cap} bytes ({setting})"
                     )
-                chunks.append(chunk)
+                body += chunk
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise TransientRemoteError(f"connection broken mid-response: {_reason(exc)}") from exc
+            raise self._broken_off(exc, size) from exc
         finally:
             response.close()
-        return b"".join(chunks)
+        return body
 
     def download(self, path, dest, params=None, is_complete=None):
         """Stream a response to ``dest`` (atomically) and return its size in bytes.
@@ -192,8 +212,8 @@ class RemoteClient:
             if length and length.isdigit() and int(length) > self.max_bytes:
                 response.close()
                 raise PayloadError(
-                    f"{url}: response of {length} bytes is over the cap of {self.max_bytes} "
-                    f"bytes (DBSYNC_MAX_RESPONSE_BYTES)"
+                    f"{self}: GET {path}: response of {length} bytes is over the cap of "
+                    f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
                 )
             size = 0
             try:
@@ -202,20 +222,20 @@ class RemoteClient:
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise PayloadError(
-                                f"{url}: response larger than the cap of {self.max_bytes} bytes "
-                                f"(DBSYNC_MAX_RESPONSE_BYTES)"
+                                f"{self}: GET {path}: response larger than the cap of "
+                                f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
                             )
                         out.write(chunk)
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                raise TransientRemoteError(
-                    f"connection broken mid-response after {size} bytes: {_reason(exc)}"
-                ) from exc
-            except requests.Timeout as exc:
-                raise TransientRemoteError(f"timed out mid-response after {size} bytes") from exc
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                requests.Timeout,
+            ) as exc:
+                raise self._broken_off(exc, size) from exc
             finally:
                 response.close()
             if not is_complete(tmp):
-                raise TransientRemoteError(f"response truncated after {size} bytes")
+                raise TransientRemoteError(f"{self}: response truncated after {size} bytes")
             os.replace(tmp, dest)
             return size
 
@@ -242,15 +262,20 @@ class RemoteClient:
 SyncErrorTypes = (RemoteError, PayloadError)
 
 
+DNS_FAILURES = (
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No address associated with hostname",
+    "nodename nor servname provided",
+)
+
+
 def _reason(exc):
     text = str(exc)
-    for marker in (
-        "Connection refused",
-        "Name or service not known",
-        "timed out",
-        "Temporary failure in name resolution",
-        "Connection reset",
-    ):
+    if "Failed to resolve" in text or any(marker in text for marker in DNS_FAILURES):
+        detail = next((m for m in DNS_FAILURES if m in text), "no address found")
+        return f"its hostname does not resolve ({detail})"
+    for marker in ("Connection refused", "timed out", "Connection reset"):
         if marker in text:
             return marker
     return text[:200]

@@ -28,40 +28,42 @@ def work_dir_for(database, explicit=None):
 def load_for_resume(work, plan):
     """The dumps already in ``work``: (files, remote keys or "present", server time).
 
-    A folder written by an earlier ``--fetch-only`` run has a fetch record; any other
-    ``*.json`` (e.g. from the remote's ``manage.py dumpdata``) is taken as a full dump
-    and split by model.
+    A folder written by an earlier ``--fetch-only`` run has a fetch record; in any
+    other, every ``*.json`` (e.g. from the remote's ``manage.py dumpdata``) is taken as
+    a full dump and split by model.
     """
     record = read_fetch_record(work)
     if record is not None:
         files = {
-            lbl: [p for p in paths if Path(p).exists()]
+            lbl: [_inside(work, p) for p in paths if Path(p).exists()]
             for lbl, paths in record["files"].items()
             if lbl in plan.labels
         }
         keys = "present"
         if not record.get("full"):
-            keys = {root: set(read_keys(path)) for root, path in record["keys"].items()}
+            keys = {
+                root: set(read_keys(_inside(work, path))) for root, path in record["keys"].items()
+            }
         return files, keys, record.get("server_time")
-    files = {}
-    for lbl in plan.labels:
-        own = work / dump_name(lbl)
-        if own.exists():
-            files[lbl] = [str(own)]
-    others = sorted(
-        p
-        for p in work.glob("*.json")
-        if p.name not in {dump_name(lbl) for lbl in plan.labels} and ".keys" not in p.name
-    )
-    if others:
-        for lbl, path in _split(others, work, plan).items():
-            files.setdefault(lbl, []).append(path)
+    # Split into the line layout the install reads (it never reads a dump whole).
+    others = sorted(p for p in work.glob("*.json") if ".keys" not in p.name)
+    files = {lbl: [path] for lbl, path in _split(others, work, plan).items()} if others else {}
     if not files:
         raise PayloadError(
             f"--resume: no dumps in {work}; fetch them first (--fetch-only) or put the "
             f"remote's `manage.py dumpdata {plan.app_label}` output there."
         )
     return files, "present", None
+
+
+def _inside(work, path):
+    """A dump named by the fetch record, which must be in the work folder."""
+    if Path(work).resolve() not in Path(path).resolve().parents:
+        raise PayloadError(
+            f"{Path(work) / 'fetch.json'}: names {str(path)[:200]!r}, outside the work "
+            f"folder; refusing to resume from it"
+        )
+    return path
 
 
 def _split(paths, work, plan):

@@ -139,7 +139,10 @@ class Command(BaseCommand):
         try:
             result = run_sync(database, sync_options, log=self.log)
         except SyncError as exc:
-            raise CommandError(str(exc)) from exc
+            message = str(exc)
+            if database.name not in message and database.hostname not in message:
+                message = f"{database}: {message}"  # the operator is told which remote
+            raise CommandError(message) from exc
         self.report(result, sync_options)
 
     def log(self, message, level=1):
