@@ -33,6 +33,11 @@ class ObjectError(SyncError):
     """An object could not be installed (and the run was told to halt on errors)."""
 
 
+class DanglingReferences(ObjectError):
+    """Objects refer to objects the remote did not send, even when asked again: bad
+    data, or the remote changed during the fetch (a fresh fetch tells which)."""
+
+
 class DeleteGuardError(SyncError):
     """The run would delete more replicated objects than allowed."""
 

@@ -60,10 +60,12 @@ def _remote_lock(database):
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, database.pk])
             if not cursor.fetchone()[0]:
                 raise _Busy
+        session = connection.connection
         try:
             yield
         finally:
-            if connection.connection is not None:
+            # A lost session took its lock with it; a new one does not hold it.
+            if connection.connection is session and not session.closed:
                 with connection.cursor() as cursor:
                     cursor.execute(
                         "SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, database.pk]
@@ -138,11 +140,27 @@ def reap_orphans(database, lock_held=True):
 
 def mark_interrupted(run, last_sign_of_life=None):
     beat = last_sign_of_life or run.heartbeat or run.started_at
+    # The objects' transaction moves the remote's last_sync: a process killed during
+    # (or after) that COMMIT may have installed them without recording it.
+    installed = (
+        Database.objects.filter(pk=run.database_id, last_sync__gte=run.started_at)
+        .values_list("last_sync", flat=True)
+        .first()
+    )
+    if installed:
+        outcome = (
+            f"Its objects were installed (committed {installed:%Y-%m-%d %H:%M:%S %Z}); its "
+            f"records and files may not all be synced: the next run completes them."
+        )
+    else:
+        outcome = "Nothing of it was installed."
+    stopped = "the process working on this run stopped"
+    if run.trigger != "command":  # Celery: a worker died, or the broker lost the tasks
+        stopped = "the worker working on this run stopped, or its tasks were lost"
     run.status = SyncRun.FAILED
     run.finished_at = timezone.now()
     run.message = (
-        f"Interrupted: the process working on this run stopped (last sign of life "
-        f"{beat:%Y-%m-%d %H:%M:%S %Z}). Nothing of it was installed."
+        f"Interrupted: {stopped} (last sign of life {beat:%Y-%m-%d %H:%M:%S %Z}). {outcome}"
     )
     run.save(update_fields=["status", "finished_at", "message"])
     logger.error("Sync run %s of %s was interrupted; marked failed", run.pk, run.database)

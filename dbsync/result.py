@@ -40,6 +40,12 @@ class SyncResult:
     def model(self, label):
         return self.counts.setdefault(label, dict.fromkeys(COUNT_KEYS, 0))
 
+    def reset(self):
+        """Forget what an attempt that was rolled back counted (its backup stays)."""
+        self.counts.clear()
+        self.problems.clear()
+        self.files = self.user_links_dropped = 0
+
     def add(self, label, key, n=1):
         self.model(label)[key] += n
 

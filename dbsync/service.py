@@ -22,13 +22,13 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import notify, storage
 from .backup import take_backup
-from .dumps import read_keys
-from .errors import AlreadyRunning, SyncError
+from .dumps import dump_name, read_keys
+from .errors import AlreadyRunning, DanglingReferences, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -49,6 +49,8 @@ from .workdir import load_for_resume, work_dir_for
 logger = logging.getLogger(__name__)
 
 MAX_RECORDED_ERRORS = 1000
+# A run whose references dangle after the re-fetch is fetched once more, whole.
+FETCH_ATTEMPTS = 2
 DUMP, KEYS = "dump", "keys"
 
 
@@ -167,6 +169,26 @@ def _sync(database, plan, options, run, result, log):
         )
         return
     client = RemoteClient(database, port=options.port)
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        try:
+            _fetch_and_install(database, plan, options, run, result, log, client, work)
+            return
+        except DanglingReferences as exc:
+            # The remote may have deleted an object between the fetch of its referrers
+            # and its own (nothing was installed: the transaction rolled back). A fresh
+            # fetch sees the remote as it is now; the same error twice is bad data.
+            if attempt == FETCH_ATTEMPTS:
+                raise
+            logger.warning("%s; fetching everything again", exc)
+            log(f"{exc}\nThe remote may have changed during the fetch: fetching again.", 1)
+            result.reset()
+            result.notes.append(
+                "fetched twice: references dangled after the first fetch (the remote "
+                "changed during it)"
+            )
+
+
+def _fetch_and_install(database, plan, options, run, result, log, client, work):
     fetch_plan = plan_fetch(database, plan, options, client, log)
     result.full = fetch_plan.full
     _record_fetch(run, fetch_plan.server_time, result.full)
@@ -312,11 +334,19 @@ def plan_fetch(database, plan, options, client, log=_quiet):
 def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
     """Fetch one job of the plan into ``dest_dir``; return (path, bytes)."""
     entry = fetch_plan.entries[model_label]
-    if kind == DUMP:
-        meta = fetch_model(client, entry, dest_dir, fetch_plan.since)
-        return Path(meta["path"]), meta["bytes"]
-    path = Path(fetch_keys(client, entry, dest_dir))
-    return path, path.stat().st_size
+    try:
+        if kind == DUMP:
+            meta = fetch_model(client, entry, dest_dir, fetch_plan.since)
+            return Path(meta["path"]), meta["bytes"]
+        path = Path(fetch_keys(client, entry, dest_dir))
+        return path, path.stat().st_size
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        name = dump_name(model_label, "" if kind == DUMP else ".keys")
+        Path(dest_dir, f"{name}.part").unlink(missing_ok=True)  # half a dump, of no use
+        raise SyncError(
+            f"Cannot write the {kind} of {model_label} in the folder {dest_dir}: "
+            f"{exc.strerror or exc}. Free some space there (or use another folder)."
+        ) from exc
 
 
 def assemble(fetch_plan, paths):
@@ -346,7 +376,7 @@ def install_fetched(
     if options.records and client is not None and "hcore.timeseries" in plan.labels:
         summary = SummaryPrefetch(database, client)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
-    with transaction.atomic():
+    with transaction.atomic(), _connection_loss_reported():
         Installer(
             database,
             plan,
@@ -373,6 +403,23 @@ def install_fetched(
         else:
             sync_data(database, plan, client, options, result, log, summary)
     return result
+
+
+@contextmanager
+def _connection_loss_reported():
+    """Inside the install's transaction (before its COMMIT): a database error that lost
+    the connection (the session was terminated, the server restarted) becomes a
+    SyncError saying so; the uncommitted transaction died with the session."""
+    try:
+        yield
+    except (DatabaseError, connection.Database.Error) as exc:  # COPY uses psycopg's own
+        if not getattr(connection.connection, "closed", False):
+            raise  # the connection is fine: an error of the install's own
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SyncError(
+            f"The connection to the local database was lost during the install ({reason}); "
+            f"its transaction was not committed. Nothing of this run was installed."
+        ) from exc
 
 
 def sync_data(database, plan, client, options, result, log=_quiet, summary=None):

@@ -89,8 +89,18 @@ def save_dump(run_id, path):
     name = f"{run_dir(run_id)}/{path.name}"
     storage = get_storage()
     checksum = sha256_of(path)
-    with open(path, "rb") as fh:
-        saved = storage.save(name, File(fh, name=path.name))
+    try:
+        with open(path, "rb") as fh:
+            saved = storage.save(name, File(fh, name=path.name))
+    except OSError as exc:  # a full disk: what was written of the dump is of no use
+        try:
+            storage.delete(name)
+        except OSError:
+            logger.warning("Could not remove the partial %s from the storage", name)
+        raise StorageError(
+            f"Cannot store {name} in the storage ({describe(storage)}): "
+            f"{exc.strerror or exc}. Free some space there."
+        ) from exc
     if saved != name:  # an overwrite is what makes a repeated fetch harmless
         storage.delete(saved)
         raise StorageError(f"the storage saved {name} as {saved}; it must allow overwriting")
