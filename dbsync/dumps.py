@@ -87,6 +87,21 @@ def capped_lines(fh, name):
         yield lineno, line
 
 
+def listing_entries(path, what, check):
+    """The entries of a JSON listing written one per line between ``[`` and ``]`` (the
+    records summary, the file listing), each passed through ``check``; a line that is
+    not a valid entry is a PayloadError naming ``what`` and the line."""
+    with open(path, "rb") as fh:
+        for lineno, line in capped_lines(fh, f"{what},"):
+            text = line.strip().rstrip(b",")
+            if text in (b"[", b"]", b""):
+                continue
+            try:
+                yield check(loads(text))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise PayloadError(f"{what}, line {lineno}: not a valid entry ({exc})") from exc
+
+
 def _skipped(obj, skip):
     return bool(skip) and isinstance(obj, dict) and str(obj.get("model")).lower() in skip
 

@@ -37,15 +37,10 @@ from django.utils.text import get_valid_filename
 
 from hcore.models import GentityFile
 
-from .dumps import capped_lines
+from .dumps import listing_entries
 from .errors import PayloadError, RemoteError
 from .fetch import _check_path
 from .result import FILES_LABEL, ObjectProblem
-
-try:
-    from orjson import loads
-except ImportError:  # pragma: no cover - orjson is in requirements.txt
-    from json import loads
 
 logger = logging.getLogger(__name__)
 
@@ -191,20 +186,8 @@ class FilesSync:
     def fetch_listing(self, url):
         path = self.work / "listing.json"
         self.client.download(url, path)
-        listing = {}
-        with open(path, "rb") as fh:
-            for lineno, line in capped_lines(fh, f"{self.database}: the file listing,"):
-                text = line.strip().rstrip(b",")
-                if text in (b"[", b"]", b""):
-                    continue
-                try:
-                    entry = check_entry(loads(text))
-                except (ValueError, TypeError) as exc:
-                    raise PayloadError(
-                        f"{self.database}: the file listing, line {lineno}: not a valid entry "
-                        f"({exc})"
-                    ) from exc
-                listing[entry["pk"]] = entry
+        what = f"{self.database}: the file listing"
+        listing = {entry["pk"]: entry for entry in listing_entries(path, what, check_entry)}
         return listing
 
     def plan(self, listing):

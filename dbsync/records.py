@@ -50,15 +50,10 @@ from django.utils import timezone as django_timezone
 
 from hcore.models import Record, RecordsSyncState, Timeseries
 
-from .dumps import capped_lines
+from .dumps import listing_entries
 from .errors import PayloadError
 from .fetch import _check_path
 from .result import RECORDS_LABEL, ObjectProblem
-
-try:  # several times faster than the standard library's json on this path
-    from orjson import loads
-except ImportError:  # pragma: no cover - orjson is in requirements.txt
-    from json import loads
 
 logger = logging.getLogger(__name__)
 
@@ -383,19 +378,10 @@ def fetch_summary(database, client, url, work):
     """The remote's summary: {remote pk: entry}, the entries checked."""
     path = Path(work) / "summary.json"
     client.download(url, path)
-    summary = {}
-    with open(path, "rb") as fh:
-        for lineno, line in capped_lines(fh, f"{database}: the records summary,"):
-            text = line.strip().rstrip(b",")
-            if text in (b"[", b"]", b""):
-                continue
-            try:
-                entry = check_entry(loads(text))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise PayloadError(
-                    f"{database}: the records summary, line {lineno}: not a valid entry ({exc})"
-                ) from exc
-            summary[entry["pk"]] = entry
+    summary = {
+        entry["pk"]: entry
+        for entry in listing_entries(path, f"{database}: the records summary", check_entry)
+    }
     path.unlink()
     return summary
 
