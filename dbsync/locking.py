@@ -132,10 +132,41 @@ def reap_orphans(database, lock_held=True):
             dead = lock_held
         else:
             dead = beat < stale_before
+        if dead and run.status == SyncRun.FETCHING and lost_install(run):
+            continue
         if dead:
             mark_interrupted(run, beat)
             reaped += 1
     return reaped
+
+
+def lost_install(run):
+    """A FETCHING run whose every dump is in storage was left by Celery without its
+    install (a worker killed after storing a fetch's result, before the chord counted
+    it; or the install waited in the queue past DBSYNC_STALE_SECONDS): send the install
+    again, once the caller's transaction commits. The install itself is idempotent
+    (``service.install_for_run``). Returns whether it was sent."""
+    plan = run.fetch_plan or {}
+    stored = plan.get("stored", [])
+    jobs = {tuple(job) for job in plan.get("jobs", [])}
+    if not jobs or not jobs <= {(meta["model"], meta["kind"]) for meta in stored}:
+        return False
+    from celery import current_app
+
+    run.heartbeat = timezone.now()
+    run.progress = "installing (its install was lost; sent again)"
+    run.save(update_fields=["heartbeat", "progress"])
+    logger.warning(
+        "Sync run %s of %s has every dump stored but no install; sending it again",
+        run.pk,
+        run.database,
+    )
+    transaction.on_commit(
+        lambda: current_app.send_task(
+            "dbsync.tasks.install_run", args=[stored], kwargs={"run_id": run.pk}
+        )
+    )
+    return True
 
 
 def mark_interrupted(run, last_sign_of_life=None):

@@ -594,13 +594,29 @@ def fetch_for_run(run_id, model_label, kind):
     with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
         path, _size = fetch_job(client, fetch_plan, model_label, kind, tmp)
         stored = storage.save_dump(run_id, path)
-    return {
+    meta = {
         "model": model_label,
         "kind": kind,
         **stored,
         "started": started.isoformat(),
         "finished": timezone.now().isoformat(),
     }
+    _record_stored(run_id, meta)
+    return meta
+
+
+def _record_stored(run_id, meta):
+    """Note a stored dump in the run's fetch plan, so that the reaper can still send
+    the install of a run whose chord Celery lost (``locking.lost_install``). Under a
+    row lock: a run's fetches finish concurrently."""
+    with transaction.atomic():
+        run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or not run.fetch_plan:
+            return
+        key = (meta["model"], meta["kind"])
+        stored = [m for m in run.fetch_plan.get("stored", []) if (m["model"], m["kind"]) != key]
+        run.fetch_plan["stored"] = [*stored, meta]
+        run.save(update_fields=["fetch_plan"])
 
 
 def install_for_run(run_id, fetched, log=_quiet):
