@@ -90,10 +90,6 @@ def parse_modified_after(value):
         return None
     parsed = parse_iso_datetime(value)
     if parsed is None:
-        spaced = SPACED_OFFSET.match(value)
-        if spaced:
-            parsed = parse_iso_datetime(f"{spaced['local']}+{spaced['offset']}")
-    if parsed is None:
         raise ApiError(
             400,
             f"modified_after must be an ISO 8601 datetime such as "
@@ -114,7 +110,16 @@ def in_utc(moment):
 
 
 def parse_iso_datetime(value):
+    """An ISO 8601 datetime, or None. An offset whose '+' arrived as a space (a query
+    string's unescaped '+') is read as the '+' it was."""
+    parsed = _parse_datetime(value)
+    if parsed is None and (spaced := SPACED_OFFSET.match(value)):
+        parsed = _parse_datetime(f"{spaced['local']}+{spaced['offset']}")
+    return parsed
+
+
+def _parse_datetime(text):
     try:
-        return parse_datetime(value)
+        return parse_datetime(text)
     except ValueError:  # well formed but impossible, e.g. February 30th
         return None

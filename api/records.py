@@ -61,13 +61,13 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.dateparse import parse_date
 
 from hcore.models import Record, RecordsSummary, Timeseries
 
 from .dumps import OBJECT_ENCODER
 from .errors import ApiError
-from .params import MAX_KEY, in_utc
+from .params import MAX_KEY, in_utc, parse_iso_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,6 @@ CHUNK_ROWS = 5_000
 SEND_BYTES = 1 << 16
 TEXTS_A_FETCH = 10  # series: the text of one may be large
 TRAILER = "# end count={count} checksum={checksum} utc_offset={utc_offset}\n"
-# An unescaped "+" in a query string arrives as a space: "...00 00:00" means "+00:00".
-SPACED_OFFSET = re.compile(r"^(?P<local>.*[0-9]) (?P<offset>[0-9]{2}(:?[0-9]{2})?)$")
-
 TABLE = Record._meta.db_table
 SPECIAL_FLOATS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 RECORD_HASH_SQL = f'hash_record_extended(row("timestamp", value, flags), {HASH_SEED})'
@@ -130,11 +127,7 @@ def parse_range(query, utc_offset):
 def parse_bound(name, value, utc_offset, end):
     if value is None:
         return None
-    parsed = parse_moment(value)
-    if parsed is None:
-        spaced = SPACED_OFFSET.match(value)
-        if spaced:
-            parsed = parse_moment(f"{spaced['local']}+{spaced['offset']}")
+    parsed = parse_iso_datetime(value)
     if parsed is None:
         day = parse_day(value)
         if day is not None:
@@ -149,13 +142,6 @@ def parse_bound(name, value, utc_offset, end):
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone_of(utc_offset))
     return in_utc(parsed)
-
-
-def parse_moment(value):
-    try:
-        return parse_datetime(value)
-    except ValueError:  # well formed but impossible, e.g. February 30th
-        return None
 
 
 def parse_day(value):
