@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sync_benchmark import children, manage_args, run_measured  # noqa: E402
+from sync_benchmark import children, manage_args, register_remote, run_measured  # noqa: E402
 
 from tests.instance import PG_BASE, Instance, Template, admin_execute, instance_env  # noqa: E402
 
@@ -182,20 +182,7 @@ def main():
         remote.start(workers=2)
         series = count(remote_url, "SELECT count(*) FROM hcore_timeseries")
         total = count(remote_url)
-        run_measured(
-            manage_args(
-                "dbsync_addremote",
-                "--name",
-                "bench",
-                "--hostname",
-                remote.hostname,
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(remote.port),
-            ),
-            local_env,
-        )
+        register_remote(remote, local_env)
         sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "2")
         seconds, peak, _ = run_measured([*sync, "--no-records"], local_env)
         print(f"  objects synced in {seconds:.1f} s ({series} series)", flush=True)

@@ -51,6 +51,24 @@ def manage_args(*args):
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
+def register_remote(remote, env):
+    """Register ``remote`` as "bench" in the local instance of ``env``."""
+    run_measured(
+        manage_args(
+            "dbsync_addremote",
+            "--name",
+            "bench",
+            "--hostname",
+            remote.hostname,
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(remote.port),
+        ),
+        env,
+    )
+
+
 def server_peak_mb(instance):
     """Peak RSS of the remote's gunicorn processes (the largest one)."""
     peak = 0
@@ -176,20 +194,7 @@ def main():
         remote_url = f"{PG_BASE}/{remote.db_name}"
         rows = count_rows(remote_url)
         print(f"  {rows} rows in hcore tables", flush=True)
-        run_measured(
-            manage_args(
-                "dbsync_addremote",
-                "--name",
-                "bench",
-                "--hostname",
-                remote.hostname,
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(remote.port),
-            ),
-            local_env,
-        )
+        register_remote(remote, local_env)
         sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "1")
 
         seconds, peak, out = run_measured(sync, local_env)
