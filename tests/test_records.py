@@ -23,6 +23,7 @@ from dbsync.remote import RemoteClient
 from hcore import models as m
 from tests.faultproxy import FaultProxy
 from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.test_sync import last_run, register, sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,22 +35,6 @@ LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d(\.\d+)?)?,")
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def register(instance, name=None, port=None):
-    return Database.objects.create(
-        name=name or instance.hostname,
-        hostname=instance.hostname,
-        ip_address="127.0.0.1",
-        port=port or instance.port,
-    )
-
-
-def sync(database, *args):
-    """hcore_remotesyncdb: the objects, then the records and the files."""
-    out, err = io.StringIO(), io.StringIO()
-    call_command("hcore_remotesyncdb", "-r", database.name, "-N", *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
 def sync_data(database, skip=False):
     """The records and the files alone, with their results (per series, per file)."""
     client = RemoteClient(database)
@@ -59,10 +44,6 @@ def sync_data(database, skip=False):
 def sync_all(database, skip=False):
     sync(database, "--no-records")
     return sync_data(database, skip=skip)
-
-
-def last_run(database):
-    return SyncRun.objects.filter(database=database).order_by("-pk").first()
 
 
 def remote_records(instance):
