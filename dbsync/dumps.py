@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
     from json import loads
 
 from .errors import PayloadError
+from .keysets import KeySet
 
 SAFE_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
 MAX_PK = 2**63 - 1  # original_id is a bigint
@@ -133,6 +134,11 @@ def _check_object(obj, name, where):
     if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk <= MAX_PK:
         raise PayloadError(f"{name} {where}: {obj['model']} has an invalid pk {pk!r}")
     return obj
+
+
+def read_key_set(path):
+    """The primary keys of a keys-only listing, as a compact KeySet."""
+    return KeySet(read_keys(path))
 
 
 def read_keys(path):

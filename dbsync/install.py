@@ -38,6 +38,8 @@ from .errors import (
     PayloadError,
     SchemaMismatch,
 )
+from .keychecks import KeyChecks
+from .keysets import KeyMap, KeySet
 from .planner import label, root_of
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,28 @@ MISSING = object()
 MAX_REFETCH_ROUNDS = 3
 MAX_LISTED_PROBLEMS = 20
 SQLITE_CHUNK = 500
+# A table that gets this many new rows is analyzed before the run's checks and
+# COMMIT: its statistics (none after a first sync) steer every later query on it.
+ANALYZE_MIN_ROWS = 10_000
+
+
+KEYMAP_RUNS = (
+    "SELECT min(original_id), min({pk}), count(*), "
+    "max(original_id) - min(original_id) + 1 = count(*) FROM ("
+    "  SELECT original_id, {pk}, original_id - row_number() OVER (ORDER BY original_id) AS g"
+    "  FROM {table} WHERE original_db_id = %s) ranked "
+    "GROUP BY g, {pk} - original_id ORDER BY 1"
+)
+# The same, surely right and slower: a run starts where either key does not step by one.
+KEYMAP_RUNS_STEPWISE = (
+    "SELECT min(original_id), min(local), count(*) FROM ("
+    "  SELECT original_id, local, sum(step) OVER (ORDER BY original_id) AS run FROM ("
+    "    SELECT original_id, {pk} AS local, CASE WHEN original_id = "
+    "      lag(original_id) OVER w + 1 AND {pk} = lag({pk}) OVER w + 1 THEN 0 ELSE 1 END"
+    "      AS step FROM {table} WHERE original_db_id = %s"
+    "    WINDOW w AS (ORDER BY original_id)) steps) runs "
+    "GROUP BY run ORDER BY 1"
+)
 
 
 def qn(name):
@@ -161,18 +185,21 @@ class Installer:
         self.specs = {label(m): ModelSpec(m, plan) for m in plan.models}
         self.vendor = connection.vendor
         self.now = timezone.now()
-        self.keymap = {}  # root label -> {remote pk: local pk}
-        self.existing = {}  # root label -> set of remote pks installed before this run
-        self.existing_local = {}  # root label -> their local pks
+        # Key maps (root label -> remote pk -> local pk): the objects installed before
+        # this run, and those first seen in it. Compact: see dbsync.keysets.
+        self.loaded = {}
+        self.allocated = defaultdict(KeyMap)
         self.pools = defaultdict(list)  # root label -> allocated local pks not yet used
         self.pool_sizes = defaultdict(lambda: 1000)
         self.sequence_connection = None
-        self.present = defaultdict(set)  # model label -> remote pks in this run's dumps
-        self.written = defaultdict(set)  # model label -> local pks written in this run
-        self.refs = defaultdict(set)  # model label -> remote pks referenced
+        self.present = defaultdict(KeySet)  # model label -> remote pks in this run's dumps
+        self.written = defaultdict(KeySet)  # model label -> local pks written in this run
+        # model label -> remote pks referenced that were not known when referenced
+        # (an object of a later model, or not sent): checked once all is installed.
+        self.refs = defaultdict(set)
         self.bad = set()  # (root label, remote pk) of objects skipped
+        self.grown = defaultdict(int)  # table -> rows inserted
         self.obj_refs = {}  # only with skip: (root label, pk) -> [(label, root, pk)]
-        self.new = defaultdict(set)  # root label -> local pks of objects new in this run
 
     def paths(self, model_label):
         if model_label not in self.files:
@@ -190,6 +217,7 @@ class Installer:
 
     def _run(self):
         self.load_keymaps()
+        self.key_checks = KeyChecks(self.database)
         if self.skip:
             # Everything is checked before anything is written, so that a bad object
             # can be left out together with whatever needs it.
@@ -214,40 +242,53 @@ class Installer:
             self.resolve_references_after()
         self.log("Re-linking foreign keys and many-to-many relations: done", 1)
         if self.full_dumps:
-            self.remote_keys = {label(root): set() for root in self.plan.roots}
+            self.remote_keys = {label(root): KeySet() for root in self.plan.roots}
             for spec in self.specs.values():
-                self.remote_keys[spec.root_label] |= self.present[spec.label]
+                self.remote_keys[spec.root_label].update(self.present[spec.label])
         if self.remote_keys is not None:
             self.delete_missing()
+        self.analyze_grown_tables()
+        started = time.monotonic()
+        if checked := self.key_checks.check():
+            self.log(
+                f"Checked the foreign keys of {checked} new rows, one query per key, in "
+                f"{time.monotonic() - started:.1f} s",
+                2,
+            )
         return self.result
 
     # --- 1. key map and allocation ----------------------------------------------------
 
     def load_keymaps(self):
+        """Read what this remote's objects are here, as runs of consecutive keys (the
+        database finds them: a remote of millions of objects has a handful of runs)."""
         with connection.cursor() as cursor:
             for root in self.plan.roots:
-                cursor.execute(
-                    f"SELECT original_id, {qn(root._meta.pk.column)} FROM "
-                    f"{qn(root._meta.db_table)} WHERE original_db_id = %s",
-                    [self.database.pk],
-                )
-                mapping = dict(cursor.fetchall())
-                self.keymap[label(root)] = mapping
-                self.existing[label(root)] = set(mapping)
-                self.existing_local[label(root)] = set(mapping.values())
+                sql = {"pk": qn(root._meta.pk.column), "table": qn(root._meta.db_table)}
+                # Rows with the same distance from their rank (consecutive remote pks)
+                # and from their local pk: a run, if they are contiguous (ok).
+                cursor.execute(KEYMAP_RUNS.format(**sql), [self.database.pk])
+                runs = cursor.fetchall()
+                if not all(ok for *_run, ok in runs):
+                    cursor.execute(KEYMAP_RUNS_STEPWISE.format(**sql), [self.database.pk])
+                    runs = [(*run, True) for run in cursor.fetchall()]
+                self.loaded[label(root)] = KeyMap.from_runs(run for *run, _ok in runs)
+
+    def known_local_pk(self, root_label, remote_pk):
+        """The local pk of a remote object installed before or allocated in this run."""
+        local = self.loaded[root_label].get(remote_pk)
+        return self.allocated[root_label].get(remote_pk) if local is None else local
 
     def local_pk(self, root_label, remote_pk):
         """The local pk of a remote object; a new one is allocated on first sight."""
-        mapping = self.keymap[root_label]
-        local = mapping.get(remote_pk)
+        local = self.known_local_pk(root_label, remote_pk)
         if local is None:
             pool = self.pools[root_label]
             if not pool:
                 size = self.pool_sizes[root_label]
                 self.pool_sizes[root_label] = min(size * 4, 100_000)
                 pool.extend(reversed(self.next_ids(self.specs[root_label].root, size)))
-            local = mapping[remote_pk] = pool.pop()
-            self.new[root_label].add(local)
+            local = self.allocated[root_label][remote_pk] = pool.pop()
         return local
 
     def next_ids(self, root, count):
@@ -270,7 +311,7 @@ class Installer:
             start = cursor.fetchone()[0]
             cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
             row = cursor.fetchone()
-            start = max(start, row[0] if row else 0, *self.keymap[label(root)].values(), 0)
+            start = max(start, row[0] if row else 0, self.allocated[label(root)].max_value())
             return list(range(start + 1, start + 1 + count))
 
     # --- 2. checking objects and references --------------------------------------------
@@ -311,7 +352,7 @@ class Installer:
         self.present[spec.label].add(pk)
         own_refs = [(parent, spec.root_label, pk) for parent in spec.parent_labels]
         for parent in spec.parent_labels:
-            self.refs[parent].add(pk)
+            self.refer(parent, pk)
         values = self.convert_row(spec, pk, fields, resolve=False)
         if values is None:
             return
@@ -319,12 +360,13 @@ class Installer:
             spec.columns, values, strict=True
         ):
             if target_label is not None and value is not None:
-                self.refs[target_label].add(value)
+                self.refer(target_label, value)
                 own_refs.append((target_label, target_root, value))
         for f in spec.planned_m2m:
             values = fields.get(f.name, [])
             if self.valid_keys(spec, pk, f, values):
-                self.refs[label(f.related_model)].update(values)
+                for value in values:
+                    self.refer(label(f.related_model), value)
         self.obj_refs[(spec.root_label, pk)] = own_refs
 
     def valid_keys(self, spec, pk, f, values):
@@ -359,10 +401,20 @@ class Installer:
         if self.full_dumps:
             return False
         root_label = self.specs[model_label].root_label
-        if pk not in self.existing[root_label]:
+        if pk not in self.loaded[root_label]:
             return False
         keys = self.remote_keys.get(root_label) if self.remote_keys is not None else None
         return keys is None or pk in keys
+
+    def refer(self, model_label, pk):
+        """Note a reference to be checked at the end, unless its object is known now
+        (known objects stay known: the checks only ever learn of more)."""
+        if (
+            pk not in self.present[model_label]
+            and model_label in self.specs
+            and not self.is_known(model_label, pk)
+        ):
+            self.refs[model_label].add(pk)
 
     def missing_refs(self):
         missing = {}
@@ -490,7 +542,7 @@ class Installer:
                     append(convert(raw))
                 elif resolve:
                     remote = convert(raw)
-                    self.refs[target_label].add(remote)
+                    self.refer(target_label, remote)
                     append(self.local_pk(target_root, remote))
                 else:
                     append(convert(raw))
@@ -502,21 +554,24 @@ class Installer:
     def install_model(self, spec, paths):
         """Insert the new objects of a model's dumps, merge the others, relink M2M."""
         counts = self.result.model(spec.label)
-        owners, links = set(), defaultdict(set)
-        inserted = changed = set()
+        owners, links = KeySet(), defaultdict(set)
+        inserted, changed = KeySet(), set()
         seen_before = len(self.written[spec.label])
         if paths:
-            pending = []
+            pending = KeySet()
             inserted = self.insert_new(spec, paths, owners, links, pending)
             if pending:
                 changed = self.merge(spec, self.existing_rows(spec, paths, pending, owners, links))
         linked = set()
         for f in spec.planned_m2m:
             linked |= self.replace_links(f, owners, links[f.name])
-        touched = (changed | linked) - inserted
+        touched = {pk for pk in changed | linked if pk not in inserted}
         # A root row changed by the merge got its new last_modified there; a change
         # of a child row or of links is recorded on the root row here.
-        self.touch(spec.root, touched if not spec.is_root else linked - changed - inserted)
+        self.touch(
+            spec.root,
+            touched if not spec.is_root else {pk for pk in linked - changed if pk not in inserted},
+        )
         seen = len(self.written[spec.label]) - seen_before
         counts["fetched"] += seen
         counts["created"] += len(inserted)
@@ -535,7 +590,7 @@ class Installer:
         Re-fetched dumps come last and are the newest: they are read first, so that
         an object sent twice is installed once, in its latest version.
         """
-        done = set()
+        done = KeySet()
         for path in reversed(paths):
             for obj in self.objects(path):
                 pk = obj["pk"]
@@ -546,38 +601,50 @@ class Installer:
                     self.check_object(spec, obj)
                     self.present[spec.label].add(pk)
                     for parent in spec.parent_labels:
-                        self.refs[parent].add(pk)
+                        self.refer(parent, pk)
                 elif (spec.root_label, pk) in self.bad:
                     continue
                 yield pk, obj["fields"], self.local_pk(spec.root_label, pk)
 
     def insert_new(self, spec, paths, owners, links, pending):
         """COPY/INSERT the objects that are new here; list the others in ``pending``."""
-        existing = self.existing_local[spec.root_label]
+        existing = self.loaded[spec.root_label]
         written = self.written[spec.label]
-        inserted = set()
+        inserted = KeySet()
 
         def rows():
             for pk, fields, local in self.each_object(spec, paths):
-                if local in existing or local in written:
-                    pending.append(pk)
+                if pk in existing or local in written:
+                    pending.add(pk)
                     continue
                 row = self.row(spec, pk, fields, local, owners, links)
                 if row is not None:
                     inserted.add(local)
                     yield row
 
-        self.write_rows(spec, spec.table, rows())
+        with self.key_checks.unchecked(spec) as unchecked:
+            self.write_rows(spec, spec.table, rows())
+        if unchecked is not None:
+            unchecked.update(inserted)
+        self.grown[spec.table] += len(inserted)
         return inserted
 
+    def analyze_grown_tables(self):
+        if self.vendor != "postgresql":
+            return
+        with connection.cursor() as cursor:
+            for table, count in self.grown.items():
+                if count >= ANALYZE_MIN_ROWS:
+                    cursor.execute(f"ANALYZE {qn(table)}")
+
     def existing_rows(self, spec, paths, pending, owners, links):
-        wanted = set(pending)
+        done = KeySet()
         for path in reversed(paths):
             for obj in self.objects(path):
                 pk = obj["pk"]
-                if pk in wanted:
-                    wanted.discard(pk)
-                    local = self.keymap[spec.root_label][pk]
+                if pk in pending and pk not in done:
+                    done.add(pk)
+                    local = self.local_pk(spec.root_label, pk)
                     row = self.row(spec, pk, obj["fields"], local, owners, links)
                     if row is not None:
                         yield row
@@ -602,13 +669,12 @@ class Installer:
             return
         target_label = label(f.related_model)
         target_root = label(root_of(f.related_model))
-        refs = self.refs[target_label]
         for value in values:
             if (target_root, value) in self.bad:
                 continue
             if self.skip and not self.is_known(target_label, value):
                 continue
-            refs.add(value)
+            self.refer(target_label, value)
             links[f.name].add((local, self.local_pk(target_root, value)))
 
     def write_rows(self, spec, table, rows):
@@ -715,19 +781,20 @@ class Installer:
             remote = self.remote_keys.get(root_label)
             if remote is None:
                 continue
-            mapping = self.keymap[root_label]
-            gone = sorted(
-                pk
-                for pk in set(mapping) - remote
-                if pk in self.existing[root_label] or mapping[pk] in self.written[root_label]
-            )
+            # Installed before and no longer listed, or installed in this run (an object
+            # re-fetched as a reference) and not listed either.
+            loaded, allocated = self.loaded[root_label], self.allocated[root_label]
+            written = self.written[root_label]
+            gone = loaded.keys().difference(remote)
+            gone += [pk for pk in allocated.keys().difference(remote) if allocated[pk] in written]
             if not gone:
                 continue
-            allowed = deletion_allowance(self.max_delete, len(self.existing[root_label]))
+            gone.sort()
+            allowed = deletion_allowance(self.max_delete, len(loaded))
             if len(gone) > allowed:
                 raise DeleteGuardError(
                     f"{self.database}: the sync would delete {len(gone)} of "
-                    f"{len(self.existing[root_label])} replicated {root_label} objects, more "
+                    f"{len(loaded)} replicated {root_label} objects, more "
                     f"than allowed ({allowed}; --max-delete / DBSYNC_MAX_DELETE="
                     f"{self.max_delete}). If the remote really deleted them, run again with "
                     f"--max-delete=all."
@@ -735,8 +802,7 @@ class Installer:
             self.delete_objects(root, root_label, gone)
 
     def delete_objects(self, root, root_label, gone):
-        mapping = self.keymap[root_label]
-        local = [mapping[pk] for pk in gone]
+        local = [self.known_local_pk(root_label, pk) for pk in gone]
         queryset = root._base_manager.filter(pk__in=local)
         collector = Collector(using=connection.alias)
         collector.collect(queryset)
@@ -751,8 +817,6 @@ class Installer:
         for model_label, n in per_model.items():
             if model_label.lower() in self.specs:
                 self.result.add(model_label.lower(), "deleted", n)
-        for pk in gone:
-            del mapping[pk]
         self.log(f"Deleted {len(gone)} {root_label} object(s) the remote no longer has", 2)
 
     def outside_objects(self, collector):

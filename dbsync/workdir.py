@@ -8,7 +8,7 @@ from django.utils.text import slugify
 
 from api.schema import NEVER_SERVED_MODELS
 
-from .dumps import dump_name, iter_objects, read_keys
+from .dumps import dump_name, iter_objects, read_key_set
 from .errors import PayloadError
 from .fetch import read_fetch_record
 
@@ -42,7 +42,7 @@ def load_for_resume(work, plan):
         keys = "present"
         if not record.get("full"):
             keys = {
-                root: set(read_keys(_inside(work, path))) for root, path in record["keys"].items()
+                root: read_key_set(_inside(work, path)) for root, path in record["keys"].items()
             }
         return files, keys, record.get("server_time")
     # Split into the line layout the install reads (it never reads a dump whole).

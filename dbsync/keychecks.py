@@ -1,0 +1,151 @@
+"""The foreign keys of the rows an install inserts, checked with one query per key.
+
+PostgreSQL checks a deferred foreign key with a trigger per row at COMMIT: for the
+first sync of a remote with 200,000 stations (1.6 M rows), 44 s of 170. With the
+right to set ``session_replication_role`` (a superuser has it; on PostgreSQL 15+
+``GRANT SET ON PARAMETER session_replication_role TO <role>`` gives it), the install
+COPYs its new rows with triggers off, then checks each foreign key of those rows in
+one query before its COMMIT, and locks the rows they refer to that other sessions
+can see (``FOR KEY SHARE``, as the triggers would have). Nothing else changes:
+updates and deletions keep their triggers. Without that right, or with
+``DBSYNC_BULK_KEY_CHECKS`` off, the triggers check every row, as before.
+"""
+
+import logging
+from collections import defaultdict
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+
+from .errors import ObjectError
+from .keysets import KeySet
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED = 20
+
+
+def qn(name):
+    return connection.ops.quote_name(name)
+
+
+def _bulk_allowed():
+    if connection.vendor != "postgresql" or not settings.DBSYNC_BULK_KEY_CHECKS:
+        return False
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            cursor.execute("SET LOCAL session_replication_role = origin")
+    except DatabaseError as exc:
+        logger.info("Foreign keys checked row by row (%s)", " ".join(str(exc).split()))
+        return False
+    return True
+
+
+def _runs(keys):
+    """Two arrays (starts, ends) of the runs of a KeySet, for ``unnest``."""
+    starts, ends = list(keys.starts), list(keys.ends)
+    for key in sorted(keys.extra):
+        starts.append(key)
+        ends.append(key + 1)
+    return starts, ends
+
+
+def foreign_keys(table):
+    """(column, referenced table, referenced column) of each foreign key of ``table``;
+    None if one spans several columns (then the triggers must check it)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT array_length(c.conkey, 1), a.attname, t.relname, f.attname "
+            "FROM pg_constraint c "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+            "JOIN pg_class t ON t.oid = c.confrelid "
+            "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = c.confkey[1] "
+            "WHERE c.contype = 'f' AND c.conrelid = %s::regclass ORDER BY a.attname",
+            [qn(table)],
+        )
+        rows = cursor.fetchall()
+    if any(n != 1 for n, *_ in rows):
+        return None
+    return [tuple(row[1:]) for row in rows]
+
+
+class KeyChecks:
+    """Rows inserted with their foreign-key triggers off, and the check of them."""
+
+    def __init__(self, database):
+        self.database = database
+        self.enabled = _bulk_allowed()
+        self.inserted = defaultdict(KeySet)  # (table, pk column) -> local pks
+        self.labels = {}  # table -> model label
+        self.keys = {}  # table -> its foreign keys, or None
+
+    def allowed(self, table):
+        if not self.enabled:
+            return False
+        if table not in self.keys:
+            self.keys[table] = foreign_keys(table)
+        return self.keys[table] is not None
+
+    @contextmanager
+    def unchecked(self, spec):
+        """Rows written in this block are checked by ``check()``, not by triggers."""
+        if not self.allowed(spec.table):
+            yield None
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            yield self.inserted[(spec.table, spec.pk_column)]
+            cursor.execute("SET LOCAL session_replication_role = origin")
+        self.labels[spec.table] = spec.label
+
+    def check(self):
+        """Lock what the inserted rows refer to, then refuse any reference that dangles.
+        Return the number of rows checked."""
+        pk_of = {table: column for table, column in self.inserted}
+        problems = []
+        with connection.cursor() as cursor:
+            for (table, pk), keys in self.inserted.items():
+                if not keys:
+                    continue
+                starts, ends = _runs(keys)
+                rows = (
+                    f"SELECT t.* FROM {qn(table)} t JOIN unnest(%s::bigint[], %s::bigint[]) "
+                    f"r(s, e) ON t.{qn(pk)} >= r.s AND t.{qn(pk)} < r.e"
+                )
+                for column, target, target_column in self.keys[table]:
+                    # Rows inserted by this run are seen by no other session: only the
+                    # others need the lock that keeps them until the COMMIT.
+                    mine = (
+                        self.inserted.get((target, target_column))
+                        if (pk_of.get(target) == target_column)
+                        else None
+                    )
+                    mine_starts, mine_ends = _runs(mine) if mine else ([], [])
+                    cursor.execute(
+                        f"SELECT 1 FROM {qn(target)} p WHERE p.{qn(target_column)} IN "
+                        f"(SELECT n.{qn(column)} FROM ({rows}) n) AND NOT EXISTS ("
+                        f"SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) m(s, e) "
+                        f"WHERE p.{qn(target_column)} >= m.s AND p.{qn(target_column)} < m.e) "
+                        f"FOR KEY SHARE OF p",
+                        [starts, ends, mine_starts, mine_ends],
+                    )
+                    cursor.execute(
+                        f"SELECT n.{qn(pk)}, n.{qn(column)} FROM ({rows}) n "
+                        f"WHERE n.{qn(column)} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                        f"{qn(target)} p WHERE p.{qn(target_column)} = n.{qn(column)}) "
+                        f"LIMIT {MAX_LISTED}",
+                        [starts, ends],
+                    )
+                    problems += [
+                        f"{self.labels.get(table, table)}(local pk={local}).{column} = "
+                        f"{value}: no such row in {target}"
+                        for local, value in cursor.fetchall()
+                    ]
+        if problems:
+            raise ObjectError(
+                f"{self.database}: foreign keys of the new rows do not hold (was something "
+                f"deleted here during the sync?): {'; '.join(problems[:MAX_LISTED])}"
+            )
+        return sum(len(keys) for keys in self.inserted.values())

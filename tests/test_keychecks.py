@@ -1,0 +1,86 @@
+"""Foreign keys of a sync's new rows checked in bulk (dbsync.keychecks), on PostgreSQL."""
+
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection, transaction
+
+from dbsync.errors import ObjectError
+from dbsync.keychecks import KeyChecks, _bulk_allowed
+from hcore.models import GentityAltCode, GentityAltCodeType
+from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.test_sync import last_run, register, remote, sync  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_first_sync_checks_new_rows_in_bulk(remote):  # noqa: F811
+    database = register(remote)
+    out, _ = sync(database, "-v", "2")
+    assert "Checked the foreign keys of" in out
+    assert_same_graph(remote_graph(remote), local_graph(database))
+
+
+def test_row_by_row_checks_when_turned_off_give_the_same_result(remote, settings):  # noqa: F811
+    settings.DBSYNC_BULK_KEY_CHECKS = False
+    database = register(remote)
+    out, _ = sync(database, "-v", "2")
+    assert "Checked the foreign keys of" not in out
+    assert_same_graph(remote_graph(remote), local_graph(database))
+
+
+def altcode_spec():
+    opts = GentityAltCode._meta
+    return SimpleNamespace(
+        table=opts.db_table, pk_column=opts.pk.column, label="hcore.gentityaltcode"
+    )
+
+
+def test_a_dangling_key_among_the_new_rows_is_refused_and_nothing_stays():
+    kind = GentityAltCodeType.objects.create(descr="code")
+    table = GentityAltCode._meta.db_table
+    with pytest.raises(ObjectError) as caught, transaction.atomic():
+        checks = KeyChecks("remote.example.org")
+        assert checks.enabled
+        with checks.unchecked(altcode_spec()) as inserted, connection.cursor() as cursor:
+            # Without the triggers, PostgreSQL takes a key to nothing: the check must not.
+            cursor.execute(
+                f"INSERT INTO {table} (id, gentity_id, type_id, value, last_modified) "
+                f"VALUES (7001, 424242, %s, 'x', now())",
+                [kind.pk],
+            )
+            inserted.add(7001)
+        checks.check()
+    message = str(caught.value)
+    assert "remote.example.org" in message
+    assert "hcore.gentityaltcode(local pk=7001).gentity_id = 424242" in message
+    assert "type_id" not in message  # that key holds
+    assert not GentityAltCode.objects.exists()
+
+
+def test_keys_that_hold_pass():
+    kind = GentityAltCodeType.objects.create(descr="code")
+    with transaction.atomic():
+        checks = KeyChecks("remote.example.org")
+        with checks.unchecked(altcode_spec()) as inserted:
+            inserted.add(1)  # no such row at all: nothing to check, nothing wrong
+        assert checks.check() == 1
+    assert GentityAltCodeType.objects.get() == kind
+
+
+def test_without_the_right_the_triggers_check():
+    """A role that may not set session_replication_role: the install falls back to
+    PostgreSQL's own per-row checks, and its transaction goes on."""
+    with connection.cursor() as cursor:
+        cursor.execute("DROP ROLE IF EXISTS dbsync_test_plain")
+        cursor.execute("CREATE ROLE dbsync_test_plain")
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL ROLE dbsync_test_plain")
+            assert not _bulk_allowed()
+            cursor.execute("SELECT 1")  # the transaction is not aborted
+            assert cursor.fetchone() == (1,)
+            cursor.execute("RESET ROLE")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP ROLE dbsync_test_plain")
