@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # Rows per query: big enough to amortize the round trip, small enough to stay flat.
 CHUNK_SIZE = 2_000
 KEYS_CHUNK_SIZE = 20_000
+PG_KEYS_CHUNK_SIZE = 100_000
 
 
 def reusable_encode(encoder):
@@ -205,6 +206,30 @@ def select(model, modified_after=None, pks=None):
     return queryset
 
 
+def key_text_chunks(queryset, chunk_size):
+    """(keys as "1,2,3", how many) by ascending pk: PostgreSQL writes the text, 20
+    times faster than Python would (a keys listing is read at every incremental run)."""
+    last = None
+    while True:
+        page = queryset if last is None else queryset.filter(pk__gt=last)
+        page = page.order_by("pk").values_list("pk")[:chunk_size]
+        try:
+            sql, params = page.query.get_compiler(queryset.db).as_sql()
+        except EmptyResultSet:
+            return
+        with connections[queryset.db].cursor() as cursor:
+            cursor.execute(
+                f"SELECT string_agg(k::text, ',' ORDER BY k), max(k), count(*) "
+                f"FROM ({sql}) AS page(k)",
+                params,
+            )
+            keys, last, count = cursor.fetchone()
+        if count:
+            yield keys, count
+        if count < chunk_size:
+            return
+
+
 def keyset_chunks(queryset, columns, chunk_size, after=None, limit=None):
     """Rows of ``queryset`` by ascending pk (the last column), a chunk per query."""
     last, remaining = after, limit
@@ -287,15 +312,21 @@ def stream_dump(model, query):
 def stream_keys(model):
     """All primary keys of a model, ascending, as a JSON array in chunks of bytes."""
     label = model._meta.label_lower
-    chunks = keyset_chunks(model._base_manager.all(), ["pk"], KEYS_CHUNK_SIZE)
+    queryset = model._base_manager.all()
+    if connections[queryset.db].vendor == "postgresql":
+        chunks = key_text_chunks(queryset, PG_KEYS_CHUNK_SIZE)
+    else:
+        chunks = (
+            (KEYS_ENCODER.encode([row[0] for row in rows])[1:-1], len(rows))
+            for rows in keyset_chunks(queryset, ["pk"], KEYS_CHUNK_SIZE)
+        )
     yield b"["
     separator, count = "", 0
     try:
-        for rows in chunks:
-            keys = KEYS_ENCODER.encode([row[0] for row in rows])[1:-1]
+        for keys, n in chunks:
             yield (separator + keys).encode()
             separator = ",\n"
-            count += len(rows)
+            count += n
     except Exception:
         logger.exception("Key listing of %s failed after %d keys", label, count)
         raise
