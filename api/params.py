@@ -84,15 +84,16 @@ def parse_limit(value):
     return int(value)
 
 
-def parse_modified_after(value):
-    """An ISO 8601 datetime; naive means UTC."""
+def parse_modified_after(value, name="modified_after"):
+    """An ISO 8601 datetime; naive means UTC. (Also ``records-summary``'s
+    ``changed_after``, under that ``name``.)"""
     if value is None:
         return None
     parsed = parse_iso_datetime(value)
     if parsed is None:
         raise ApiError(
             400,
-            f"modified_after must be an ISO 8601 datetime such as "
+            f"{name} must be an ISO 8601 datetime such as "
             f"2026-11-25T23:59:01.123456+00:00 (escape '+' as %2B), not {value!r}.",
         )
     if parsed.tzinfo is None:

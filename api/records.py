@@ -49,6 +49,15 @@ The summary (``records-summary``) is a JSON list, one object a line as the dumps
     ]
 
 (each object on one line; broken here to fit). ``start`` and ``end`` are UTC.
+
+``records-summary?changed_after=<ISO 8601 datetime>`` lists only the series whose
+summary changed after that moment (the triggers note when, on the server's clock, in
+``RecordsSummary.changed``), so that a syncer's nightly run reads a few lines, not one
+a series; a series that never had a record is not listed. Servers on SQLite compute the
+summary and keep no such time: they ignore ``changed_after`` and list every series
+(listing more is always correct). The manifest names the parameter
+(``records.summary_parameters``) where it is honoured, and a syncer sends it only to a
+server that names it.
 """
 
 import csv
@@ -65,13 +74,13 @@ from django.utils.dateparse import parse_date
 
 from hcore.models import Record, RecordsSummary, Timeseries
 
-from .dumps import OBJECT_ENCODER
 from .errors import ApiError
 from .params import MAX_KEY, in_utc, parse_iso_datetime
 
 logger = logging.getLogger(__name__)
 
 RECORDS_PARAMETERS = ("start_date", "end_date")
+SUMMARY_PARAMETERS = ("changed_after",)
 BATCH_PARAMETERS = ("series",)
 BATCH_ITEM = re.compile(r"(?P<pk>[0-9]{1,19})(:(?P<after>-?[0-9]{1,19}))?")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -377,37 +386,73 @@ def python_block(pk, utc_offset, start, end, buffer):
 # --- the summary of every series ---------------------------------------------------------------
 
 
-def stream_summary():
-    """The body of ``records-summary``: a JSON list, one series a line, by pk."""
-    rows = summary_rows_postgresql() if connection.vendor == "postgresql" else summary_rows()
+def stream_summary(changed_after=None):
+    """The body of ``records-summary``: a JSON list, one series a line, by pk; with
+    ``changed_after`` (PostgreSQL), only the series whose summary changed after it."""
+    if connection.vendor == "postgresql":
+        rows = summary_rows_postgresql(changed_after)
+    else:
+        rows = summary_rows()
     yield b"[\n"
     separator = ""
+    lines = []
     for pk, utc_offset, count, start, end, total in rows:
-        entry = {
-            "pk": pk,
-            "count": count,
-            "start": iso(start),
-            "end": iso(end),
-            "checksum": format_checksum(total),
-            "utc_offset": utc_offset,
-        }
-        yield (separator + OBJECT_ENCODER.encode(entry)).encode()
+        lines.append(f"{separator}{summary_line(pk, utc_offset, count, start, end, total)}")
         separator = ",\n"
+        if len(lines) >= CHUNK_ROWS:
+            yield "".join(lines).encode()
+            lines = []
+    yield "".join(lines).encode()
     yield b"\n]\n" if separator else b"]\n"
 
 
-def summary_rows_postgresql():
+def summary_parameters():
+    """The parameters the summary honours, for the manifest: on SQLite, none (it
+    accepts ``changed_after`` but lists every series)."""
+    return list(SUMMARY_PARAMETERS) if connection.vendor == "postgresql" else []
+
+
+def summary_line(pk, utc_offset, count, start, end, total):
+    """One entry of the summary: what ``OBJECT_ENCODER`` writes for it, formatted
+    directly (every field is a number, a fixed-format string or null, none needs
+    escaping), as a series' summary is served for every series of a remote."""
+    if not count and start is None and end is None and not total:
+        return ZERO_LINE.format(pk=int(pk), utc_offset=int(utc_offset))
+    start = "null" if start is None else f'"{iso(start)}"'
+    end = "null" if end is None else f'"{iso(end)}"'
+    return (
+        f'{{"pk": {int(pk)}, "count": {int(count)}, "start": {start}, "end": {end}, '
+        f'"checksum": "{format_checksum(total)}", "utc_offset": {int(utc_offset)}}}'
+    )
+
+
+ZERO_LINE = (
+    '{{"pk": {pk}, "count": 0, "start": null, "end": null, '
+    '"checksum": "' + format_checksum(0) + '", "utc_offset": {utc_offset}}}'
+)
+
+
+def summary_rows_postgresql(changed_after=None):
     """The summary as PostgreSQL keeps it (hcore.RecordsSummary: kept in step with the
-    records by triggers), so that serving it reads no record."""
+    records by triggers), so that serving it reads no record; with ``changed_after``,
+    only the series whose summary changed after it (a row whose time is unknown, from
+    before the column, counts as changed)."""
     series = Timeseries._meta.db_table
     zones = Timeseries._meta.get_field("time_zone").related_model._meta.db_table
     summaries = RecordsSummary._meta.db_table
+    if changed_after is None:
+        source, where, params = f"{series} s LEFT JOIN {summaries} m", "", []
+    else:
+        source = f"{series} s JOIN {summaries} m"
+        where = "WHERE m.changed > %s OR m.changed IS NULL "
+        params = [changed_after]
     with connection.cursor() as cursor:
         cursor.execute(
             f'SELECT s.id, z.utc_offset, COALESCE(m.count, 0), m.start, m."end", '
             f"COALESCE(m.checksum, 0) "
-            f"FROM {series} s JOIN {zones} z ON z.id = s.time_zone_id "
-            f"LEFT JOIN {summaries} m ON m.timeseries_id = s.id ORDER BY s.id"
+            f"FROM {source} ON m.timeseries_id = s.id JOIN {zones} z ON z.id = s.time_zone_id "
+            f"{where}ORDER BY s.id",
+            params,
         )
         while rows := cursor.fetchmany(CHUNK_ROWS):
             yield from rows

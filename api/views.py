@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import dumps, files, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
-from .params import check_parameters, parse_dump_query
+from .params import check_parameters, parse_dump_query, parse_modified_after
 from .schema import describe_model, fingerprint, get_served_model, served_apps, served_models
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def describe_records_and_files():
     return {
         "records": {
             "summary_url": reverse("api:records-summary"),
+            # What the summary can be asked for: a syncer sends only what is listed.
+            "summary_parameters": records.summary_parameters(),
             "batch_url": reverse("api:records-batch"),
             "url": reverse("api:records", args=(0,)).replace("/0/", "/{pk}/"),
         },
@@ -152,10 +154,11 @@ def hcore_served():
 @api_endpoint
 def records_summary(request):
     hcore_served()
-    check_parameters(request.GET)
+    check_parameters(request.GET, records.SUMMARY_PARAMETERS)
+    changed_after = parse_modified_after(request.GET.get("changed_after"), "changed_after")
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
-    return StreamingHttpResponse(records.stream_summary(), content_type=JSON)
+    return StreamingHttpResponse(records.stream_summary(changed_after), content_type=JSON)
 
 
 @api_endpoint

@@ -147,7 +147,7 @@ class DatabaseAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "scheme")
     search_fields = ("name", "hostname", "descr")
-    readonly_fields = ("last_sync", "sync_cursor")
+    readonly_fields = ("last_sync", "sync_cursor", "records_cursor")
     actions = ("sync_now",)
     fieldsets = fieldsets_for(
         Database,
@@ -160,7 +160,7 @@ class DatabaseAdmin(admin.ModelAdmin):
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
             ("Schedule", ("interval_minutes", "crontab")),
-            ("State", ("last_sync", "sync_cursor")),
+            ("State", ("last_sync", "sync_cursor", "records_cursor")),
         ],
         extra=[f"clear_{name}" for name in SECRET_FIELDS],
     )

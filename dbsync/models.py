@@ -123,6 +123,15 @@ class Database(models.Model):
         help_text="The remote's clock when the last successful full or incremental "
         "fetch began; the next incremental run asks for changes since then.",
     )
+    records_cursor = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="records cursor",
+        help_text="The remote's clock when the run whose records sync last finished with "
+        "nothing skipped began; the next run asks for the summaries of the series whose "
+        "records changed since then (empty: every series').",
+    )
 
     SCHEDULE_NONE = "none"
     SCHEDULE_INTERVAL = "interval"

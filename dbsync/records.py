@@ -13,6 +13,17 @@ with what the last sync installed here (``hcore.RecordsSyncState``):
   fetched whole ("replace"); a series the remote holds no records of is emptied
   without a request ("clear").
 
+Most series of a large remote may have no records at all: such a series that has no
+records here either (no state, or an empty one) costs no job and no entry in the
+result; the records of all of them (normally none) are deleted, and their empty
+states written, a few statements for all.
+
+After a records sync that finished with nothing skipped, the remote's clock when the
+run began (its objects' cursor) is kept as the remote's ``records_cursor``; the next
+run asks only for the summaries of the series whose records changed since then (less
+``DBSYNC_OVERLAP_SECONDS``), and a series not listed is unchanged (or, with no state
+here, new: fetched whole). ``full`` (``--full``) asks for every series' summary.
+
 Series are fetched in batches (one request for up to BATCH_SERIES series, through
 the API's batch endpoint), several batches at a time in a small thread pool: each
 worker downloads a batch into a work folder, checks it line by line and writes its
@@ -37,15 +48,18 @@ import re
 import tempfile
 import threading
 import time
+from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Q, Sum
 from django.utils import timezone as django_timezone
 
 from hcore.models import Record, RecordsSyncState, Timeseries
@@ -53,6 +67,7 @@ from hcore.models import Record, RecordsSyncState, Timeseries
 from .dumps import listing_entries
 from .errors import PayloadError
 from .fetch import _check_path
+from .models import Database
 from .result import RECORDS_LABEL, ObjectProblem
 
 logger = logging.getLogger(__name__)
@@ -68,6 +83,11 @@ BATCH_RECORDS = 250_000
 WRITE_LINES = 10_000
 COPY_BLOCK = 1 << 20
 SQLITE_BATCH = 5_000
+STATE_CHUNK = 50_000  # states written a statement (PostgreSQL)
+DELETE_CHUNK = 10_000  # series whose records one DELETE removes
+# An incremental summary listing at most this many series: only those (and the series
+# with no state) are read from the local tables; more, and every series is read.
+LISTED_FILTER_MAX = 10_000
 
 TABLE = Record._meta.db_table
 STAGE = "dbsync_record_stage"
@@ -143,6 +163,7 @@ class RecordsResult:
     updated: int = 0  # rows changed by a merge
     removed: int = 0  # rows deleted by replacements
     unchanged: int = 0  # records of the series that had nothing new
+    empty: int = 0  # series with no records at either end, recorded as such in bulk
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     dry_run: bool = False
@@ -193,22 +214,44 @@ class RecordsResult:
         done = [s for s in self.series.values() if not s["skipped"]]
         appended = sum(1 for s in done if s["appended"])
         verb = "Would install" if self.dry_run else "Installed"
+        empty = f"; {self.empty} series empty at the remote" if self.empty else ""
         return (
             f"{verb} {self.created + self.updated} records: {appended} series appended to, "
             f"{len(done) - appended} replaced, {self.counts['skipped']} skipped; "
-            f"{self.removed} records removed."
+            f"{self.removed} records removed{empty}."
         )
 
 
 # --- what to fetch -------------------------------------------------------------------------
 
 
-@dataclass
-class State:
+class State(NamedTuple):
     count: int
     start: datetime | None
     end: datetime | None
     checksum: str
+
+
+class Entry(NamedTuple):
+    """A series' line of the remote's summary (its pk is the summary's key)."""
+
+    count: int
+    start: datetime | None
+    end: datetime | None
+    checksum: str
+    utc_offset: int
+
+    @property
+    def empty(self):
+        return (
+            self.count == 0
+            and self.checksum == ZERO_CHECKSUM
+            and self.start is None
+            and self.end is None
+        )
+
+
+NOT_LISTED = Entry(0, None, None, ZERO_CHECKSUM, 0)
 
 
 @dataclass
@@ -216,15 +259,15 @@ class Job:
     remote_pk: int
     local_pk: int
     mode: str
-    remote: dict  # the summary's entry
+    remote: Entry  # the summary's entry
     state: State | None
 
     @property
     def expected(self):
         """How many records the job should bring."""
         if self.mode == APPEND:
-            return self.remote["count"] - self.state.count
-        return self.remote["count"]
+            return self.remote.count - self.state.count
+        return self.remote.count
 
     @property
     def request_item(self):
@@ -262,43 +305,62 @@ class FetchedBatch:
     gone: list = field(default_factory=list)  # jobs of series the remote no longer has
 
 
-def plan_jobs(summary, replicated, states, unlisted=None):
-    """The jobs of a run, and the number of records of the series left alone.
+@dataclass
+class Plan:
+    jobs: list = field(default_factory=list)
+    empty: array = field(default_factory=lambda: array("q"))  # local pks, see plan_jobs
+    unchanged: int = 0  # records of the series left alone
+    series: int = 0  # series considered
 
-    ``summary``: remote pk -> entry; ``replicated``: remote pk -> local pk;
-    ``states``: local pk -> State. A series the summary does not list was deleted at
-    the remote since the objects were fetched, and is left alone; or, ``unlisted`` =
-    REPLACE (a summary fetched before the objects), it may be new: it is fetched whole.
+
+def plan_jobs(summary, series, *, listed_all=True, prefetched=False):
+    """The Plan of a run: its jobs, its empty series, the records left alone.
+
+    ``summary``: remote pk -> Entry; ``series``: (remote pk, local pk, State or None)
+    of the replicated series. A series with no records at the remote nor here (no
+    state, or an empty one) is no job: its local pk goes to ``empty``.
+
+    A series the summary does not list: if the summary lists only the changed series
+    (not ``listed_all``), it is unchanged, or, with no state here, new (fetched
+    whole). Otherwise it was deleted at the remote since the objects were fetched,
+    and is left alone; or, ``prefetched`` (a summary fetched before the objects'
+    install), it may be new: it is fetched whole.
     """
-    jobs, unchanged = [], 0
-    for remote_pk, local_pk in sorted(replicated.items()):
+    plan = Plan()
+    for remote_pk, local_pk, state in series:
+        plan.series += 1
         remote = summary.get(remote_pk)
-        state = states.get(local_pk)
         if remote is None:
-            if unlisted == REPLACE:
-                remote = {"pk": remote_pk, "count": 0, "checksum": ZERO_CHECKSUM, "end": None}
-                jobs.append(Job(remote_pk, local_pk, REPLACE, remote, state))
+            if state is None and (prefetched or not listed_all):
+                plan.jobs.append(Job(remote_pk, local_pk, REPLACE, NOT_LISTED, state))
+            elif state is not None and prefetched and listed_all:
+                plan.jobs.append(Job(remote_pk, local_pk, REPLACE, NOT_LISTED, state))
+            elif state is not None:
+                plan.unchanged += state.count
             continue
         if state is not None and (state.count, state.checksum, state.end) == (
-            remote["count"],
-            remote["checksum"],
-            remote["end"],
+            remote.count,
+            remote.checksum,
+            remote.end,
         ):
-            unchanged += state.count
+            plan.unchanged += state.count
             continue
-        if remote["count"] == 0:
+        if remote.empty and (state is None or state.count == 0):
+            plan.empty.append(local_pk)
+            continue
+        if remote.count == 0:
             mode = CLEAR
         elif (
             state is not None
             and state.count > 0
-            and remote["count"] > state.count
-            and remote["end"] > state.end
+            and remote.count > state.count
+            and remote.end > state.end
         ):
             mode = APPEND
         else:
             mode = REPLACE
-        jobs.append(Job(remote_pk, local_pk, mode, remote, state))
-    return jobs, unchanged
+        plan.jobs.append(Job(remote_pk, local_pk, mode, remote, state))
+    return plan
 
 
 def make_batches(jobs, mode):
@@ -321,10 +383,7 @@ def make_batches(jobs, mode):
 def adds_up(state, fetched, remote):
     """Whether what we hold plus what was appended is what the remote holds."""
     total = (int(state.checksum, 16) + int(fetched.checksum, 16)) % MODULUS
-    return (
-        state.count + fetched.count == remote["count"]
-        and format(total, "016x") == remote["checksum"]
-    )
+    return state.count + fetched.count == remote.count and format(total, "016x") == remote.checksum
 
 
 def new_state(fetched):
@@ -342,7 +401,7 @@ def new_state(fetched):
 
 
 def check_entry(entry):
-    """A summary entry, checked, with its dates parsed; raises ValueError."""
+    """(pk, Entry) of a summary's entry, checked, its dates parsed; raises ValueError."""
     if not isinstance(entry, dict):
         raise ValueError("not an object")
     for name in ("pk", "count", "utc_offset"):
@@ -352,16 +411,28 @@ def check_entry(entry):
     checksum = entry["checksum"]
     if entry["count"] < 0 or not isinstance(checksum, str) or not HEX.fullmatch(checksum):
         raise ValueError("bad count or checksum")
+    dates = []
     for name in ("start", "end"):
         value = entry[name]
         if value is not None:
             value = datetime.fromisoformat(value)
             if value.tzinfo is None:
                 raise ValueError(f"{name} has no offset")
-            entry[name] = value
-    if entry["count"] and entry["end"] is None:
+        dates.append(value)
+    if entry["count"] and dates[1] is None:
         raise ValueError("records but no end")
-    return entry
+    return entry["pk"], Entry(entry["count"], dates[0], dates[1], checksum, entry["utc_offset"])
+
+
+def read_summary(database, path):
+    """{remote pk: Entry} of a downloaded summary. The entries of series without
+    records (most, on some remotes) share one object per UTC offset."""
+    summary, empties = {}, {}
+    for pk, entry in listing_entries(path, f"{database}: the records summary", check_entry):
+        if entry.empty:
+            entry = empties.setdefault(entry.utc_offset, entry)
+        summary[pk] = entry
+    return summary
 
 
 def records_endpoints(client):
@@ -374,54 +445,93 @@ def records_endpoints(client):
     return urls
 
 
-def fetch_summary(database, client, url, work):
-    """The remote's summary: {remote pk: entry}, the entries checked."""
+def summary_params(database, urls, full=False):
+    """The summary's query: ``changed_after`` (the records cursor less the overlap) if
+    the run is not ``full``, there is a cursor, and the remote knows the parameter."""
+    known = urls.get("summary_parameters")
+    if full or database.records_cursor is None:
+        return {}
+    if not isinstance(known, list) or "changed_after" not in known:
+        return {}
+    since = database.records_cursor - timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
+    return {"changed_after": since.isoformat()}
+
+
+def download_summary(client, urls, params, path):
+    client.download(urls["summary_url"], path, params or None)
+
+
+def fetch_summary(database, client, urls, work, params=None):
+    """The remote's summary: {remote pk: Entry}, the entries checked."""
     path = Path(work) / "summary.json"
-    client.download(url, path)
-    summary = {
-        entry["pk"]: entry
-        for entry in listing_entries(path, f"{database}: the records summary", check_entry)
-    }
-    path.unlink()
-    return summary
+    download_summary(client, urls, params, path)
+    try:
+        return read_summary(database, path)
+    finally:
+        path.unlink()
 
 
 class SummaryPrefetch:
-    """The remote's records summary, fetched in a thread while the objects install.
+    """The remote's records summary, downloaded in a thread while the objects install.
 
-    The summary costs the remote a read of all its records; fetched alongside the
-    objects' install, it adds nothing to a run's time. A series created at the remote
-    after it is then not listed: it is fetched whole (see ``plan_jobs``).
+    The summary costs the remote a read of a row a series; downloaded alongside the
+    objects' install, it adds nothing to a run's time. It is read only when the
+    records sync asks for it (``result``), after the install: the two do not hold
+    their memory at once. A series created at the remote after it is then not
+    listed: it is fetched whole (see ``plan_jobs``).
     """
 
-    def __init__(self, database, client):
+    def __init__(self, database, client, full=False):
+        self.folder = self.path = None
+        self.database = database
+        self.full = full
+        self.params = {}
         pool = ThreadPoolExecutor(1, thread_name_prefix="records-summary")
         self.future = pool.submit(self.fetch, database, client.clone())
         pool.shutdown(wait=False)
 
-    @staticmethod
-    def fetch(database, client):
+    def fetch(self, database, client):
         started = time.monotonic()
         try:
-            return SummaryPrefetch.fetch_summary(database, client)
+            urls = records_endpoints(client)
+            if urls is not None:
+                self.params = summary_params(database, urls, self.full)
+                work = Path(settings.DBSYNC_WORK_DIR)
+                work.mkdir(parents=True, exist_ok=True)
+                # Removed by result() or discard(); by its finalizer if neither is called.
+                self.folder = tempfile.TemporaryDirectory(
+                    prefix=f"summary-{database.pk}-", dir=work
+                )
+                self.path = Path(self.folder.name) / "summary.json"
+                download_summary(client, urls, self.params, self.path)
+            return urls
         finally:
             logger.info(
-                "%s: records summary fetched in %.1f s", database, time.monotonic() - started
+                "%s: records summary downloaded in %.1f s", database, time.monotonic() - started
             )
 
-    @staticmethod
-    def fetch_summary(database, client):
-        urls = records_endpoints(client)
-        if urls is None:
-            return None, None
-        work = Path(settings.DBSYNC_WORK_DIR)
-        work.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"summary-{database.pk}-", dir=work) as tmp:
-            return urls, fetch_summary(database, client, urls["summary_url"], tmp)
+    @property
+    def incremental(self):
+        """Whether the summary lists only the series changed since the records cursor."""
+        return bool(self.params)
 
     def result(self):
-        """(urls, summary), or (None, None); raises what the fetch raised."""
-        return self.future.result()
+        """(urls, summary), or (None, None); raises what the download raised."""
+        try:
+            urls = self.future.result()
+            if urls is None:
+                return None, None
+            return urls, read_summary(self.database, self.path)
+        finally:
+            self.cleanup()
+
+    def discard(self):
+        """Not wanted after all: its file goes once the download ends."""
+        self.future.add_done_callback(lambda future: self.cleanup())
+
+    def cleanup(self):
+        if self.folder is not None:
+            self.folder.cleanup()
 
 
 # --- reading a batch -------------------------------------------------------------------------
@@ -675,10 +785,21 @@ class RecordsSync:
     def __str__(self):
         return str(self.database)
 
-    def __init__(self, database, client, *, skip=False, dry_run=False, log=_quiet, summary=None):
+    def __init__(
+        self,
+        database,
+        client,
+        *,
+        skip=False,
+        dry_run=False,
+        log=_quiet,
+        summary=None,
+        full=False,
+    ):
         self.database = database
         self.client = client
         self.prefetch = summary
+        self.full = full
         self.skip = skip
         self.dry_run = dry_run
         self.log = log
@@ -696,39 +817,41 @@ class RecordsSync:
         with tempfile.TemporaryDirectory(prefix=f"records-{self.database.pk}-", dir=work) as tmp:
             self.work = Path(tmp)
             started = time.monotonic()
-            if self.prefetch is not None:
-                urls, summary = self.prefetch.result()
-            else:
-                urls = records_endpoints(self.client)
-                summary = urls and fetch_summary(
-                    self.database, self.client, urls["summary_url"], self.work
-                )
+            urls, summary, incremental = self.summary()
             if urls is None:
                 note = f"{self.database} serves no records (an older version?); none synced"
                 self.result.notes.append(note)
                 self.log(note, 1)
                 return self.result
-            replicated = dict(
-                Timeseries._base_manager.filter(original_db=self.database).values_list(
-                    "original_id", "pk"
-                )
-            )
-            self.batch_url = urls["batch_url"]
-            states = self.load_states(replicated.values())
-            unlisted = REPLACE if self.prefetch is not None else None
-            jobs, self.result.unchanged = plan_jobs(summary, replicated, states, unlisted)
-            self.log(
-                f"Records: {len(jobs)} of {len(replicated)} time series changed at the remote",
-                1,
-            )
             waited = time.monotonic() - started
+            started = time.monotonic()
+            self.batch_url = urls["batch_url"]
+            listed = list(summary) if incremental else None
+            plan = plan_jobs(
+                summary,
+                self.replicated_series(listed),
+                listed_all=not incremental,
+                prefetched=self.prefetch is not None,
+            )
+            del summary, listed  # the jobs hold what is needed of it
+            self.result.unchanged = plan.unchanged + self.unread_unchanged
+            self.result.empty = len(plan.empty)
+            changed = f"{len(plan.jobs)} of {plan.series + self.unread} time series changed"
+            if plan.empty:
+                changed += f", {len(plan.empty)} empty at both ends (recorded as such)"
+            if incremental:
+                changed += " (the summaries of those changed since the last run)"
+            self.log(f"Records: {changed}", 1)
             if self.prefetch is not None:
-                self.log(f"\t- the summary: waited {waited:.1f} s more for it", 2)
+                self.log(f"\t- the summary: waited {waited:.1f} s more for it, and read it", 2)
             else:
                 self.log(f"\t- the summary: {waited:.1f} s", 2)
+            self.log(f"\t- the plan: {time.monotonic() - started:.1f} s", 2)
             started = time.monotonic()
             with transaction.atomic():
-                self.install(jobs)
+                self.install(plan.jobs)
+                self.install_empty(plan.empty)
+                self.move_cursor()
                 if self.dry_run:
                     transaction.set_rollback(True)
             self.log(
@@ -738,6 +861,23 @@ class RecordsSync:
             )
         self.log(self.result.summary(), 1)
         return self.result
+
+    def summary(self):
+        """(urls, summary, whether it lists only the changed series), or (None, None, _)."""
+        prefetch = self.prefetch
+        if prefetch is not None:
+            prefetch.future.exception()  # waits for it; a failure is raised by result()
+            if not (self.full and prefetch.incremental):
+                urls, summary = prefetch.result()
+                return urls, summary, prefetch.incremental
+            prefetch.discard()  # --full: every series' summary, fetched again
+            self.prefetch = None
+        urls = records_endpoints(self.client)
+        if urls is None:
+            return None, None, False
+        params = summary_params(self.database, urls, self.full)
+        summary = fetch_summary(self.database, self.client, urls, self.work, params)
+        return urls, summary, bool(params)
 
     # --- the remote's side ---------------------------------------------------------------
 
@@ -804,15 +944,31 @@ class RecordsSync:
 
     # --- the local side ----------------------------------------------------------------
 
-    def load_states(self, local_pks):
-        local_pks = set(local_pks)
-        states = {}
-        for pk, count, start, end, checksum in RecordsSyncState.objects.filter(
-            timeseries__original_db=self.database
-        ).values_list("timeseries_id", "count", "start", "end", "checksum"):
-            if pk in local_pks:
-                states[pk] = State(count, start, end, checksum)
-        return states
+    def replicated_series(self, listed=None):
+        """(remote pk, local pk, State or None) of the series replicated from the remote,
+        by remote pk. ``listed`` (the remote pks of an incremental summary): only those
+        and the series with no state are read, if they are few; the records of the
+        others are counted as unchanged in SQL (``unread``, ``unread_unchanged``)."""
+        self.unread = self.unread_unchanged = 0
+        series = Timeseries._base_manager.filter(original_db=self.database)
+        if listed is not None and len(listed) <= LISTED_FILTER_MAX:
+            read = Q(records_sync_state__isnull=True) | Q(original_id__in=listed)
+            unread = series.exclude(read).aggregate(
+                n=Count("pk"), held=Sum("records_sync_state__count")
+            )
+            self.unread, self.unread_unchanged = unread["n"], unread["held"] or 0
+            series = series.filter(read)
+        rows = series.order_by("original_id").values_list(
+            "original_id",
+            "pk",
+            "records_sync_state__count",
+            "records_sync_state__start",
+            "records_sync_state__end",
+            "records_sync_state__checksum",
+        )
+        for remote_pk, local_pk, count, start, end, checksum in rows.iterator(chunk_size=10_000):
+            state = None if count is None else State(count, start, end, checksum)
+            yield remote_pk, local_pk, state
 
     def install(self, jobs):
         """Fetch batches in the pool, install each here as it comes; then merge."""
@@ -851,6 +1007,38 @@ class RecordsSync:
         if self.vendor == "postgresql":
             self.merge_postgresql()
         self.write_states()
+
+    def install_empty(self, local_pks):
+        """Series with no records at the remote nor a state (or an empty one) here:
+        their records (normally none) deleted, their empty states written, in bulk."""
+        if not local_pks:
+            return
+        removed = 0
+        with connection.cursor() as cursor:
+            for start in range(0, len(local_pks), DELETE_CHUNK):
+                chunk = local_pks[start : start + DELETE_CHUNK].tolist()
+                if self.vendor == "postgresql":
+                    cursor.execute(
+                        f"WITH gone AS (DELETE FROM {TABLE} "
+                        f"WHERE timeseries_id = ANY(%s::bigint[]) RETURNING 1) "
+                        f"SELECT count(*) FROM gone",
+                        [chunk],
+                    )
+                    removed += cursor.fetchone()[0]
+                else:
+                    removed += sum(self.delete_series(chunk).values())
+        self.result.removed += removed
+        self.write_empty_states(local_pks)
+        self.log(f"\t- {len(local_pks)} empty series recorded", 3)
+
+    def move_cursor(self):
+        """Keep the run's cursor as the records cursor: only after a whole records sync
+        (a skipped series must be listed again), and never in a dry run."""
+        cursor = self.database.sync_cursor
+        if self.dry_run or cursor is None or self.result.counts["skipped"]:
+            return
+        Database.objects.filter(pk=self.database.pk).update(records_cursor=cursor)
+        self.database.records_cursor = cursor
 
     def clear(self, jobs):
         """Series the remote has no records of: delete ours, without a request."""
@@ -1006,32 +1194,76 @@ class RecordsSync:
     def write_states(self):
         if not self.states:
             return
-        table = RecordsSyncState._meta.db_table
         rows = [(pk, s.count, s.start, s.end, s.checksum, self.now) for pk, s in self.states]
-        if self.vendor != "postgresql":
-            adapt = connection.ops.adapt_datetimefield_value
-            rows = [
-                (pk, count, adapt(start), adapt(end), checksum, adapt(now))
-                for pk, count, start, end, checksum, now in rows
-            ]
+        if self.vendor == "postgresql":
+            columns = list(zip(*rows, strict=True))[:5]
+            self.upsert_states(
+                "SELECT *, %s::timestamptz FROM unnest(%s::bigint[], %s::bigint[], "
+                "%s::timestamptz[], %s::timestamptz[], %s::text[])",
+                [list(column) for column in columns],
+            )
+            return
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = [
+            (pk, count, adapt(start), adapt(end), checksum, adapt(now))
+            for pk, count, start, end, checksum, now in rows
+        ]
         with connection.cursor() as cursor:
             cursor.executemany(
-                f'INSERT INTO {table} (timeseries_id, count, start, "end", checksum, synced_at) '
-                f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (timeseries_id) DO UPDATE SET "
-                f'count = excluded.count, start = excluded.start, "end" = excluded."end", '
-                f"checksum = excluded.checksum, synced_at = excluded.synced_at",
-                rows,
+                f"{STATE_INSERT} VALUES (%s, %s, %s, %s, %s, %s) {STATE_UPSERT}", rows
             )
 
+    def write_empty_states(self, local_pks):
+        """The state of series with no records (``local_pks``, an array)."""
+        if self.vendor == "postgresql":
+            self.upsert_states(
+                f"SELECT pk, 0, NULL::timestamptz, NULL::timestamptz, '{ZERO_CHECKSUM}', "
+                f"%s::timestamptz FROM unnest(%s::bigint[]) AS pk",
+                [local_pks.tolist()],
+            )
+            return
+        now = connection.ops.adapt_datetimefield_value(self.now)
+        with connection.cursor() as cursor:
+            for start in range(0, len(local_pks), SQLITE_BATCH):
+                cursor.executemany(
+                    f"{STATE_INSERT} VALUES (%s, 0, NULL, NULL, '{ZERO_CHECKSUM}', %s) "
+                    f"{STATE_UPSERT}",
+                    [(pk, now) for pk in local_pks[start : start + SQLITE_BATCH]],
+                )
 
-def sync_records(database, client, *, skip=False, dry_run=False, log=_quiet, summary=None):
+    def upsert_states(self, select, columns):
+        """PostgreSQL: states from ``select`` (of arrays ``columns``), a chunk a
+        statement, rather than a statement a state."""
+        with connection.cursor() as cursor:
+            for start in range(0, len(columns[0]), STATE_CHUNK):
+                chunk = [column[start : start + STATE_CHUNK] for column in columns]
+                cursor.execute(f"{STATE_INSERT} {select} {STATE_UPSERT}", [self.now, *chunk])
+
+
+STATE_INSERT = (
+    f"INSERT INTO {RecordsSyncState._meta.db_table} "
+    f'(timeseries_id, count, start, "end", checksum, synced_at)'
+)
+STATE_UPSERT = (
+    "ON CONFLICT (timeseries_id) DO UPDATE SET count = excluded.count, start = excluded.start, "
+    '"end" = excluded."end", checksum = excluded.checksum, synced_at = excluded.synced_at'
+)
+
+
+def sync_records(
+    database, client, *, skip=False, dry_run=False, log=_quiet, summary=None, full=False
+):
     """Sync the records of the time series replicated from ``database``.
 
     Call it after the metadata install has committed. Returns a RecordsResult (per
     series: records appended, replaced, skipped). Raises RecordsError (a SyncError)
     on a malformed series unless ``skip``: nothing of the records is installed then.
     A failure of the remote (unreachable, HTTP errors) raises RemoteError either way.
-    ``summary``: a SummaryPrefetch started before the objects' install.
+    ``summary``: a SummaryPrefetch started before the objects' install. ``full``: ask
+    for the summary of every series, not only of those changed since the records
+    cursor.
     """
-    sync = RecordsSync(database, client, skip=skip, dry_run=dry_run, log=log, summary=summary)
+    sync = RecordsSync(
+        database, client, skip=skip, dry_run=dry_run, log=log, summary=summary, full=full
+    )
     return sync.run()

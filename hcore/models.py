@@ -466,7 +466,7 @@ class RecordsSummary(models.Model):
     """Count, period and checksum of a time series' records, kept by the database.
 
     On PostgreSQL, triggers on the records table keep it in step with every insert,
-    update, delete and truncation, in the writing transaction (migration 0002), so
+    update, delete and truncation, in the writing transaction (migrations 0002, 0003), so
     that the API serves the summary of every series without reading every record
     (``api.records``). Elsewhere it stays empty, and the API computes the summary.
     """
@@ -487,6 +487,13 @@ class RecordsSummary(models.Model):
         default=0,
         verbose_name="checksum",
         help_text="The sum of the records' hashes (the API serves it modulo 2**64).",
+    )
+    changed = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="changed",
+        help_text="When the records last changed (the server's clock, set by the triggers); "
+        "the API's records-summary?changed_after lists the series changed after a moment.",
     )
 
     class Meta:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 UTC = dt.UTC
 BATCH_PATH = "/api/hcore/timeseries/records/"
+SUMMARY_PATH = "/api/hcore/timeseries/records-summary/"
 LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d(\.\d+)?)?,")
 
 
@@ -303,10 +305,16 @@ def test_the_kept_summary_follows_every_change():
     m.Record.objects.filter(timeseries=other).delete()
     assert_kept()
     with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        (moment,) = cursor.fetchone()
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no TRUNCATE with checks pending
         cursor.execute("TRUNCATE hcore_record")
     assert_kept()
     assert not m.RecordsSummary.objects.exclude(count=0).exists()
+    # emptied, not dropped: listed as changed, so that a syncer empties its copy too
+    changed = json.loads(b"".join(api_records.stream_summary(moment)).decode())
+    assert {e["pk"] for e in changed} == {series.pk, other.pk}
+    assert all(e["count"] == 0 for e in changed)
     m.Record.objects.create(timeseries=series, timestamp=start, value=1.0, flags="")
     series.delete()  # its summary goes with it
     assert_kept()
@@ -372,6 +380,33 @@ def test_batches_and_the_summary(static_remote):
     assert {e["count"] for e in summary} >= {400}
 
 
+def summary_of(instance, **params):
+    response = requests.get(f"{instance.url}{SUMMARY_PATH}", params=params, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_summary_lists_only_the_series_changed_after_a_moment(live_remote):
+    manifest = requests.get(f"{live_remote.url}/api/", timeout=30).json()
+    assert manifest["records"]["summary_parameters"] == ["changed_after"]
+    series = remote_series(live_remote)
+    everything = summary_of(live_remote)
+    assert [e["pk"] for e in everything] == series
+    # every series of this remote has records: all changed since they were made
+    assert [e["pk"] for e in summary_of(live_remote, changed_after="2000-01-01T00:00Z")] == series
+    moment = manifest["server_time"]
+    assert summary_of(live_remote, changed_after=moment) == []
+    append_day(live_remote, [series[2]], start="2026-01-01 00:00+00")
+    live_remote.sql("DELETE FROM hcore_record WHERE timeseries_id = %s", [series[4]])
+    changed = summary_of(live_remote, changed_after=moment)
+    assert [e["pk"] for e in changed] == [series[2], series[4]]
+    # the same entries as the whole summary's, naive means UTC
+    now = {e["pk"]: e for e in summary_of(live_remote)}
+    assert changed == [now[series[2]], now[series[4]]]
+    assert now[series[4]]["count"] == 0 and now[series[2]]["count"] == 300 + 144
+    assert summary_of(live_remote, changed_after=moment.replace("+00:00", "")) == changed
+
+
 @pytest.mark.parametrize(
     "path, params, status, words",
     [
@@ -389,6 +424,12 @@ def test_batches_and_the_summary(static_remote):
         (BATCH_PATH, {"series": "1:yesterday"}, 400, "neither"),
         (BATCH_PATH, {"series": "1,1"}, 400, "more than once"),
         ("/api/hcore/timeseries/records-summary/", {"x": "1"}, 400, "Unknown"),
+        (
+            "/api/hcore/timeseries/records-summary/",
+            {"changed_after": "last night"},
+            400,
+            "changed_after must be an ISO 8601 datetime",
+        ),
         ("/api/hcore/gentityfile/99999999/content/", {}, 404, "No gentityfile"),
     ],
 )
@@ -536,6 +577,178 @@ def test_two_remotes_and_local_records_stay_apart(static_remote, live_remote, me
     assert_same_records(static_remote, one)
     assert_same_records(live_remote, two)
     assert m.Record.objects.filter(timeseries=local).count() == 20
+
+
+# --- series without records, and the incremental summary -------------------------------------
+
+
+def requested_series(proxy, since=0):
+    """The remote pks of the series whose records were asked for (batches)."""
+    asked = []
+    for path in proxy.requests[since:]:
+        if path.split("?")[0] == BATCH_PATH:
+            items = parse_qs(urlsplit(path).query)["series"][0].split(",")
+            asked += [int(item.split(":")[0]) for item in items]
+    return sorted(asked)
+
+
+def summary_queries(proxy, since=0):
+    """The query of each request of the records summary."""
+    return [
+        parse_qs(urlsplit(path).query)
+        for path in proxy.requests[since:]
+        if path.split("?")[0] == SUMMARY_PATH
+    ]
+
+
+def local_states(database):
+    """{remote pk: (count, checksum)} of the sync states of ``database``'s series."""
+    return {
+        remote_pk: (count, checksum)
+        for remote_pk, count, checksum in m.RecordsSyncState.objects.filter(
+            timeseries__original_db=database
+        ).values_list("timeseries__original_id", "count", "checksum")
+    }
+
+
+@pytest.fixture
+def sparse_remote(make_instance):
+    """A remote most of whose series have no records: one has a day of them."""
+    instance = make_instance(hostname="sparse-records.example.org")
+    instance.generate(stations=6, seed=7, records_per_series=0)
+    append_day(instance, remote_series(instance)[:1])
+    return instance.start()
+
+
+def test_series_without_records_cost_no_job_and_are_not_fetched_again(
+    sparse_remote, media, proxy_of
+):
+    proxy = proxy_of(sparse_remote)
+    database = register(sparse_remote, port=proxy.port)
+    series = remote_series(sparse_remote)
+    empty = len(series) - 1
+    out, _ = sync(database, "-v", "3")
+    assert_same_records(sparse_remote, database)
+    assert requested_series(proxy) == series[:1]
+    assert f"Records: 1 of {len(series)} time series changed, {empty} empty at both ends" in out
+    assert (
+        f"Installed 144 records: 0 series appended to, 1 replaced, 0 skipped; "
+        f"0 records removed; {empty} series empty at the remote." in out
+    )
+    # no line a series for the empty ones
+    assert re.findall(r"timeseries (\d+): ", out) == [str(series[0])]
+    states = local_states(database)
+    assert sorted(states) == series
+    assert all(states[pk] == (0, "0" * 16) for pk in series[1:])
+    database.refresh_from_db()
+    assert database.records_cursor == database.sync_cursor is not None
+
+    # the next run asks for the summaries changed since, and for no records
+    asked = len(proxy.requests)
+    out, _ = sync(database, "-v", "2")
+    assert requested_series(proxy, asked) == []
+    (query,) = summary_queries(proxy, asked)
+    assert "changed_after" in query
+    assert f"Records: 0 of {len(series)} time series changed" in out
+    assert "Installed 0 records: 0 series appended to, 0 replaced, 0 skipped;" in out
+    assert "empty at" not in out
+    assert local_states(database) == states
+
+
+def test_an_incremental_summary_brings_only_the_changed_series(
+    live_remote, media, proxy_of, settings
+):
+    proxy = proxy_of(live_remote)
+    database = register(live_remote, port=proxy.port)
+    sync(database)
+    series = remote_series(live_remote)
+    states = local_states(database)
+    # a day passes: the remote's summaries changed before the run's overlap window
+    live_remote.sql("UPDATE hcore_recordssummary SET changed = changed - interval '1 day'")
+    # one series appended to; a local state made wrong, which only a full summary shows;
+    # a new series without records
+    append_day(live_remote, [series[1]])
+    wrong = m.Timeseries.objects.get(original_db=database, original_id=series[2])
+    m.RecordsSyncState.objects.filter(timeseries=wrong).update(checksum="0123456789abcdef")
+    live_remote.shell(
+        "from hcore.models import Timeseries\n"
+        "t = Timeseries.objects.order_by('pk').last()\n"
+        "t.pk = None; t.name = 'New, empty'; t.save()\n"
+    )
+    new = remote_series(live_remote)[-1]
+
+    database.refresh_from_db()
+    since = database.records_cursor - dt.timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
+    asked = len(proxy.requests)
+    out, _ = sync(database, "-v", "3")
+    (query,) = summary_queries(proxy, asked)
+    assert query["changed_after"] == [since.isoformat()]
+    # the appended series, and the new one (no state here, not listed: fetched whole)
+    assert requested_series(proxy, asked) == [series[1], new]
+    assert f"timeseries {series[1]}: append 144 records" in out
+    assert f"timeseries {new}: replace 0 records" in out
+    assert len(re.findall(r"timeseries (\d+): ", out)) == 2
+    after = local_states(database)
+    assert after[series[1]][0] == states[series[1]][0] + 144
+    assert after[series[2]] == (states[series[2]][0], "0123456789abcdef")  # not listed
+    assert after[new] == (0, "0" * 16)
+    assert {pk: after[pk] for pk in series if pk not in (series[1], series[2])} == {
+        pk: states[pk] for pk in series if pk not in (series[1], series[2])
+    }
+
+    # --full asks for every series' summary, and so mends the wrong state
+    asked = len(proxy.requests)
+    out, _ = sync(database, "--full", "-v", "3")
+    assert "changed_after" not in summary_queries(proxy, asked)[-1]
+    assert requested_series(proxy, asked) == [series[2]]
+    assert local_states(database)[series[2]] == states[series[2]]
+    assert_same_records(live_remote, database)
+
+
+def test_a_remote_that_does_not_offer_changed_after_is_asked_for_everything(
+    live_remote, media, proxy_of
+):
+    """An older remote: its manifest names no summary parameters (and it would refuse
+    one); every run asks for the whole summary, and still fetches only what changed."""
+    proxy = proxy_of(live_remote)
+
+    def older(path, status, headers, body):
+        manifest = json.loads(body)
+        del manifest["records"]["summary_parameters"]
+        return status, headers, json.dumps(manifest).encode()
+
+    proxy.on(lambda path: path.split("?")[0] == "/api/", older)
+    database = register(live_remote, port=proxy.port)
+    sync(database)
+    series = remote_series(live_remote)
+    append_day(live_remote, [series[3]])
+    asked = len(proxy.requests)
+    sync(database)
+    assert summary_queries(proxy, asked) == [{}]
+    assert requested_series(proxy, asked) == [series[3]]
+    assert_same_records(live_remote, database)
+
+
+def test_a_run_with_a_skipped_series_keeps_the_records_cursor(appended_remote):
+    remote, proxy, database = appended_remote
+    sync(database)  # through the command: the records cursor is set
+    database.refresh_from_db()
+    cursor = database.records_cursor
+    assert cursor is not None
+    bad = remote_series(remote)[1]
+    append_day(remote, [bad], start="2026-01-02 00:00+00")
+    on_batches(proxy, lambda body: break_line(body, bad, 3, MALFORMED["non-numeric value"][0])[0])
+    sync(database, "--skip")
+    database.refresh_from_db()
+    assert database.records_cursor == cursor < database.sync_cursor
+    # the next run (the remote answering well) lists that series again
+    proxy.rules.clear()
+    asked = len(proxy.requests)
+    sync(database)
+    assert requested_series(proxy, asked) == [bad]
+    assert_same_records(remote, database)
+    database.refresh_from_db()
+    assert database.records_cursor == database.sync_cursor
 
 
 # --- malformed records: a clear error, nothing installed (or, with skip, that series out) ---
