@@ -117,6 +117,7 @@ class ModelSpec:
             f.name for f in model._meta.local_many_to_many
         }
         self.ignored = (local - self.known) | (BOOKKEEPING_FIELDS & local)
+        self.accepted = frozenset(self.known | self.ignored)
         self.user_fields = {
             f.name
             for f in list(model._meta.local_fields) + list(model._meta.local_many_to_many)
@@ -317,12 +318,15 @@ class Installer:
     # --- 2. checking objects and references --------------------------------------------
 
     def check_object(self, spec, obj):
-        if obj["model"].lower() != spec.label:
+        model = obj["model"]
+        if model != spec.label and model.lower() != spec.label:
             raise PayloadError(
                 f"the {spec.label} dump from {self.database} contains an object of "
                 f"{obj['model'][:100]!r} (pk={obj['pk']}); only {spec.label} belongs there"
             )
-        unknown = obj["fields"].keys() - spec.known - spec.ignored
+        if obj["fields"].keys() <= spec.accepted:
+            return
+        unknown = obj["fields"].keys() - spec.accepted
         if unknown:
             raise SchemaMismatch(
                 f"{spec.label}(pk={obj['pk']}) from {self.database} has field(s) "

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from . import notify, storage
 from .backup import take_backup
-from .dumps import dump_name, read_keys
+from .dumps import dump_name, read_key_set
 from .errors import AlreadyRunning, DanglingReferences, SyncError
 from .fetch import (
     check_manifest,
@@ -250,11 +250,7 @@ class ParallelFetch:
     def keys(self):
         if self.fetch_plan.full:
             return "present"
-        return {
-            m: set(read_keys(str(self.result(m, kind))))
-            for m, kind in self.fetch_plan.jobs
-            if kind == KEYS
-        }
+        return WaitingKeys(self)
 
     def wait_all(self):
         paths = {job: self.result(*job) for job in self.fetch_plan.jobs}
@@ -281,6 +277,29 @@ class WaitingFiles(Mapping):
         if model_label not in self.labels:
             raise KeyError(model_label)
         return [str(self.fetch.result(model_label))]
+
+    def __iter__(self):
+        return iter(self.labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class WaitingKeys(Mapping):
+    """root label -> the remote's keys, each read when first asked for (the install
+    reads the local key maps while the listings arrive)."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+        self.labels = [m for m, kind in fetch.fetch_plan.jobs if kind == KEYS]
+        self.read = {}
+
+    def __getitem__(self, model_label):
+        if model_label not in self.labels:
+            raise KeyError(model_label)
+        if model_label not in self.read:
+            self.read[model_label] = read_key_set(str(self.fetch.result(model_label, KEYS)))
+        return self.read[model_label]
 
     def __iter__(self):
         return iter(self.labels)
@@ -354,7 +373,7 @@ def assemble(fetch_plan, paths):
     files = {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP}
     keys = "present"
     if not fetch_plan.full:
-        keys = {m: set(read_keys(str(p))) for (m, kind), p in paths.items() if kind == KEYS}
+        keys = {m: read_key_set(str(p)) for (m, kind), p in paths.items() if kind == KEYS}
     return Fetched(files, keys, fetch_plan.server_time)
 
 
@@ -374,7 +393,7 @@ def install_fetched(
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
     if options.records and client is not None and "hcore.timeseries" in plan.labels:
-        summary = SummaryPrefetch(database, client)  # while the objects install
+        summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     with transaction.atomic(), _connection_loss_reported():
         Installer(
@@ -436,6 +455,7 @@ def sync_data(database, plan, client, options, result, log=_quiet, summary=None)
                 dry_run=options.dry_run,
                 log=log,
                 summary=summary,
+                full=options.full,
             )
             records.add_to(result)
         if "hcore.gentityfile" in plan.labels:
