@@ -138,7 +138,7 @@ def _check_object(obj, name, where):
 
 def read_key_set(path):
     """The primary keys of a keys-only listing, as a compact KeySet."""
-    return KeySet(read_keys(path))
+    return KeySet.from_sorted(read_keys(path))
 
 
 def read_keys(path):

@@ -53,6 +53,12 @@ SQLITE_CHUNK = 500
 ANALYZE_MIN_ROWS = 10_000
 
 
+# One pass, no sort: whether the key map is one run (remote pks dense, one distance
+# to the local ones), as after a first sync of a remote with no gaps in its keys.
+KEYMAP_SPAN = (
+    "SELECT count(*), min(original_id), max(original_id), min({pk} - original_id), "
+    "max({pk} - original_id) FROM {table} WHERE original_db_id = %s"
+)
 KEYMAP_RUNS = (
     "SELECT min(original_id), min({pk}), count(*), "
     "max(original_id) - min(original_id) + 1 = count(*) FROM ("
@@ -266,6 +272,12 @@ class Installer:
         with connection.cursor() as cursor:
             for root in self.plan.roots:
                 sql = {"pk": qn(root._meta.pk.column), "table": qn(root._meta.db_table)}
+                cursor.execute(KEYMAP_SPAN.format(**sql), [self.database.pk])
+                count, low, high, distance, far = cursor.fetchone()
+                if not count or (high - low + 1 == count and distance == far):
+                    runs = [(low, low + distance, count)] if count else []
+                    self.loaded[label(root)] = KeyMap.from_runs(runs)
+                    continue
                 # Rows with the same distance from their rank (consecutive remote pks)
                 # and from their local pk: a run, if they are contiguous (ok).
                 cursor.execute(KEYMAP_RUNS.format(**sql), [self.database.pk])

@@ -103,11 +103,10 @@ class KeyChecks:
     def check(self):
         """Lock what the inserted rows refer to, then refuse any reference that dangles.
         Return the number of rows checked."""
-        pk_of = {table: column for table, column in self.inserted}
         problems = []
         with connection.cursor() as cursor:
             for (table, pk), keys in self.inserted.items():
-                if not keys:
+                if not keys or not self.keys[table]:
                     continue
                 starts, ends = _runs(keys)
                 rows = (
@@ -115,37 +114,52 @@ class KeyChecks:
                     f"r(s, e) ON t.{qn(pk)} >= r.s AND t.{qn(pk)} < r.e"
                 )
                 for column, target, target_column in self.keys[table]:
-                    # Rows inserted by this run are seen by no other session: only the
-                    # others need the lock that keeps them until the COMMIT.
-                    mine = (
-                        self.inserted.get((target, target_column))
-                        if (pk_of.get(target) == target_column)
-                        else None
-                    )
-                    mine_starts, mine_ends = _runs(mine) if mine else ([], [])
-                    cursor.execute(
-                        f"SELECT 1 FROM {qn(target)} p WHERE p.{qn(target_column)} IN "
-                        f"(SELECT n.{qn(column)} FROM ({rows}) n) AND NOT EXISTS ("
-                        f"SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) m(s, e) "
-                        f"WHERE p.{qn(target_column)} >= m.s AND p.{qn(target_column)} < m.e) "
-                        f"FOR KEY SHARE OF p",
-                        [starts, ends, mine_starts, mine_ends],
-                    )
-                    cursor.execute(
-                        f"SELECT n.{qn(pk)}, n.{qn(column)} FROM ({rows}) n "
-                        f"WHERE n.{qn(column)} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-                        f"{qn(target)} p WHERE p.{qn(target_column)} = n.{qn(column)}) "
-                        f"LIMIT {MAX_LISTED}",
-                        [starts, ends],
-                    )
-                    problems += [
-                        f"{self.labels.get(table, table)}(local pk={local}).{column} = "
-                        f"{value}: no such row in {target}"
-                        for local, value in cursor.fetchall()
-                    ]
+                    self.lock(cursor, rows, [starts, ends], column, target, target_column)
+                problems += self.dangling(cursor, table, pk, rows, [starts, ends])
         if problems:
             raise ObjectError(
                 f"{self.database}: foreign keys of the new rows do not hold (was something "
                 f"deleted here during the sync?): {'; '.join(problems[:MAX_LISTED])}"
             )
         return sum(len(keys) for keys in self.inserted.values())
+
+    def lock(self, cursor, rows, params, column, target, target_column):
+        """Lock the rows referred to that other sessions see (those inserted by this
+        run they do not: they need no lock, and are left out before the join)."""
+        mine = self.inserted.get((target, target_column))
+        mine_starts, mine_ends = _runs(mine) if mine else ([], [])
+        cursor.execute(
+            f"SELECT 1 FROM {qn(target)} p WHERE p.{qn(target_column)} IN ("
+            f"SELECT DISTINCT n.{qn(column)} FROM ({rows}) n WHERE n.{qn(column)} IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) m(s, e) "
+            f"WHERE n.{qn(column)} >= m.s AND n.{qn(column)} < m.e)) FOR KEY SHARE OF p",
+            [*params, mine_starts, mine_ends],
+        )
+
+    def dangling(self, cursor, table, pk, rows, params):
+        """Every foreign key of the new rows of ``table`` checked in one pass over them."""
+        joins, failed = [], []
+        for i, (column, target, target_column) in enumerate(self.keys[table]):
+            joins.append(
+                f"LEFT JOIN {qn(target)} p{i} ON p{i}.{qn(target_column)} = n.{qn(column)}"
+            )
+            failed.append(f"(n.{qn(column)} IS NOT NULL AND p{i}.{qn(target_column)} IS NULL)")
+        cursor.execute(
+            f"SELECT n.{qn(pk)}, {', '.join(f'{f}' for f in failed)}, "
+            f"{', '.join(f'n.{qn(column)}' for column, _t, _c in self.keys[table])} "
+            f"FROM ({rows}) n {' '.join(joins)} WHERE {' OR '.join(failed)} LIMIT {MAX_LISTED}",
+            params,
+        )
+        problems = []
+        width = len(self.keys[table])
+        for row in cursor.fetchall():
+            local, flags, values = row[0], row[1 : 1 + width], row[1 + width :]
+            for flag, value, (column, target, _c) in zip(
+                flags, values, self.keys[table], strict=True
+            ):
+                if flag:
+                    problems.append(
+                        f"{self.labels.get(table, table)}(local pk={local}).{column} = "
+                        f"{value}: no such row in {target}"
+                    )
+        return problems

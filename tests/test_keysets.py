@@ -33,6 +33,7 @@ def test_keyset_is_a_set(seed):
             other_set = set(other)
             assert sorted(compact.difference(KeySet(other))) == sorted(expected - other_set)
             assert sorted(compact.difference(other_set)) == sorted(expected - other_set)
+            assert set(KeySet.from_sorted(list(keys))) == expected
             union = KeySet(keys)
             union.update(KeySet(other))
             assert set(union) == expected | other_set and len(union) == len(expected | other_set)
@@ -41,6 +42,9 @@ def test_keyset_is_a_set(seed):
 def test_keyset_stays_small_for_ascending_keys():
     keys = KeySet(range(1, 1_000_001))
     assert len(keys.starts) == 1 and not keys.extra
+    listed = KeySet.from_sorted([*range(1, 500_001), *range(500_002, 1_000_001)])
+    assert list(listed.runs()) == [(1, 500_001), (500_002, 1_000_001)]
+    assert len(listed) == 999_999
     assert 1 in keys and 1_000_000 in keys and 1_000_001 not in keys
 
 
@@ -93,6 +97,8 @@ def test_keymap_from_runs():
     "pairs",
     [
         [],
+        [(5, 100), (6, 101), (7, 102)],  # one run
+        [(1, 10), (2, 12), (3, 11)],  # dense both sides, not one run
         [(1, 10), (2, 11), (3, 12), (7, 13), (8, 2), (9, 3)],
         # Same distance, not contiguous: (1, 11) and (3, 13) are no run with (2, 5).
         [(1, 11), (2, 5), (3, 13)],
