@@ -149,8 +149,8 @@ def read_keys(path):
             keys = json.load(fh)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise PayloadError(f"{name}: malformed or truncated key listing: {exc}") from exc
-    if not isinstance(keys, list) or not all(
-        isinstance(k, int) and not isinstance(k, bool) for k in keys
-    ):
+    # JSON gives int, float, str, bool, None, list or dict: only int will do (and bool,
+    # a subclass, is a type of its own here).
+    if not isinstance(keys, list) or not set(map(type, keys)) <= {int}:
         raise PayloadError(f"{name}: a key listing must be a JSON list of integers")
     return keys
