@@ -43,6 +43,11 @@ def _bulk_allowed():
     return True
 
 
+# Up to this many runs of keys are written into a query as ranges (which PostgreSQL
+# plans well: index range scans, estimates); more go as arrays.
+INLINE_RUNS = 32
+
+
 def _runs(keys):
     """Two arrays (starts, ends) of the runs of a KeySet, for ``unnest``."""
     starts, ends = list(keys.starts), list(keys.ends)
@@ -50,6 +55,21 @@ def _runs(keys):
         starts.append(key)
         ends.append(key + 1)
     return starts, ends
+
+
+def in_runs(column, keys):
+    """(SQL condition, params): ``column`` is one of ``keys`` (a KeySet, or None)."""
+    starts, ends = _runs(keys) if keys else ([], [])
+    if not starts:
+        return "false", []
+    if len(starts) <= INLINE_RUNS:
+        ranges = " OR ".join(f"({column} >= %s AND {column} < %s)" for _ in starts)
+        return f"({ranges})", [v for pair in zip(starts, ends, strict=True) for v in pair]
+    return (
+        f"EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) r(s, e) "
+        f"WHERE {column} >= r.s AND {column} < r.e)",
+        [starts, ends],
+    )
 
 
 def foreign_keys(table):
@@ -108,14 +128,11 @@ class KeyChecks:
             for (table, pk), keys in self.inserted.items():
                 if not keys or not self.keys[table]:
                     continue
-                starts, ends = _runs(keys)
-                rows = (
-                    f"SELECT t.* FROM {qn(table)} t JOIN unnest(%s::bigint[], %s::bigint[]) "
-                    f"r(s, e) ON t.{qn(pk)} >= r.s AND t.{qn(pk)} < r.e"
-                )
+                where, params = in_runs(f"t.{qn(pk)}", keys)
+                rows = (f"SELECT t.* FROM {qn(table)} t WHERE {where}", params)
                 for column, target, target_column in self.keys[table]:
-                    self.lock(cursor, rows, [starts, ends], column, target, target_column)
-                problems += self.dangling(cursor, table, pk, rows, [starts, ends])
+                    self.lock(cursor, rows, column, target, target_column)
+                problems += self.dangling(cursor, table, pk, rows)
         if problems:
             raise ObjectError(
                 f"{self.database}: foreign keys of the new rows do not hold (was something "
@@ -123,20 +140,18 @@ class KeyChecks:
             )
         return sum(len(keys) for keys in self.inserted.values())
 
-    def lock(self, cursor, rows, params, column, target, target_column):
+    def lock(self, cursor, rows, column, target, target_column):
         """Lock the rows referred to that other sessions see (those inserted by this
         run they do not: they need no lock, and are left out before the join)."""
-        mine = self.inserted.get((target, target_column))
-        mine_starts, mine_ends = _runs(mine) if mine else ([], [])
+        mine, mine_params = in_runs(f"n.{qn(column)}", self.inserted.get((target, target_column)))
         cursor.execute(
             f"SELECT 1 FROM {qn(target)} p WHERE p.{qn(target_column)} IN ("
-            f"SELECT DISTINCT n.{qn(column)} FROM ({rows}) n WHERE n.{qn(column)} IS NOT NULL "
-            f"AND NOT EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::bigint[]) m(s, e) "
-            f"WHERE n.{qn(column)} >= m.s AND n.{qn(column)} < m.e)) FOR KEY SHARE OF p",
-            [*params, mine_starts, mine_ends],
+            f"SELECT DISTINCT n.{qn(column)} FROM ({rows[0]}) n WHERE n.{qn(column)} IS NOT "
+            f"NULL AND NOT {mine}) FOR KEY SHARE OF p",
+            [*rows[1], *mine_params],
         )
 
-    def dangling(self, cursor, table, pk, rows, params):
+    def dangling(self, cursor, table, pk, rows):
         """Every foreign key of the new rows of ``table`` checked in one pass over them."""
         joins, failed = [], []
         for i, (column, target, target_column) in enumerate(self.keys[table]):
@@ -145,10 +160,11 @@ class KeyChecks:
             )
             failed.append(f"(n.{qn(column)} IS NOT NULL AND p{i}.{qn(target_column)} IS NULL)")
         cursor.execute(
-            f"SELECT n.{qn(pk)}, {', '.join(f'{f}' for f in failed)}, "
+            f"SELECT n.{qn(pk)}, {', '.join(failed)}, "
             f"{', '.join(f'n.{qn(column)}' for column, _t, _c in self.keys[table])} "
-            f"FROM ({rows}) n {' '.join(joins)} WHERE {' OR '.join(failed)} LIMIT {MAX_LISTED}",
-            params,
+            f"FROM ({rows[0]}) n {' '.join(joins)} WHERE {' OR '.join(failed)} "
+            f"LIMIT {MAX_LISTED}",
+            rows[1],
         )
         problems = []
         width = len(self.keys[table])

@@ -84,3 +84,23 @@ def test_without_the_right_the_triggers_check():
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DROP ROLE dbsync_test_plain")
+
+
+def test_many_runs_of_new_rows_are_checked_too():
+    """More runs of new keys than are written into a query (arrays then)."""
+    kind = GentityAltCodeType.objects.create(descr="code")
+    table = GentityAltCode._meta.db_table
+    with pytest.raises(ObjectError) as caught, transaction.atomic():
+        checks = KeyChecks("remote.example.org")
+        with checks.unchecked(altcode_spec()) as inserted, connection.cursor() as cursor:
+            for pk in range(9001, 9101, 2):  # 50 runs of one key each
+                cursor.execute(
+                    f"INSERT INTO {table} (id, gentity_id, type_id, value, last_modified) "
+                    f"VALUES ({pk}, 424242, %s, 'x', now())",
+                    [kind.pk],
+                )
+                inserted.add(pk)
+        assert len(inserted.starts) == 50
+        checks.check()
+    assert "hcore.gentityaltcode(local pk=9001).gentity_id = 424242" in str(caught.value)
+    assert not GentityAltCode.objects.exists()
