@@ -48,8 +48,9 @@ MISSING = object()
 MAX_REFETCH_ROUNDS = 3
 MAX_LISTED_PROBLEMS = 20
 SQLITE_CHUNK = 500
-# A table that gets this many new rows is analyzed before the run's checks and
-# COMMIT: its statistics (none after a first sync) steer every later query on it.
+# A table that gets this many new rows is analyzed after the run's COMMIT: its
+# statistics (none after a first sync) steer every later query on it. Not before:
+# ANALYZE counts the uncommitted rows into pg_class at once, for every session.
 ANALYZE_MIN_ROWS = 10_000
 
 
@@ -254,7 +255,6 @@ class Installer:
                 self.remote_keys[spec.root_label].update(self.present[spec.label])
         if self.remote_keys is not None:
             self.delete_missing()
-        self.analyze_grown_tables()
         started = time.monotonic()
         if checked := self.key_checks.check():
             self.log(
@@ -646,6 +646,7 @@ class Installer:
         return inserted
 
     def analyze_grown_tables(self):
+        """After the COMMIT: statistics of the tables that grew much."""
         if self.vendor != "postgresql":
             return
         with connection.cursor() as cursor:

@@ -396,7 +396,7 @@ def install_fetched(
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     with transaction.atomic(), _connection_loss_reported():
-        Installer(
+        installer = Installer(
             database,
             plan,
             fetched.files,
@@ -406,7 +406,8 @@ def install_fetched(
             max_delete=max_delete,
             refetch=refetch,
             log=log,
-        ).run()
+        )
+        installer.run()
         if options.dry_run:
             transaction.set_rollback(True)
         else:
@@ -416,6 +417,8 @@ def install_fetched(
                 database.sync_cursor = fetched.server_time
                 update.append("sync_cursor")
             database.save(update_fields=update)
+    if not options.dry_run:
+        installer.analyze_grown_tables()
     if options.records:
         if client is None:
             result.notes.append("records and files not synced: they need the remote's API")

@@ -32,7 +32,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 STATIONS = 100_000
 REMOTE_READERS = 20
 AGGREGATOR_READERS = 6
-SYNC_DEADLINE = 300  # seconds: the sync, and so the readers, end by then
+# seconds: the sync, and so the readers, end by then. 137 s before session 3, 221 s
+# after it (more CPU a row under this load; see the session-3 note).
+SYNC_DEADLINE = 480
 READS_A_READER = 5_000  # the readers' loop is bounded
 THINK = 0.5  # seconds between two requests of a reader
 REQUEST_TIMEOUT = 60
