@@ -14,7 +14,8 @@ from tests.test_sync import last_run, register, remote, sync  # noqa: F401 - a f
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_first_sync_checks_new_rows_in_bulk(remote):  # noqa: F811
+def test_first_sync_checks_new_rows_in_bulk(remote, settings):  # noqa: F811
+    settings.DBSYNC_BULK_KEY_CHECKS = True
     database = register(remote)
     out, _ = sync(database, "-v", "2")
     assert "Checked the foreign keys of" in out
@@ -34,6 +35,11 @@ def altcode_spec():
     return SimpleNamespace(
         table=opts.db_table, pk_column=opts.pk.column, label="hcore.gentityaltcode"
     )
+
+
+@pytest.fixture(autouse=True)
+def bulk_checks(settings):
+    settings.DBSYNC_BULK_KEY_CHECKS = True
 
 
 def test_a_dangling_key_among_the_new_rows_is_refused_and_nothing_stays():
