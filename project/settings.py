@@ -159,7 +159,7 @@ DBSYNC_MAX_OBJECT_BYTES = env_int("DBSYNC_MAX_OBJECT_BYTES", 64 * 1024**2)
 DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
 # Check the foreign keys of a sync's new rows with one query per key instead of a
 # trigger per row (needs the right to set session_replication_role; see dbsync.keychecks).
-DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", False)
+DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 # The command fetches this many dumps at once, installing while the rest arrive.
