@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from dbsync.models import Database, SyncRun
-from hcore.models import Gentity, Station, Timeseries, UnitOfMeasurement
+from hcore.models import Gentity, Instrument, Station, Timeseries, UnitOfMeasurement
 from tests.faultproxy import FaultProxy, model_path
 from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
 from tests.instance import ROOT, Instance
@@ -344,9 +344,25 @@ def test_skip_installs_the_good_and_lists_the_bad(remote, proxied, settings):
         pk for pk, f in remote_graph_["hcore.timeseries"].items() if f["gentity"] == bad_pk
     ]
     assert not Timeseries.objects.filter(original_db=database, original_id__in=ts_of_bad).exists()
+    # and so on down the chain: the station's instruments, the series that use them
+    instruments_of_bad = [
+        pk for pk, f in remote_graph_["hcore.instrument"].items() if f["station"] == bad_pk
+    ]
+    ts_of_instruments = [
+        pk
+        for pk, f in remote_graph_["hcore.timeseries"].items()
+        if f["instrument"] in instruments_of_bad
+    ]
+    assert instruments_of_bad and ts_of_instruments
+    assert not Instrument.objects.filter(
+        original_db=database, original_id__in=instruments_of_bad
+    ).exists()
     run = last_run(database)
     assert run.status == SyncRun.SUCCEEDED
-    assert any(e["pk"] == bad_pk for e in run.errors)
+    reported = {(e["model"], e["pk"]) for e in run.errors}
+    assert ("hcore.station", bad_pk) in reported
+    assert {("hcore.instrument", pk) for pk in instruments_of_bad} <= reported
+    assert {("hcore.timeseries", pk) for pk in ts_of_bad + ts_of_instruments} <= reported
 
 
 def test_second_sync_of_the_same_remote_is_refused(remote):
