@@ -136,21 +136,72 @@ def _check_object(obj, name, where):
     return obj
 
 
+# A key listing is parsed this many characters at a time: a listing of millions of
+# keys is never held whole (as a list of ints, 36 bytes a key).
+KEYS_PIECE = 1 << 20
+# Characters between two commas of a listing, at most (a key has 20 at most).
+MAX_KEY_ENTRY = 1024
+
+
 def read_key_set(path):
-    """The primary keys of a keys-only listing, as a compact KeySet."""
-    return KeySet.from_sorted(read_keys(path))
+    """The primary keys of a keys-only listing, as a compact KeySet, a piece at a time."""
+    keys = KeySet()
+    for piece in key_pieces(path):
+        keys.update(KeySet.from_sorted(piece))
+    return keys
 
 
 def read_keys(path):
     """The list of primary keys of a keys-only listing."""
+    return [key for piece in key_pieces(path) for key in piece]
+
+
+def key_pieces(path, size=KEYS_PIECE):
+    """The keys of a listing (a JSON list of integers), as lists of at most about
+    ``size`` characters' worth: each piece of text up to a comma is parsed as a JSON
+    list of its own, so the listing must be one list of plain integers, as a whole."""
     name = os.path.basename(path)
+
+    def parse(text, between_commas):
+        if between_commas and not text.strip():
+            raise PayloadError(f"{name}: malformed key listing: an empty entry")
+        try:
+            keys = loads(f"[{text}]")
+        except ValueError as exc:
+            raise PayloadError(f"{name}: malformed or truncated key listing: {exc}") from exc
+        # JSON gives int, float, str, bool, None, list or dict: only int will do (and
+        # bool, a subclass, is a type of its own here).
+        if not set(map(type, keys)) <= {int}:
+            raise PayloadError(f"{name}: a key listing must be a JSON list of integers")
+        return keys
+
     try:
         with open(path, encoding="utf-8") as fh:
-            keys = json.load(fh)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"{name}: malformed or truncated key listing: {exc}") from exc
-    # JSON gives int, float, str, bool, None, list or dict: only int will do (and bool,
-    # a subclass, is a type of its own here).
-    if not isinstance(keys, list) or not set(map(type, keys)) <= {int}:
-        raise PayloadError(f"{name}: a key listing must be a JSON list of integers")
-    return keys
+            text, opened, after_comma = "", False, False
+            while True:
+                block = fh.read(size)
+                text += block
+                if not opened:
+                    text = text.lstrip()
+                    if not text and block:
+                        continue
+                    if not text.startswith("["):
+                        raise PayloadError(
+                            f"{name}: a key listing must be a JSON list of integers"
+                        )
+                    text, opened = text[1:], True
+                if not block:  # the end: the list's closing bracket, then only space
+                    body = text.rstrip()
+                    if not body.endswith("]"):
+                        raise PayloadError(f"{name}: malformed or truncated key listing")
+                    yield parse(body[:-1], after_comma)
+                    return
+                cut = text.rfind(",")
+                if cut < 0:
+                    if len(text) > max(size, MAX_KEY_ENTRY):
+                        raise PayloadError(f"{name}: malformed key listing: an entry too long")
+                    continue
+                yield parse(text[:cut], True)
+                text, after_comma = text[cut + 1 :], True
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{name}: malformed key listing: {exc}") from exc

@@ -143,6 +143,17 @@ class KeySet:
             self.starts, self.ends = array("q", other.starts), array("q", other.ends)
             self.extra, self.count = set(other.extra), other.count
             return
+        if not self.extra and not other.extra and other.starts[0] >= self.ends[-1]:
+            # ``other`` comes after every key here (a listing read a piece at a time):
+            # its runs are appended, the first joined to the last one here if adjacent.
+            first = 0
+            if other.starts[0] == self.ends[-1]:
+                self.ends[-1] = other.ends[0]
+                first = 1
+            self.starts.extend(other.starts[first:])
+            self.ends.extend(other.ends[first:])
+            self.count += other.count
+            return
         runs = sorted(zip(self.starts + other.starts, self.ends + other.ends, strict=True))
         starts, ends = array("q"), array("q")
         for start, end in runs:
