@@ -7,7 +7,8 @@ right to set ``session_replication_role`` (a superuser has it; on PostgreSQL 15+
 COPYs its new rows with triggers off, then checks each foreign key of those rows in
 one query before its COMMIT, and locks the rows they refer to that other sessions
 can see (``FOR KEY SHARE``, as the triggers would have). Nothing else changes:
-updates and deletions keep their triggers. Without that right, or with
+updates and deletions keep their triggers, and so does every insert into a table that
+has triggers of its own (replica mode would silence them). Without that right, or with
 ``DBSYNC_BULK_KEY_CHECKS`` off, the triggers check every row, as before.
 """
 
@@ -91,6 +92,18 @@ def foreign_keys(table):
     return [tuple(row[1:]) for row in rows]
 
 
+def own_triggers(table):
+    """The triggers on ``table`` that are not PostgreSQL's own (foreign keys) and that
+    ``session_replication_role = replica`` would silence (an audit trigger, say)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass "
+            "AND NOT tgisinternal AND tgenabled = 'O'",
+            [qn(table)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 class KeyChecks:
     """Rows inserted with their foreign-key triggers off, and the check of them."""
 
@@ -106,6 +119,10 @@ class KeyChecks:
             return False
         if table not in self.keys:
             self.keys[table] = foreign_keys(table)
+            if self.keys[table] is not None and own_triggers(table):
+                # With triggers off they would not fire: that table keeps them all.
+                logger.info("%s has triggers of its own: its keys checked row by row", table)
+                self.keys[table] = None
         return self.keys[table] is not None
 
     @contextmanager

@@ -7,7 +7,7 @@ from django.db import connection, transaction
 
 from dbsync.errors import ObjectError
 from dbsync.keychecks import KeyChecks, _bulk_allowed
-from hcore.models import GentityAltCode, GentityAltCodeType
+from hcore.models import GentityAltCode, GentityAltCodeType, Station
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.test_sync import last_run, register, remote, sync  # noqa: F401 - a fixture
 
@@ -110,3 +110,37 @@ def test_many_runs_of_new_rows_are_checked_too():
         checks.check()
     assert "hcore.gentityaltcode(local pk=9001).gentity_id = 424242" in str(caught.value)
     assert not GentityAltCode.objects.exists()
+
+
+def test_a_table_with_triggers_of_its_own_keeps_them(remote):  # noqa: F811
+    """Replica mode would silence an operator's own trigger (an audit log, say): a
+    table that has one is inserted into with its triggers on, and every row is seen."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE audit_station (gpoint_ptr_id bigint);"
+            "CREATE FUNCTION audit_station() RETURNS trigger AS $$ BEGIN "
+            "INSERT INTO audit_station VALUES (NEW.gpoint_ptr_id); RETURN NEW; END $$ "
+            "LANGUAGE plpgsql;"
+            "CREATE TRIGGER audit_station AFTER INSERT ON hcore_station "
+            "FOR EACH ROW EXECUTE FUNCTION audit_station();"
+        )
+    try:
+        database = register(remote)
+        out, _ = sync(database, "-v", "2")
+        assert "Checked the foreign keys of" in out  # the other tables still in bulk
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT gpoint_ptr_id FROM audit_station ORDER BY 1")
+            audited = [row[0] for row in cursor.fetchall()]
+        stations = list(
+            Station.objects.filter(original_db=database)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        assert stations and audited == stations
+        assert_same_graph(remote_graph(remote), local_graph(database))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER audit_station ON hcore_station; DROP FUNCTION audit_station(); "
+                "DROP TABLE audit_station"
+            )
