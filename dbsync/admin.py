@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 
 from . import service
 from .errors import AlreadyRunning, SyncError
+from .freshness import NEVER, OVERDUE, freshness
 from .models import Database, SyncRun
 from .result import COUNT_KEYS
 
@@ -143,6 +144,7 @@ class DatabaseAdmin(admin.ModelAdmin):
         "last_run",
         "last_run_status",
         "last_run_age",
+        "fresh",
         "runs",
     )
     list_filter = ("is_active", "scheme")
@@ -237,6 +239,15 @@ class DatabaseAdmin(admin.ModelAdmin):
         if obj.last_run_started is None:
             return None
         return f"{timesince(obj.last_run_started, timezone.now())} ago"
+
+    @admin.display(description="freshness")
+    def fresh(self, obj):
+        """As ``manage.py dbsync_status`` judges it (dbsync.freshness)."""
+        last_run = SyncRun(status=obj.last_run_state) if obj.last_run_state else None
+        state = freshness(obj, last_run=last_run).state
+        if state in (OVERDUE, NEVER):
+            return format_html('<strong style="color: #ba2121">{}</strong>', state)
+        return state
 
     @admin.display(description="runs")
     def runs(self, obj):

@@ -162,6 +162,11 @@ DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
+# Freshness (dbsync.freshness, manage.py dbsync_status): a scheduled remote is overdue
+# this long after the first start its schedule gave since its last success; one with no
+# schedule (synced by cron) when its last success is older than this many hours.
+DBSYNC_OVERDUE_GRACE_MINUTES = env_int("DBSYNC_OVERDUE_GRACE_MINUTES", 120)
+DBSYNC_UNSCHEDULED_MAX_AGE_HOURS = env_float("DBSYNC_UNSCHEDULED_MAX_AGE_HOURS", 26)
 # The command fetches this many dumps at once, installing while the rest arrive.
 DBSYNC_FETCH_THREADS = env_int("DBSYNC_FETCH_THREADS", 4)
 # Time-series records and files (dbsync.records, dbsync.files): downloads at once,

@@ -1,0 +1,68 @@
+"""manage.py dbsync_status: is every remote's replica as fresh as promised?
+
+Exit status as a monitoring plugin's: 0 all fresh, 1 a remote's last run failed (its
+replica is still within its schedule), 2 a remote is overdue or never synced.
+"""
+
+import json
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from dbsync.freshness import EXIT_OK, freshness
+from dbsync.models import Database
+
+
+class Command(BaseCommand):
+    help = (
+        "Report how fresh each remote's replica is. Exit status: 0 all fresh, 1 a last "
+        "run failed, 2 a remote overdue or never synced (see dbsync.freshness)."
+    )
+    requires_system_checks = []  # a monitoring probe: quick, and never refused by a warning
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="Print only the remotes that are not fresh (nothing when all are: for cron).",
+        )
+        parser.add_argument(
+            "--json", dest="as_json", action="store_true", help="Print JSON, an object a remote."
+        )
+
+    def handle(self, *args, quiet=False, as_json=False, **options):
+        now = timezone.now()
+        found = [freshness(database, now) for database in Database.objects.all()]
+        if as_json:
+            self.stdout.write(dumps(found, now))
+        else:
+            for item in found:
+                if quiet and item.severity == EXIT_OK:
+                    continue
+                self.stdout.write(f"{item.database.name}: {item.describe(now)}")
+        worst = max((item.severity for item in found), default=EXIT_OK)
+        if worst != EXIT_OK:
+            raise SystemExit(worst)
+
+
+def dumps(found, now):
+    return json.dumps(
+        [
+            {
+                "remote": item.database.name,
+                "hostname": item.database.hostname,
+                "state": item.state,
+                "last_success": _iso(item.database.last_sync),
+                "due_by": _iso(item.due_by),
+                "last_run_status": item.last_run.status if item.last_run else None,
+                "message": item.describe(now),
+            }
+            for item in found
+        ],
+        indent=1,
+    )
+
+
+def _iso(value):
+    return value.isoformat() if value else None
