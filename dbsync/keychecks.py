@@ -14,7 +14,7 @@ has triggers of its own (replica mode would silence them). Without that right, o
 
 import logging
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -133,7 +133,14 @@ class KeyChecks:
             return
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL session_replication_role = replica")
-            yield self.inserted[(spec.table, spec.pk_column)]
+            try:
+                yield self.inserted[(spec.table, spec.pk_column)]
+            except BaseException:
+                # The transaction is failing; its rollback ends replica mode. Ending it
+                # here, where the transaction may still be usable, costs nothing.
+                with suppress(DatabaseError):
+                    cursor.execute("SET LOCAL session_replication_role = origin")
+                raise
             cursor.execute("SET LOCAL session_replication_role = origin")
         self.labels[spec.table] = spec.label
 

@@ -144,3 +144,12 @@ def test_a_table_with_triggers_of_its_own_keeps_them(remote):  # noqa: F811
                 "DROP TRIGGER audit_station ON hcore_station; DROP FUNCTION audit_station(); "
                 "DROP TABLE audit_station"
             )
+
+
+def test_an_error_while_writing_unchecked_rows_turns_the_triggers_back_on():
+    with transaction.atomic(), connection.cursor() as cursor:
+        checks = KeyChecks("remote.example.org")
+        with pytest.raises(ValueError), checks.unchecked(altcode_spec()):
+            raise ValueError("a bad object")
+        cursor.execute("SHOW session_replication_role")
+        assert cursor.fetchone()[0] == "origin"
