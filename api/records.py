@@ -88,6 +88,7 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HASH_SEED = 1
 MODULUS = 2**64
 CHUNK_ROWS = 5_000
+SUMMARY_PAGE_ROWS = 50_000  # series read from the database a query
 SEND_BYTES = 1 << 16
 TEXTS_A_FETCH = 10  # series: the text of one may be large
 TRAILER = "# end count={count} checksum={checksum} utc_offset={utc_offset}\n"
@@ -444,18 +445,25 @@ def summary_rows_postgresql(changed_after=None):
         source, where, params = f"{series} s LEFT JOIN {summaries} m", "", []
     else:
         source = f"{series} s JOIN {summaries} m"
-        where = "WHERE m.changed > %s OR m.changed IS NULL "
+        where = "AND (m.changed > %s OR m.changed IS NULL) "
         params = [changed_after]
+    # A page a query, by pk: psycopg holds a query's whole result in memory, and a
+    # remote may have millions of series (2 M took the server to 322 MB in one query).
+    last = 0  # primary keys are positive
     with connection.cursor() as cursor:
-        cursor.execute(
-            f'SELECT s.id, z.utc_offset, COALESCE(m.count, 0), m.start, m."end", '
-            f"COALESCE(m.checksum, 0) "
-            f"FROM {source} ON m.timeseries_id = s.id JOIN {zones} z ON z.id = s.time_zone_id "
-            f"{where}ORDER BY s.id",
-            params,
-        )
-        while rows := cursor.fetchmany(CHUNK_ROWS):
+        while True:
+            cursor.execute(
+                f'SELECT s.id, z.utc_offset, COALESCE(m.count, 0), m.start, m."end", '
+                f"COALESCE(m.checksum, 0) "
+                f"FROM {source} ON m.timeseries_id = s.id JOIN {zones} z ON z.id = s.time_zone_id "
+                f"WHERE s.id > %s {where}ORDER BY s.id LIMIT {SUMMARY_PAGE_ROWS}",
+                [last, *params],
+            )
+            rows = cursor.fetchall()
             yield from rows
+            if len(rows) < SUMMARY_PAGE_ROWS:
+                return
+            last = rows[-1][0]
 
 
 def computed_summary_rows_postgresql():

@@ -17,6 +17,7 @@ from django.db.models import F
 from django.urls import reverse
 
 from api import records as api_records
+from dbsync.errors import PayloadError
 from dbsync.files import sync_files
 from dbsync.models import Database, SyncRun
 from dbsync.records import RecordsError, sync_records
@@ -1114,3 +1115,66 @@ def test_resume_from_a_dumpdata_with_records(static_remote, tmp_path, media):
     (tmp_path / "everything.json").write_text(static_remote.manage("dumpdata", "hcore").stdout)
     sync(database, "--resume", "-w", str(tmp_path))
     assert_same_graph(remote_graph(static_remote), local_graph(database))
+
+
+def test_a_summary_keeps_series_without_records_compactly(tmp_path):
+    """Most series of some remotes have no records: the summary holds them as runs of
+    keys per UTC offset, and answers for every series exactly as a dict would."""
+    from dbsync.records import Entry, read_summary
+
+    zero = "0" * 16
+    lines = []
+    expected = {}
+    for pk in range(1, 200_001):
+        offset = 120 if pk % 50_000 == 7 else 0
+        if pk % 10_000 == 3:
+            entry = Entry(
+                5,
+                dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+                dt.datetime(2025, 1, 2, tzinfo=dt.UTC),
+                "00000000000000ab",
+                offset,
+            )
+            start, end = '"2025-01-01T00:00:00+00:00"', '"2025-01-02T00:00:00+00:00"'
+            line = f'{{"pk": {pk}, "count": 5, "start": {start}, "end": {end}, '
+            line += f'"checksum": "00000000000000ab", "utc_offset": {offset}}}'
+        else:
+            entry = Entry(0, None, None, zero, offset)
+            line = f'{{"pk": {pk}, "count": 0, "start": null, "end": null, '
+            line += f'"checksum": "{zero}", "utc_offset": {offset}}}'
+        expected[pk] = entry
+        lines.append(line)
+    path = tmp_path / "summary.json"
+    path.write_text("[\n" + ",\n".join(lines) + "\n]\n")
+    summary = read_summary("remote.example.org", path)
+    assert len(summary) == len(expected) and sorted(summary) == sorted(expected)
+    assert all(summary.get(pk) == entry for pk, entry in expected.items())
+    assert summary.get(0) is None and summary.get(200_001) is None
+    assert len(summary.entries) == 20  # only the series with records are dict entries
+    assert sum(len(pks.starts) for _e, pks in summary.empties.values()) < 100
+
+    path.write_text("[\n" + ",\n".join([lines[0], lines[1], lines[0]]) + "\n]\n")
+    with pytest.raises(PayloadError, match="remote.example.org.*listed twice"):
+        read_summary("remote.example.org", path)
+
+
+@pytest.mark.django_db
+def test_the_summary_is_read_a_page_at_a_time_and_misses_nothing(monkeypatch):
+    """The server reads the summary by pages of series (a query's whole result sits in
+    psycopg's memory): with pages of 2, every series is listed once, in order, whether
+    all are asked for or only those changed after a time."""
+    series = make_local_series(records=5)
+    for _ in range(6):
+        m.Timeseries.objects.create(
+            gentity=series.gentity,
+            variable=series.variable,
+            unit_of_measurement=series.unit_of_measurement,
+            time_zone=series.time_zone,
+        )
+    whole = list(api_records.summary_rows_postgresql())
+    since = list(api_records.summary_rows_postgresql(dt.datetime(2000, 1, 1, tzinfo=UTC)))
+    monkeypatch.setattr(api_records, "SUMMARY_PAGE_ROWS", 2)
+    assert len(whole) == 7 and [row[0] for row in whole] == sorted(row[0] for row in whole)
+    assert list(api_records.summary_rows_postgresql()) == whole
+    assert since
+    assert list(api_records.summary_rows_postgresql(dt.datetime(2000, 1, 1, tzinfo=UTC))) == since
