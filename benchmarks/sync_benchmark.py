@@ -258,7 +258,7 @@ def main():
             manage_args("loaddata", str(fixture)), instance_env(load_db, var / "load")
         )
         results.append(
-            (f"Django loaddata ({options.loaddata_share:.0%} size)", count, seconds, peak)
+            (f"Django loaddata ({options.loaddata_share * 100:g} % size)", count, seconds, peak)
         )
     finally:
         remote.stop()

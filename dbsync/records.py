@@ -1263,7 +1263,7 @@ class RecordsSync:
             self.upsert_states(
                 f"SELECT pk, 0, NULL::timestamptz, NULL::timestamptz, '{ZERO_CHECKSUM}', "
                 f"%s::timestamptz FROM unnest(%s::bigint[]) AS pk",
-                [local_pks.tolist()],
+                [local_pks],  # an array: made a list a chunk at a time (2 M pks: 72 MB)
             )
             return
         now = connection.ops.adapt_datetimefield_value(self.now)
@@ -1276,11 +1276,11 @@ class RecordsSync:
                 )
 
     def upsert_states(self, select, columns):
-        """PostgreSQL: states from ``select`` (of arrays ``columns``), a chunk a
-        statement, rather than a statement a state."""
+        """PostgreSQL: states from ``select`` (of ``columns``, sequences given to it as
+        arrays), a chunk a statement, rather than a statement a state."""
         with connection.cursor() as cursor:
             for start in range(0, len(columns[0]), STATE_CHUNK):
-                chunk = [column[start : start + STATE_CHUNK] for column in columns]
+                chunk = [list(column[start : start + STATE_CHUNK]) for column in columns]
                 cursor.execute(f"{STATE_INSERT} {select} {STATE_UPSERT}", [self.now, *chunk])
 
 
