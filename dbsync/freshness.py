@@ -52,7 +52,8 @@ class Freshness:
         if self.state == OVERDUE:
             return f"OVERDUE: {since}; a newer one was due by {self.due_by:%Y-%m-%d %H:%M %Z}"
         if self.state == FAILING:
-            return f"last run failed ({self.last_run.message[:200]}); {since}"
+            message = " ".join(self.last_run.message.split())[:200]  # one line a remote
+            return f"last run failed ({message}); {since}"
         return since
 
 

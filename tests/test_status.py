@@ -68,7 +68,7 @@ def test_a_remote_is_overdue_when_its_schedule_promised_a_newer_success(fields, 
 
 def test_a_failed_last_run_of_a_fresh_remote_is_a_warning():
     database = remote("r", ago(hours=1))
-    SyncRun.objects.create(database=database, status=SyncRun.FAILED, message="cannot reach it")
+    SyncRun.objects.create(database=database, status=SyncRun.FAILED, message="cannot\n reach it")
     assert freshness(database).state == FAILING
     code, out = status()
     assert code == 1
