@@ -503,14 +503,21 @@ class Installer:
                 f"{listed}{f'; and {more} more' if more > 0 else ''}"
             )
 
-    def object_targets(self, spec, obj):
+    def object_needs(self, spec, obj):
+        """(label, root label, pk) of each row ``obj`` cannot be installed without: its
+        parent rows and the targets of its foreign keys (not its many-to-many links)."""
         for parent in spec.parent_labels:
-            yield parent, obj["pk"]
+            yield parent, spec.root_label, obj["pk"]
         fields = obj["fields"]
-        for _f, name, _c, target_label, _root in spec.columns:
+        for _f, name, _c, target_label, target_root in spec.columns:
             value = fields.get(name)
             if target_label is not None and isinstance(value, int):
-                yield target_label, value
+                yield target_label, target_root, value
+
+    def object_targets(self, spec, obj):
+        for target_label, _root, pk in self.object_needs(spec, obj):
+            yield target_label, pk
+        fields = obj["fields"]
         for f in spec.planned_m2m:
             values = fields.get(f.name)
             for value in values if isinstance(values, list) else ():
@@ -531,15 +538,10 @@ class Installer:
                         changed |= self.skip_if_needs_bad(spec, obj)
 
     def skip_if_needs_bad(self, spec, obj):
-        pk, fields = obj["pk"], obj["fields"]
+        pk = obj["pk"]
         if (spec.root_label, pk) in self.bad:
             return False
-        needs = [(parent, spec.root_label, pk) for parent in spec.parent_labels]
-        for _f, name, _c, target_label, target_root in spec.columns:
-            value = fields.get(name)
-            if target_label is not None and isinstance(value, int):
-                needs.append((target_label, target_root, value))
-        for target_label, target_root, value in needs:
+        for target_label, target_root, value in self.object_needs(spec, obj):
             if (target_root, value) in self.bad:
                 self.bad.add((spec.root_label, pk))
                 self.result.problem(
