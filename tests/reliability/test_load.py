@@ -164,9 +164,7 @@ class SlowQueries(threading.Thread):
     def run(self):
         import psycopg
 
-        db = settings.DATABASES["default"]
-        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(local_env()["DATABASE_URL"], autocommit=True) as conn:
             while not self.stop.wait(1):
                 rows = conn.execute(
                     "SELECT pid, datname, wait_event_type, wait_event, pg_blocking_pids(pid), "
