@@ -49,6 +49,9 @@ if not SECRET_KEY:
             "DJANGO_DEBUG=1 for a development instance."
         )
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+# Keys retired from DJANGO_SECRET_KEY: still accepted for sessions and signatures, and
+# for remote credentials encrypted under them (see DBSYNC_SECRET_KEYS).
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
@@ -69,7 +72,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: /-/health/ answers whatever the Host header, before any HTTPS redirect.
+    "project.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files behind gunicorn, compressed, without a web server in front.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -125,6 +132,26 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("DJANGO_MEDIA_ROOT", str(VAR_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed names from `collectstatic` (run when the image is built); a
+    # development instance serves the apps' files as they are.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- HTTPS (on in .env.example; `manage.py check --deploy` lists what is missing) ---
+# Behind a reverse proxy that terminates TLS and sets X-Forwarded-Proto.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
 
 ADMINS = [
     tuple(item.split(":", 1)) if ":" in item else (item, item)
@@ -161,6 +188,19 @@ DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
 # trigger per row (needs the right to set session_replication_role; see dbsync.keychecks).
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
+# --- dbsync: remote credentials and politeness (dbsync.secrets, dbsync.remote) ---
+# Fernet keys (comma-separated, newest first) that encrypt remotes' passwords and tokens
+# at rest; empty: keys derived from DJANGO_SECRET_KEY and DJANGO_SECRET_KEY_FALLBACKS.
+DBSYNC_SECRET_KEYS = env_list("DBSYNC_SECRET_KEYS")
+# A password or token is sent over HTTPS only; this allows plain HTTP to a loopback
+# address too (development and tests), never to any other host.
+DBSYNC_ALLOW_HTTP_CREDENTIALS = env_bool("DBSYNC_ALLOW_HTTP_CREDENTIALS", False)
+# A CA bundle (PEM) to verify remotes' certificates with; empty: the system's (certifi).
+DBSYNC_CA_BUNDLE = env_str("DBSYNC_CA_BUNDLE", "")
+# Who runs this aggregator, sent in every request's User-Agent (an e-mail or a URL).
+DBSYNC_CONTACT = env_str("DBSYNC_CONTACT", "")
+# At most this many requests in flight to one remote, across every process and worker.
+DBSYNC_MAX_REQUESTS_PER_REMOTE = env_int("DBSYNC_MAX_REQUESTS_PER_REMOTE", 4)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 # Freshness (dbsync.freshness, manage.py dbsync_status): a scheduled remote is overdue
 # this long after the first start its schedule gave since its last success; one with no
@@ -248,6 +288,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # In-process tasks, for a machine without a broker (the embedded default).
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes each periodic task's last run to the database as it sends it (not every
+# 3 minutes): its healthcheck reads it.
+CELERY_BEAT_SYNC_EVERY = 1
 CELERY_BEAT_SCHEDULE = {
     "dbsync-reap-stale-runs": {
         "task": "dbsync.tasks.reap_stale_runs",
