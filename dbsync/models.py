@@ -1,8 +1,13 @@
 """The registry of remote Enhydris instances and the record of every sync run."""
 
+import ipaddress
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from .secrets import EncryptedTextField, UnreadableSecret
 
 
 def validate_crontab(value):
@@ -80,17 +85,21 @@ class Database(models.Model):
         verbose_name="username",
         help_text="For a private remote that uses HTTP basic authentication.",
     )
-    password = models.CharField(
-        max_length=256,
+    # Encrypted at rest (dbsync.secrets); blank: none. Cleared when the endpoint
+    # changes (see save()), and sent over HTTPS only (see credentials_refusal()).
+    password = EncryptedTextField(
+        max_length=1024,
         blank=True,
         verbose_name="password",
-        help_text="Password for HTTP basic authentication. Never logged.",
+        help_text="Password for HTTP basic authentication. Stored encrypted, sent over "
+        "HTTPS only, never logged.",
     )
-    token = models.CharField(
-        max_length=256,
+    token = EncryptedTextField(
+        max_length=1024,
         blank=True,
         verbose_name="API token",
-        help_text="For a private remote that uses token authentication. Never logged.",
+        help_text="For a private remote that uses token authentication. Stored encrypted, "
+        "sent over HTTPS only, never logged.",
     )
     app_label = models.CharField(
         max_length=100,
@@ -172,6 +181,18 @@ class Database(models.Model):
     def __str__(self):
         return self.name
 
+    def save(self, *args, **kwargs):
+        update_fields = kwargs.get("update_fields")
+        saves_endpoint = update_fields is None or set(update_fields) & set(self.ENDPOINT_FIELDS)
+        # Which secrets this save cleared: the admin tells the user to enter them again.
+        self.cleared_secrets = self.secrets_to_clear() if saves_endpoint else []
+        for name in self.cleared_secrets:
+            setattr(self, name, "")
+        if update_fields is not None and self.cleared_secrets:
+            kwargs["update_fields"] = {*update_fields, *self.cleared_secrets}
+        super().save(*args, **kwargs)
+        self._remember_stored(None if update_fields is None else kwargs["update_fields"])
+
     def clean(self):
         super().clean()
         if self.schedule_kind == self.SCHEDULE_INTERVAL and not self.interval_minutes:
@@ -180,6 +201,28 @@ class Database(models.Model):
             )
         if self.schedule_kind == self.SCHEDULE_CRONTAB and not self.crontab.strip():
             raise ValidationError({"crontab": "Give a crontab line, e.g. '30 3 * * *'."})
+        self.clean_credentials()
+
+    def clean_credentials(self):
+        """Refuse credentials that could not be sent: to plain HTTP (see
+        credentials_refusal), judged on what a save would keep."""
+        cleared = self.secrets_to_clear()
+        kept = {
+            name: ("" if name in cleared else getattr(self, name))
+            for name in ("password", "token")
+        }
+        if not (kept["password"] or kept["token"]):
+            return
+        probe = Database(
+            name=self.name,
+            scheme=self.scheme,
+            hostname=self.hostname,
+            ip_address=self.ip_address,
+            **kept,
+        )
+        refusal = probe.credentials_refusal()
+        if refusal:
+            raise ValidationError(refusal, code="credentials_over_http")
 
     @property
     def is_scheduled(self):
@@ -191,6 +234,143 @@ class Database(models.Model):
     @property
     def address(self):
         return self.ip_address or self.hostname
+
+    # --- credentials: kept for one endpoint, sent over HTTPS only ---------------------------
+
+    # A password or token was given for one remote: moving the record to another
+    # address (or scheme, or port) must not carry it there unasked.
+    ENDPOINT_FIELDS = ("scheme", "hostname", "ip_address", "port")
+    SECRET_FIELDS = ("password", "token")
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._remember_stored()
+        return instance
+
+    def refresh_from_db(self, *args, **kwargs):
+        super().refresh_from_db(*args, **kwargs)
+        if kwargs.get("fields") is None and (len(args) < 2 or args[1] is None):
+            self._remember_stored()
+
+    def _remember_stored(self, names=None):
+        """Note the endpoint and secrets as stored, to tell later what a save changes."""
+        watched = self.ENDPOINT_FIELDS + self.SECRET_FIELDS
+        if names is None:
+            deferred = self.get_deferred_fields()
+            names = [name for name in watched if name not in deferred]
+            self._stored = {}
+            self._given_secrets = set()
+        for name in names:
+            if name in watched:
+                self._stored[name] = getattr(self, name)
+                self._given_secrets.discard(name)
+
+    def give_secret(self, name, value):
+        """Set the password or token as newly given, so that it is kept even when the
+        endpoint changes in the same save (whoever gave it chose to send it there)."""
+        if name not in self.SECRET_FIELDS:
+            raise ValueError(f"{name!r} is not a secret field")
+        setattr(self, name, value)
+        if not hasattr(self, "_given_secrets"):
+            self._given_secrets = set()
+        self._given_secrets.add(name)
+
+    def endpoint_changed(self):
+        """Whether scheme, hostname, IP address or port differ from the stored ones."""
+        stored = getattr(self, "_stored", {})
+        return any(
+            name in stored
+            and _endpoint_value(name, getattr(self, name)) != _endpoint_value(name, stored[name])
+            for name in self.ENDPOINT_FIELDS
+        )
+
+    def secrets_to_clear(self):
+        """The secrets a save now would clear: the endpoint changed, and they are the
+        stored ones, not given anew."""
+        if not self.endpoint_changed():
+            return []
+        stored, given = self._stored, getattr(self, "_given_secrets", set())
+        return [
+            name
+            for name in self.SECRET_FIELDS
+            if getattr(self, name)
+            and name not in given
+            and name in stored
+            and getattr(self, name) == stored[name]
+        ]
+
+    def has_credentials(self):
+        return bool(self.password or self.token)
+
+    def unreadable_secrets(self):
+        return [
+            name
+            for name in self.SECRET_FIELDS
+            if isinstance(getattr(self, name), UnreadableSecret)
+        ]
+
+    def unreadable_secrets_message(self):
+        """What is wrong and what to do when a stored secret cannot be decrypted, or None.
+
+        A sync must not go on without it (nor send what it holds), and the admin says so.
+        """
+        names = self.unreadable_secrets()
+        if not names:
+            return None
+        what = " and ".join(str(self._meta.get_field(name).verbose_name) for name in names)
+        options = " and ".join(f"--{name}-file" for name in names)
+        reason = getattr(self, names[0]).reason
+        return (
+            f"The stored {what} of remote {self.name!r} cannot be decrypted: {reason}. "
+            f"Put the key back in DBSYNC_SECRET_KEYS (or DJANGO_SECRET_KEY_FALLBACKS), or "
+            f"enter the {what} again (in the admin, or with manage.py dbsync_addremote "
+            f"--name {self.name} {options})."
+        )
+
+    def credentials_refusal(self):
+        """Why this remote's password or token may not be sent, or None.
+
+        They go over HTTPS only; DBSYNC_ALLOW_HTTP_CREDENTIALS lets them go over plain
+        HTTP to a loopback IP address (development, tests), never elsewhere.
+        """
+        if not self.has_credentials() or self.scheme == "https":
+            return None
+        if settings.DBSYNC_ALLOW_HTTP_CREDENTIALS and is_loopback(self.address):
+            return None
+        allowed = (
+            " (DBSYNC_ALLOW_HTTP_CREDENTIALS is on, but it allows plain HTTP to a loopback "
+            "IP address only)"
+            if settings.DBSYNC_ALLOW_HTTP_CREDENTIALS
+            else ""
+        )
+        return (
+            f"Remote {self.name!r} has a password or token, which is sent over HTTPS only, "
+            f"and its scheme is http{allowed}. Set the scheme to https (and the port, "
+            f"usually 443), or clear the password and token."
+        )
+
+
+def _endpoint_value(name, value):
+    """Values compared as what they mean: "" and None are no IP address, 8080 is "8080"."""
+    if name == "ip_address":
+        return str(value).strip() if value else None
+    if name == "port":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return value
+    if name == "hostname":
+        return (value or "").strip().lower()
+    return value
+
+
+def is_loopback(address):
+    """Whether ``address`` is a loopback IP literal (a name is not trusted to be)."""
+    try:
+        return ipaddress.ip_address(str(address).strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class SyncRun(models.Model):
