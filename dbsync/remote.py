@@ -20,7 +20,9 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from . import __version__
 from .errors import PayloadError, RemoteError, TransientRemoteError
+from .request_slots import request_slot
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +59,43 @@ class RemoteClient:
             host = f"[{host}]"
         self.base = f"{database.scheme}://{host}:{self.port}"
         self.session = requests.Session()
-        self.session.headers["User-Agent"] = "dbsync/1"
-        self.session.verify = database.verify_tls
+        self.session.headers["User-Agent"] = user_agent()
+        self.session.verify = (settings.DBSYNC_CA_BUNDLE or True) if database.verify_tls else False
         if database.ip_address and database.hostname:
             self.session.headers["Host"] = (
                 database.hostname if self.port in (80, 443) else f"{database.hostname}:{self.port}"
             )
             if database.scheme == "https":
                 self.session.mount("https://", HostnameTLSAdapter(database.hostname))
-        if database.token:
-            self.session.headers["Authorization"] = f"Token {database.token}"
-        elif database.username:
-            self.session.auth = (database.username, database.password)
+        if self._sends_credentials():
+            if database.token:
+                self.session.headers["Authorization"] = f"Token {database.token}"
+            elif database.username:
+                self.session.auth = (database.username, database.password)
+
+    def _sends_credentials(self):
+        """Whether the stored password or token go with the requests.
+
+        Not to a port other than the registered one (they were given for that
+        endpoint); a RemoteError, before any request, when they may not go (plain
+        HTTP, see Database.credentials_refusal) or cannot be decrypted.
+        """
+        database = self.database
+        if not database.has_credentials():
+            return False
+        if self.port != database.port:
+            logger.warning(
+                "Remote %s: not sending its stored password or token to port %s: they were "
+                "given for its registered port %s (register the new port to send them there)",
+                database.name,
+                self.port,
+                database.port,
+            )
+            return False
+        problem = database.unreadable_secrets_message() or database.credentials_refusal()
+        if problem:
+            raise RemoteError(problem)
+        return True
 
     def __str__(self):
         return f"{self.database.hostname} ({self.base})"
@@ -93,11 +120,16 @@ class RemoteClient:
     # --- requests with retries ---------------------------------------------------
 
     def _attempts(self, what, func):
-        """Call ``func`` until it succeeds, retrying transient failures."""
+        """Call ``func`` until it succeeds, retrying transient failures.
+
+        Each call holds one of the remote's request slots (dbsync.request_slots) from
+        the request until its response is closed; the pause before a retry holds none.
+        """
         attempt = 0
         while True:
             try:
-                return func()
+                with request_slot(self.database):
+                    return func()
             except TransientRemoteError as exc:
                 attempt += 1
                 if attempt > self.retries:
@@ -260,6 +292,12 @@ class RemoteClient:
 
 
 SyncErrorTypes = (RemoteError, PayloadError)
+
+
+def user_agent():
+    """``dbsync/<version> (+<DBSYNC_CONTACT>)``: who is asking, and how to reach them."""
+    contact = settings.DBSYNC_CONTACT.strip()
+    return f"dbsync/{__version__} (+{contact})" if contact else f"dbsync/{__version__}"
 
 
 DNS_FAILURES = (
