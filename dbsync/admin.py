@@ -1,7 +1,10 @@
 """The admin of the remotes and of their sync runs.
 
 Credentials are never sent back to the browser: the password and token fields
-are blank on every form and a blank field keeps the stored value. Runs are a
+are blank on every form and a blank field keeps the stored value, unless the
+endpoint (scheme, hostname, IP address, port) changes, which clears them (the
+model does; the page says so). A stored secret that cannot be decrypted is
+reported on the remote's page, which still opens and takes a new one. Runs are a
 record, so they are view-only. "Sync now" (a button on a remote's page and an
 action on the list) queues the same Celery sync as the schedules, through
 ``start_sync``.
@@ -11,6 +14,7 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import get_object_or_404, redirect
@@ -117,16 +121,29 @@ class DatabaseForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        unreadable = self.instance.unreadable_secrets()
         for name in SECRET_FIELDS:
-            if getattr(self.instance, name) and name in self.fields:
-                self.fields[name].help_text += " One is stored; leave empty to keep it."
+            if name in unreadable and name in self.fields:
+                self.fields[
+                    name
+                ].help_text += (
+                    " One is stored but cannot be decrypted (its key is gone): enter it again."
+                )
+            elif getattr(self.instance, name) and name in self.fields:
+                self.fields[name].help_text += (
+                    " One is stored; leave empty to keep it. Changing the scheme, hostname, "
+                    "IP address or port clears it."
+                )
 
     def clean(self):
         cleaned = super().clean()
         for name in SECRET_FIELDS:
             if cleaned.get(f"clear_{name}"):
                 cleaned[name] = ""
-            elif not cleaned.get(name):
+            elif cleaned.get(name):
+                # Typed in: kept even if the endpoint changes in the same save.
+                self.instance.give_secret(name, cleaned[name])
+            else:
                 cleaned[name] = getattr(self.instance, name)
         return cleaned
 
@@ -191,10 +208,29 @@ class DatabaseAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        cleared = getattr(obj, "cleared_secrets", [])
+        if cleared:
+            what = " and ".join(str(Database._meta.get_field(n).verbose_name) for n in cleared)
+            self.message_user(
+                request,
+                f"The endpoint of {obj} changed, so its stored {what} "
+                f"{'were' if len(cleared) > 1 else 'was'} cleared (they were given for the old "
+                f"one). Enter {'them' if len(cleared) > 1 else 'it'} again if the new endpoint "
+                f"needs {'them' if len(cleared) > 1 else 'it'}.",
+                messages.WARNING,
+            )
+
     def has_sync_permission(self, request):
         return request.user.has_perm(sync_permission())
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "GET":
+            database = self.get_object(request, unquote(object_id))
+            problem = database and database.unreadable_secrets_message()
+            if problem:
+                self.message_user(request, problem, messages.WARNING)
         extra_context = {
             **(extra_context or {}),
             "has_sync_permission": self.has_sync_permission(request),

@@ -45,8 +45,14 @@ def sample_data(settings, tmp_path):
 
 @pytest.fixture
 def remote():
+    # https: credentials are kept (and sent) for an HTTPS remote only.
     return Database.objects.create(
-        name="athens", hostname="athens.example.org", password=PASSWORD, token=TOKEN
+        name="athens",
+        hostname="athens.example.org",
+        scheme="https",
+        port=443,
+        password=PASSWORD,
+        token=TOKEN,
     )
 
 
