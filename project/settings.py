@@ -199,8 +199,10 @@ DBSYNC_ALLOW_HTTP_CREDENTIALS = env_bool("DBSYNC_ALLOW_HTTP_CREDENTIALS", False)
 DBSYNC_CA_BUNDLE = env_str("DBSYNC_CA_BUNDLE", "")
 # Who runs this aggregator, sent in every request's User-Agent (an e-mail or a URL).
 DBSYNC_CONTACT = env_str("DBSYNC_CONTACT", "")
-# At most this many requests in flight to one remote, across every process and worker.
+# At most this many requests in flight to one remote, across every process and worker
+# (0: no limit); a request waits this long for a free slot, then fails (dbsync.request_slots).
 DBSYNC_MAX_REQUESTS_PER_REMOTE = env_int("DBSYNC_MAX_REQUESTS_PER_REMOTE", 4)
+DBSYNC_REQUEST_SLOT_WAIT_SECONDS = env_float("DBSYNC_REQUEST_SLOT_WAIT_SECONDS", 600)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 # Freshness (dbsync.freshness, manage.py dbsync_status): a scheduled remote is overdue
 # this long after the first start its schedule gave since its last success; one with no

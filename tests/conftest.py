@@ -9,6 +9,17 @@ def _media_root(settings, tmp_path_factory):
     settings.MEDIA_ROOT = tmp_path_factory.getbasetemp() / "media"
 
 
+@pytest.fixture(autouse=True)
+def _request_slots_closed():
+    """The request slots' own connection (dbsync.request_slots), opened by any test
+    that fetches, closed after it: its session would keep the test database from
+    being dropped at the end."""
+    yield
+    from dbsync import request_slots
+
+    request_slots.close()
+
+
 @pytest.fixture(scope="session")
 def instance_template():
     template = Template()
