@@ -60,7 +60,8 @@ class RemoteClient:
         self.base = f"{database.scheme}://{host}:{self.port}"
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent()
-        self.session.verify = (settings.DBSYNC_CA_BUNDLE or True) if database.verify_tls else False
+        self.verify = (settings.DBSYNC_CA_BUNDLE or True) if database.verify_tls else False
+        self.session.verify = self.verify
         if database.ip_address and database.hostname:
             self.session.headers["Host"] = (
                 database.hostname if self.port in (80, 443) else f"{database.hostname}:{self.port}"
@@ -144,8 +145,10 @@ class RemoteClient:
 
     def _get(self, url):
         try:
+            # verify per request: a session's is overridden by REQUESTS_CA_BUNDLE and
+            # CURL_CA_BUNDLE from the environment (psf/requests#3829), even when False.
             response = self.session.get(
-                url, timeout=self.timeout, stream=True, allow_redirects=False
+                url, timeout=self.timeout, stream=True, allow_redirects=False, verify=self.verify
             )
         except requests.exceptions.SSLError as exc:
             raise RemoteError(f"TLS verification failed for {self}: {exc}") from exc
