@@ -13,10 +13,12 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import psycopg
 import requests
+from urllib3.exceptions import InsecureRequestWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -84,11 +86,12 @@ class Instance:
         self.env = instance_env(self.db_name, self.var_dir, **settings)
         self.port = None
         self.process = None
+        self.scheme = "http"
         admin_execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{template.name}"')
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def manage(self, *args, **kwargs):
         return manage(self.env, *args, **kwargs)
@@ -108,9 +111,18 @@ class Instance:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else None
 
-    def start(self, workers=2, extra_env=None):
+    def start(self, workers=2, extra_env=None, tls=None):
+        """Serve the instance; ``tls``: a ``trustme.CA`` that issues its certificate (for
+        its hostname), and HTTPS is served instead of HTTP."""
         self.port = free_port()
         env = dict(self.env, **(extra_env or {}))
+        tls_args = []
+        self.scheme = "https" if tls else "http"
+        if tls:
+            cert = tls.issue_cert(self.hostname)
+            cert.private_key_and_cert_chain_pem.write_to_path(str(self.var_dir / "tls.pem"))
+            tls_args = ["--certfile", str(self.var_dir / "tls.pem")]
+            tls_args += ["--keyfile", str(self.var_dir / "tls.pem")]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -127,6 +139,7 @@ class Instance:
                 "300",
                 "--log-level",
                 "warning",
+                *tls_args,
             ],
             env=env,
             cwd=ROOT,
@@ -137,7 +150,10 @@ class Instance:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
             try:
-                if requests.get(f"{self.url}/api/", timeout=10).status_code < 500:
+                # Only whether it answers: the certificate is for the hostname, not this URL.
+                with warnings.catch_warnings(action="ignore", category=InsecureRequestWarning):
+                    answer = requests.get(f"{self.url}/api/", timeout=10, verify=not tls)
+                if answer.status_code < 500:
                     return self
             except requests.RequestException:
                 pass
