@@ -720,6 +720,7 @@ def sync_in_subprocess(database):
         "DJANGO_LOG_LEVEL": "DEBUG",
         "DBSYNC_LOG_LEVEL": "DEBUG",
         "DBSYNC_WORK_DIR": str(settings.DBSYNC_WORK_DIR),
+        "DBSYNC_ALLOW_HTTP_CREDENTIALS": "1",  # the remote is plain HTTP on loopback
     }
     command = [sys.executable, str(ROOT / "manage.py"), "hcore_remotesyncdb"]
     done = subprocess.run(
@@ -747,6 +748,7 @@ def test_credentials_never_appear_in_logs_output_runs_or_errors(
     settings.DBSYNC_HTTP_RETRIES = 1
     settings.DBSYNC_HTTP_BACKOFF = 0.05
     settings.DEBUG = True  # Django logs every SQL statement, with its parameters
+    settings.DBSYNC_ALLOW_HTTP_CREDENTIALS = True  # the remote is plain HTTP on loopback
     for name in (None, "dbsync", "django", "urllib3"):
         caplog.set_level(logging.DEBUG, logger=name)
     remote = private_instance(make_instance, mode, hostname=f"{mode}.example.org")
