@@ -175,6 +175,14 @@ def test_the_limit_without_postgresql_is_kept_in_the_process(
     assert 1 < server.max_in_flight <= 3
 
 
+def test_slot_locks_stay_apart_from_the_sync_lock():
+    from dbsync.locking import LOCK_NAMESPACE
+    from dbsync.request_slots import MAX_SLOTS, SLOT_NAMESPACE
+
+    assert not SLOT_NAMESPACE <= LOCK_NAMESPACE < SLOT_NAMESPACE + MAX_SLOTS
+    assert SLOT_NAMESPACE + MAX_SLOTS < 2**31  # an int4 key
+
+
 def test_remotes_have_limits_of_their_own(server, remote, settings, tmp_path):
     settings.DBSYNC_MAX_REQUESTS_PER_REMOTE = 1
     other = Database.objects.create(
