@@ -190,10 +190,13 @@ DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 # --- dbsync: remote credentials and politeness (dbsync.secrets, dbsync.remote) ---
 # Fernet keys (comma-separated, newest first) that encrypt remotes' passwords and tokens
-# at rest; empty: keys derived from DJANGO_SECRET_KEY and DJANGO_SECRET_KEY_FALLBACKS.
+# at rest; keys derived from DJANGO_SECRET_KEY and DJANGO_SECRET_KEY_FALLBACKS follow
+# them (decrypting only), or are the keys when this is empty. After adding a key:
+# manage.py dbsync_rotatesecrets (docs/credentials.md).
 DBSYNC_SECRET_KEYS = env_list("DBSYNC_SECRET_KEYS")
 # A password or token is sent over HTTPS only; this allows plain HTTP to a loopback
-# address too (development and tests), never to any other host.
+# IP address too (a remote's registered IP, e.g. 127.0.0.1: development and tests),
+# never to any other host.
 DBSYNC_ALLOW_HTTP_CREDENTIALS = env_bool("DBSYNC_ALLOW_HTTP_CREDENTIALS", False)
 # A CA bundle (PEM) to verify remotes' certificates with; empty: the system's (certifi).
 DBSYNC_CA_BUNDLE = env_str("DBSYNC_CA_BUNDLE", "")
