@@ -63,4 +63,8 @@ class HealthCheckMiddleware:
             status=200 if healthy else 503,
         )
         response["Cache-Control"] = "no-store"
+        # Each failed check is logged above as a WARNING. Django would log the 503 itself
+        # at ERROR, which mails DJANGO_ADMINS: every 30 s, from each healthcheck, for as
+        # long as the broker or the database is down.
+        response._has_been_logged = True
         return response
