@@ -7,26 +7,32 @@ is closed (``request_slot``). Where the slots live:
 - PostgreSQL: a slot is a session advisory lock, ``(SLOT_NAMESPACE + slot, remote
   pk)``, so every process on every host that shares the database sees it, and the
   server frees it when the holder's session ends (a process killed with ``kill -9``
-  frees its slots at once; there is no expiry to tune). The locks are taken on one
-  connection per process of their own, in autocommit, never on a thread's Django
-  connection: the install holds that one in a long transaction, and a slot must not
-  live or die with it. Session advisory locks stack within a session, so the process
-  keeps the list of the slots it holds and asks the server only for the others.
+  frees its slots at once; there is no expiry to tune). The locks are taken on
+  connections of their own, in autocommit, never on a thread's Django connection: the
+  install holds that one in a long transaction, and a slot must not live or die with
+  it. A holder keeps its connection until it gives the slot back; idle ones are kept
+  in a small pool of the process.
 - SQLite (the embedded default: one process): a slot is counted in this process only.
 
-A request that finds every slot taken waits (polling the server with a short backoff;
-a slot freed in this process wakes it at once) for at most
-DBSYNC_REQUEST_SLOT_WAIT_SECONDS, then fails with SlotTimeout. A limit of 0 or less
-means no limit.
+Slots go in the order they were asked for, across processes too: a process whose
+threads ask again and again must not keep the slots from another process's requests
+(which would wait until they fail). On PostgreSQL, a request first queues for the
+remote's *gate*, a transaction-level advisory lock that the server grants in order;
+the gate's holder takes the first free slot (asking again every few milliseconds while
+all are taken) and lets the gate go. In the process, a freed slot is handed to the
+thread that waited longest.
+
+A request waits at most DBSYNC_REQUEST_SLOT_WAIT_SECONDS for its slot, then fails with
+SlotTimeout. A limit of 0 or less means no limit.
 """
 
 import atexit
 import logging
 import os
-import random
 import threading
 import time
 import zlib
+from collections import deque
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -36,13 +42,16 @@ from .errors import RemoteError
 
 logger = logging.getLogger(__name__)
 
-# The first key of a slot's advisory lock is SLOT_NAMESPACE + slot; its low 16 bits are
-# zero, so slots 0..MAX_SLOTS-1 stay apart from other keys of this database (the sync
-# lock of dbsync.locking uses the pair (LOCK_NAMESPACE, remote pk)).
+# The first key of a slot's advisory lock is SLOT_NAMESPACE + slot, and of the remote's
+# gate SLOT_NAMESPACE + MAX_SLOTS. The low 16 bits of SLOT_NAMESPACE are zero: these keys
+# stay apart from the others of this database (the sync lock of dbsync.locking is the
+# pair (LOCK_NAMESPACE, remote pk)).
 SLOT_NAMESPACE = zlib.crc32(b"dbsync.request-slot") & 0x7FFF0000
 MAX_SLOTS = 0xFFFF
-FIRST_POLL = 0.005  # seconds; doubled up to LAST_POLL while the slots are held elsewhere
-LAST_POLL = 0.1
+GATE = SLOT_NAMESPACE + MAX_SLOTS
+FIRST_POLL = 0.002  # seconds; doubled up to LAST_POLL while every slot is taken
+LAST_POLL = 0.025
+IDLE_CONNECTIONS = 8  # kept open per process for the next requests
 
 
 class SlotTimeout(RemoteError):
@@ -71,11 +80,21 @@ def request_slot(database):
         return
     key = remote_key(database)
     wait = settings.DBSYNC_REQUEST_SLOT_WAIT_SECONDS
-    slot = _state.acquire(key, n, wait, database)
+    backend = _backend()
     try:
-        yield slot
+        held = backend.acquire(key, n, time.monotonic() + wait)
+    except _Waited:
+        raise SlotTimeout(
+            f"{database}: all {n} request slots of this remote stayed taken for {wait:g} s "
+            f"(DBSYNC_MAX_REQUESTS_PER_REMOTE={n}, DBSYNC_REQUEST_SLOT_WAIT_SECONDS="
+            f"{wait:g}): other requests to it (of this sync or others) are still in "
+            f"flight. Raise the wait, or sync it less at once (fewer runs, threads or "
+            f"workers)."
+        ) from None
+    try:
+        yield held
     finally:
-        _state.release(key, slot)
+        backend.release(key, n, held)
 
 
 def remote_key(database):
@@ -89,151 +108,183 @@ def remote_key(database):
 
 
 def close():
-    """Close this process's slot connection (its slots must be released already): e.g.
-    before the database is dropped, which an open session would prevent."""
-    if _state.backend is not None:
-        _state.backend.close()
+    """Close this process's idle slot connections: e.g. before the database is dropped,
+    which an open session would prevent."""
+    if _state["backend"] is not None:
+        _state["backend"].close()
 
 
-# --- where the slots live ---------------------------------------------------------------------
+class _Waited(Exception):
+    """The deadline passed without a slot."""
 
 
-class _LocalSlots:
-    """One process: the slots this process holds are all there is."""
-
-    def take(self, key, free):
-        return free[0]
-
-    def give_back(self, key, slot):
-        pass
-
-    def close(self):
-        pass
+# --- PostgreSQL -------------------------------------------------------------------------------
 
 
 class _PostgresSlots:
-    """Session advisory locks on this process's own connection (see the module's doc)."""
-
     def __init__(self):
-        self.conn = None
-        self.mutex = threading.Lock()  # one statement at a time on the shared connection
+        self.idle = []
+        self.mutex = threading.Lock()
 
-    def _connection(self):
-        if self.conn is None or self.conn.closed:
-            import psycopg
+    def _connect(self):
+        import psycopg
 
-            params = connections["default"].get_connection_params()
-            # Django's cursor class and type adapters are for its own use: plain psycopg.
-            params.pop("cursor_factory", None)
-            params.pop("context", None)
-            params.setdefault("connect_timeout", 10)
-            params.setdefault("application_name", "dbsync request slots")
-            self.conn = psycopg.connect(**params, autocommit=True)
-        return self.conn
+        params = connections["default"].get_connection_params()
+        # Django's cursor class and type adapters are for its own use: plain psycopg.
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params.setdefault("connect_timeout", 10)
+        params.setdefault("application_name", "dbsync request slots")
+        return psycopg.connect(**params, autocommit=True)
 
-    def _execute(self, sql, params):
+    def _checkout(self):
         with self.mutex:
-            try:
-                return self._connection().execute(sql, params).fetchone()[0]
-            except Exception:
-                # A broken session has lost its locks anyway; the next call reconnects.
-                self._drop()
-                raise
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    return conn
+        return self._connect()
 
-    def take(self, key, free):
-        """Try the free slots in turn, in one round trip: CASE stops at the first lock
-        it gets (unlike a WHERE over a set, which may try more than it returns)."""
-        cases = " ".join(
-            "WHEN pg_try_advisory_lock(%s::int4, %s::int4) THEN %s::int4" for _ in free
-        )
-        params = [value for slot in free for value in (SLOT_NAMESPACE + slot, key, slot)]
-        return self._execute(f"SELECT CASE {cases} ELSE NULL END", params)
+    def _checkin(self, conn):
+        from psycopg.pq import TransactionStatus
 
-    def give_back(self, key, slot):
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+            with self.mutex:
+                if len(self.idle) < IDLE_CONNECTIONS:
+                    self.idle.append(conn)
+                    return
+        conn.close()
+
+    def acquire(self, key, n, deadline):
+        """(connection, slot): the connection holds the slot's lock until released."""
+        import psycopg
+
+        conn = self._checkout()
         try:
-            self._execute(
+            slot = self._take(conn, key, n, deadline)
+        except psycopg.errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            self._checkin(conn)
+            raise _Waited from None
+        except _Waited:
+            conn.execute("ROLLBACK")
+            self._checkin(conn)
+            raise
+        except BaseException:
+            conn.close()  # a session in an unknown state: its locks go with it
+            raise
+        return conn, slot
+
+    def _take(self, conn, key, n, deadline):
+        # The first free slot, in one round trip: CASE stops at the first lock it gets
+        # (unlike a WHERE over a set, which may try more than it returns).
+        cases = " ".join(
+            "WHEN pg_try_advisory_lock(%s::int4, %s::int4) THEN %s::int4" for _ in range(n)
+        )
+        try_slots = f"SELECT CASE {cases} ELSE NULL END"
+        params = [value for slot in range(n) for value in (SLOT_NAMESPACE + slot, key, slot)]
+        milliseconds = max(1, int((deadline - time.monotonic()) * 1000))  # 0: no timeout
+        # Queue for the gate (granted in order; freed by the COMMIT or ROLLBACK), then
+        # try the slots: one round trip.
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])
+            conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", [GATE, key])
+            cursor = conn.execute(try_slots, params)
+        slot = cursor.fetchone()[0]
+        poll = FIRST_POLL
+        while slot is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Waited
+            time.sleep(min(poll, remaining))
+            poll = min(poll * 2, LAST_POLL)
+            slot = conn.execute(try_slots, params).fetchone()[0]
+        conn.execute("COMMIT")  # lets the gate go; the slot's lock is the session's
+        return slot
+
+    def release(self, key, n, held):
+        conn, slot = held
+        try:
+            conn.execute(
                 "SELECT pg_advisory_unlock(%s::int4, %s::int4)", [SLOT_NAMESPACE + slot, key]
             )
-        except Exception as exc:  # noqa: BLE001 - the session, and its locks, are gone
+        except Exception as exc:  # noqa: BLE001 - the session, and its lock, are gone
             logger.warning("Request slot %s of remote %s: unlock failed (%s)", slot, key, exc)
-
-    def _drop(self):
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken connection
-                pass
+            conn.close()
+            return
+        self._checkin(conn)
 
     def close(self):
         with self.mutex:
-            self._drop()
+            idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
 
 
-class _State:
-    """The slots this process holds, and the backend that shares them with the others."""
+# --- one process ------------------------------------------------------------------------------
+
+
+class _LocalSlots:
+    """Counted in this process; a freed slot goes to the thread that waited longest."""
 
     def __init__(self):
-        self.cond = threading.Condition()
-        self.held = {}  # remote key -> set of slots held by this process
-        self.backend = None
+        self.mutex = threading.Lock()
+        self.free = {}  # (key, n) -> slots free
+        self.waiting = {}  # (key, n) -> deque of waiters, longest first
 
-    def _backend(self):
-        if self.backend is None:
-            vendor = connections["default"].vendor
-            self.backend = _PostgresSlots() if vendor == "postgresql" else _LocalSlots()
-        return self.backend
+    def acquire(self, key, n, deadline):
+        with self.mutex:
+            free = self.free.setdefault((key, n), n)
+            queue = self.waiting.setdefault((key, n), deque())
+            if free and not queue:
+                self.free[(key, n)] = free - 1
+                return None
+            waiter = threading.Event()
+            queue.append(waiter)
+        if waiter.wait(max(0.0, deadline - time.monotonic())):
+            return None
+        with self.mutex:
+            if waiter.is_set():  # handed a slot as the wait ended
+                return None
+            queue.remove(waiter)
+        raise _Waited
 
-    def acquire(self, key, n, wait, database):
-        deadline = time.monotonic() + wait
-        poll = FIRST_POLL
-        with self.cond:
-            backend = self._backend()
-            while True:
-                held = self.held.setdefault(key, set())
-                free = [slot for slot in range(n) if slot not in held]
-                pause = None  # all N held here: a release in this process wakes us
-                if free:
-                    slot = backend.take(key, free)
-                    if slot is not None:
-                        held.add(slot)
-                        return slot
-                    # Held by other processes: ask again soon, a little later each time,
-                    # jittered so that waiting processes do not ask in step.
-                    pause = poll * random.uniform(0.5, 1.0)
-                    poll = min(poll * 2, LAST_POLL)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SlotTimeout(
-                        f"{database}: all {n} request slots of this remote stayed taken for "
-                        f"{wait:g} s (DBSYNC_MAX_REQUESTS_PER_REMOTE={n}, "
-                        f"DBSYNC_REQUEST_SLOT_WAIT_SECONDS={wait:g}): other requests to it (of "
-                        f"this sync or others) are still in flight. Raise the wait, or sync "
-                        f"it less at once (fewer runs, threads or workers)."
-                    )
-                self.cond.wait(remaining if pause is None else min(pause, remaining))
+    def release(self, key, n, held):
+        with self.mutex:
+            queue = self.waiting.get((key, n))
+            if queue:
+                queue.popleft().set()  # the slot passes to it directly
+            else:
+                self.free[(key, n)] += 1
 
-    def release(self, key, slot):
-        with self.cond:
-            try:
-                self._backend().give_back(key, slot)
-            finally:
-                self.held.get(key, set()).discard(slot)
-                self.cond.notify_all()
+    def close(self):
+        pass
 
 
-_state = _State()
+_state = {"backend": None}
+_backend_lock = threading.Lock()
 _inherited = []
 
 
+def _backend():
+    with _backend_lock:
+        if _state["backend"] is None:
+            vendor = connections["default"].vendor
+            _state["backend"] = _PostgresSlots() if vendor == "postgresql" else _LocalSlots()
+        return _state["backend"]
+
+
 def _after_fork():
-    """A forked child (a Celery worker) starts with no slots and no connection: its
-    parent's session and locks are its parent's. The parent's connection object is
-    kept, unused and unclosed, so that its cleanup never touches that session."""
-    global _state
-    if isinstance(_state.backend, _PostgresSlots) and _state.backend.conn is not None:
-        _inherited.append(_state.backend.conn)
-    _state = _State()
+    """A forked child (a Celery worker) starts with no slots and no connections: its
+    parent's sessions and locks are its parent's. The parent's connection objects are
+    kept, unused and unclosed, so that their cleanup never touches those sessions."""
+    global _backend_lock
+    backend = _state["backend"]
+    if isinstance(backend, _PostgresSlots):
+        _inherited.extend(backend.idle)
+    _state["backend"] = None
+    _backend_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -166,9 +166,7 @@ def test_the_limit_without_postgresql_is_kept_in_the_process(
     server, remote, settings, monkeypatch, tmp_path
 ):
     """On SQLite (one process) the slots are counted in the process alone."""
-    state = request_slots._State()
-    state.backend = request_slots._LocalSlots()
-    monkeypatch.setattr(request_slots, "_state", state)
+    monkeypatch.setitem(request_slots._state, "backend", request_slots._LocalSlots())
     settings.DBSYNC_MAX_REQUESTS_PER_REMOTE = 3
     fetch_in_threads(remote, threads=8, requests_each=3, tmp_path=tmp_path)
     assert server.total == 24
@@ -242,7 +240,7 @@ sys.exit(1 if errors else 0)
 """
 
 
-def start_child(remote, mode, sync_dir, limit, threads=0, requests_each=0):
+def start_child(remote, mode, sync_dir, limit, threads=0, requests_each=0, wait=60):
     """A separate process of the aggregator (its own Django, on the test database)."""
     db = connection.settings_dict
     url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
@@ -252,6 +250,7 @@ def start_child(remote, mode, sync_dir, limit, threads=0, requests_each=0):
         DJANGO_DEBUG="1",
         DBSYNC_VAR_DIR=str(sync_dir),
         DBSYNC_MAX_REQUESTS_PER_REMOTE=str(limit),
+        DBSYNC_REQUEST_SLOT_WAIT_SECONDS=str(wait),
     )
     code = CHILD.format(
         pk=remote.pk,
@@ -320,6 +319,40 @@ def test_processes_share_the_limit(server, remote, settings, sync_dir, children)
         by_pid[pid] = (min(first, arrival), max(last, end))
     assert len(by_pid) == 3
     assert max(first for first, _ in by_pid.values()) < min(last for _, last in by_pid.values())
+
+
+def test_a_busy_process_does_not_starve_another(server, remote, settings, sync_dir, children):
+    """Slots go in the order they were asked for: threads here that ask again the
+    moment they give one back do not keep the only slot from another process."""
+    settings.DBSYNC_MAX_REQUESTS_PER_REMOTE = 1
+    stop = threading.Event()
+    errors = []
+
+    def hog():
+        client = RemoteClient(remote, retries=0)
+        try:
+            while not stop.is_set():
+                client.get_json("/slow/")
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    hogs = [threading.Thread(target=hog) for _ in range(4)]
+    for thread in hogs:
+        thread.start()
+    try:
+        # One request, which may wait 3 s: in turn, it waits for about 4 of 0.15 s.
+        child = start_child(remote, "fetch", sync_dir, limit=1, threads=1, requests_each=1, wait=3)
+        children.append(child)
+        wait_for_files(sync_dir, "ready", 1, children)
+        (sync_dir / "go").touch()
+        out, _ = child.communicate(timeout=60)
+    finally:
+        stop.set()
+        for thread in hogs:
+            thread.join(timeout=30)
+    assert child.returncode == 0, out
+    assert not errors, errors
+    assert server.max_in_flight == 1
 
 
 def test_a_killed_holder_frees_its_slot_and_waiting_is_bounded(
