@@ -79,9 +79,10 @@ def threaded(threads, count):
 
 
 def run(backend, count):
-    request_slots._state = request_slots._State()
-    if backend == "local":
-        request_slots._state.backend = request_slots._LocalSlots()
+    request_slots.close()
+    request_slots._state["backend"] = (
+        request_slots._LocalSlots() if backend == "local" else request_slots._PostgresSlots()
+    )
     timed(10)  # connect first: the connection is made once per process
     report(f"{backend}: 1 thread, limit 4", timed(count))
     for threads, limit in ((4, 4), (8, 4), (8, 1)):
