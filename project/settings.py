@@ -1,7 +1,7 @@
 """Settings for a dbsync / Enhydris instance, read from the environment.
 
 Every setting that differs between machines comes from an environment variable
-(README.md, "Settings", lists them all). With none set, the instance runs on a
+(docs/settings.md lists them all). With none set, the instance runs on a
 SQLite file in ``var/`` with an in-process sync, so a fresh checkout needs no
 services.
 """

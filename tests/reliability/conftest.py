@@ -10,7 +10,7 @@ status or run status, the message.
 At the end of the run, one line per category: scenarios run, survived (passed), and
 data lost: the scenarios in which ``integrity`` found the local database changed when
 it had to be left as it was. The same figures are written as JSON to
-``$DBSYNC_RELIABILITY_REPORT`` when that is set (the README's table comes from it).
+``$DBSYNC_RELIABILITY_REPORT`` when that is set (docs/reliability.md's table comes from it).
 """
 
 import json

@@ -29,7 +29,8 @@ class Command(BaseCommand):
             "--port",
             type=int,
             default=None,
-            help="Specify custom port. Default is the remote's registered port (80 unless set).",
+            help="Specify custom port. Default: the remote's registered port. The remote's "
+            "stored secrets are never sent to another port.",
         )
         parser.add_argument(
             "-a", "--app", default="hcore", help="Application which should be synced (hcore)."
