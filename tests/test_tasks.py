@@ -14,12 +14,12 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from dbsync import queues, schedules, service, storage
-from dbsync.errors import AlreadyRunning
-from dbsync.locking import keep_alive
+from dbsync.engine.errors import AlreadyRunning
+from dbsync.engine.result import DATA_LABELS
 from dbsync.models import SyncRun
-from dbsync.result import DATA_LABELS
-from dbsync.tasks import fetch_dump, install_run, sync_remote
+from dbsync.runs import queues, schedules, service, storage
+from dbsync.runs.locking import keep_alive
+from dbsync.runs.tasks import fetch_dump, install_run, sync_remote
 from hcore.models import Gentity, Station
 from tests.celery_helpers import (
     FAST_RETRIES,
@@ -149,7 +149,7 @@ def test_delay_installs_the_same_graph_as_the_command(remote, workers, storage_r
     assert "Successfully installed" in run.message
     station = run.model_counts["hcore.station"]
     assert station["created"] == station["fetched"] == Station.objects.count() > 0
-    # records and files are counted apart from the models (dbsync.result.DATA_LABELS)
+    # records and files are counted apart from the models (dbsync.engine.result.DATA_LABELS)
     assert set(run.model_counts) - DATA_LABELS == set(run.fetch_plan["entries"])
     # every model was fetched by its own task, the dumps went through the storage
     # with a checksum, and were removed after the install

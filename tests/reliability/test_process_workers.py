@@ -24,9 +24,9 @@ from django.db import connection
 from django.utils import timezone
 from kombu import pools
 
-from dbsync import queues, service, storage
 from dbsync.models import SyncRun
-from dbsync.tasks import fetch_dump, install_run, sync_remote
+from dbsync.runs import queues, service, storage
+from dbsync.runs.tasks import fetch_dump, install_run, sync_remote
 from project.celery import app
 from tests import test_tasks
 from tests.celery_helpers import FAST_RETRIES, Cluster, WorkerSpec, use_test_broker

@@ -4,7 +4,7 @@ import json
 import logging
 from pathlib import Path
 
-from api.schema import fingerprint
+from protocol.schema import fingerprint
 
 from .dumps import dump_name
 from .errors import PayloadError, SchemaMismatch

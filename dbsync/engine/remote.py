@@ -20,7 +20,8 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from dbsync import __version__
+
 from .errors import PayloadError, RemoteError, TransientRemoteError
 from .request_slots import request_slot
 
@@ -123,7 +124,7 @@ class RemoteClient:
     def _attempts(self, what, func):
         """Call ``func`` until it succeeds, retrying transient failures.
 
-        Each call holds one of the remote's request slots (dbsync.request_slots) from
+        Each call holds one of the remote's request slots (dbsync.engine.request_slots) from
         the request until its response is closed; the pause before a retry holds none.
         """
         attempt = 0

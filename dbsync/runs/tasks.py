@@ -1,11 +1,11 @@
-"""The Celery pipeline of a sync: thin tasks around ``dbsync.service``.
+"""The Celery pipeline of a sync: thin tasks around ``dbsync.runs.service``.
 
     sync_remote(database_id)          claim the remote (or record a refusal)
       -> start_run(run_id)            manifest, schema check, full or incremental
         -> chord(fetch_dump(run_id, model, kind) per model [+ key listings],
                  install_run(run_id)) with run_failed as its error callback
 
-Arguments are ids and plain values; dumps travel through ``dbsync.storage``, only
+Arguments are ids and plain values; dumps travel through ``dbsync.runs.storage``, only
 their metadata through the result backend. The decorators hold the delivery
 policy: a fetch retries transient HTTP failures itself and may run twice (it
 overwrites its own dump); an install may be redelivered after its worker died (its
@@ -21,9 +21,10 @@ from celery.exceptions import Retry
 from celery.utils import uuid
 from django.conf import settings
 
+from dbsync.engine.errors import AlreadyRunning, RemoteError, SyncError, TransientRemoteError
+from dbsync.models import Database, SyncRun
+
 from . import service
-from .errors import AlreadyRunning, RemoteError, SyncError, TransientRemoteError
-from .models import Database, SyncRun
 
 logger = logging.getLogger(__name__)
 

@@ -63,13 +63,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone as django_timezone
 
+from dbsync.models import Database
 from hcore.models import Record, RecordsSyncState, Timeseries
 
 from .dumps import listing_entries
 from .errors import PayloadError
 from .fetch import _check_path
 from .keysets import KeySet
-from .models import Database
 from .result import RECORDS_LABEL, ObjectProblem
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ A sync is: plan the models -> claim the remote (a run record, under its lock) ->
 plan the fetch (manifest, schema check, full or incremental) -> fetch each model's
 dump -> back up -> install everything in one transaction with the new cursor ->
 record the result. The command does it all in one process (``run_sync``); the
-Celery pipeline (``dbsync.tasks``) does the same steps with the same functions,
-fetching in parallel tasks that hand their dumps over through ``dbsync.storage``:
+Celery pipeline (``dbsync.runs.tasks``) does the same steps with the same functions,
+fetching in parallel tasks that hand their dumps over through ``dbsync.runs.storage``:
 
     claim_run -> plan_run -> fetch_for_run (one per model) -> install_for_run
 """
@@ -25,26 +25,27 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from . import notify, storage
-from .backup import take_backup
-from .dumps import dump_name, read_key_set
-from .errors import AlreadyRunning, DanglingReferences, SyncError
-from .fetch import (
+from dbsync.engine.backup import take_backup
+from dbsync.engine.dumps import dump_name, read_key_set
+from dbsync.engine.errors import AlreadyRunning, DanglingReferences, SyncError
+from dbsync.engine.fetch import (
     check_manifest,
     fetch_keys,
     fetch_model,
     make_refetcher,
     write_fetch_record,
 )
-from .files import sync_files
-from .install import Installer
+from dbsync.engine.files import sync_files
+from dbsync.engine.install import Installer
+from dbsync.engine.planner import label, make_plan
+from dbsync.engine.records import SummaryPrefetch, sync_records
+from dbsync.engine.remote import RemoteClient
+from dbsync.engine.result import SyncResult
+from dbsync.engine.workdir import load_for_resume, work_dir_for
+from dbsync.models import SyncRun
+
+from . import notify, storage
 from .locking import LockBusy, claim, keep_alive, lock_or_refuse, mark_interrupted, remote_lock
-from .models import SyncRun
-from .planner import label, make_plan
-from .records import SummaryPrefetch, sync_records
-from .remote import RemoteClient
-from .result import SyncResult
-from .workdir import load_for_resume, work_dir_for
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from django.db import connection, models
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from api.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
+from protocol.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
 
 from .convert import converter_for
 from .dumps import MAX_PK, iter_objects
@@ -131,7 +131,7 @@ class ModelSpec:
             if f.is_relation and f.related_model._meta.app_label == "auth"
         }
         # A file field's value is a name in the remote's storage, meaningless here:
-        # dbsync.files fetches the file and sets the name. New rows start without one.
+        # dbsync.engine.files fetches the file and sets the name. New rows start without one.
         self.file_columns = {f.column for f in self.fields if isinstance(f, models.FileField)}
         self.parent_labels = [label(p) for p in model._meta.get_parent_list()]
         self.planned_m2m = [f for f in self.m2m if f.related_model in planned]
@@ -194,7 +194,7 @@ class Installer:
         self.vendor = connection.vendor
         self.now = timezone.now()
         # Key maps (root label -> remote pk -> local pk): the objects installed before
-        # this run, and those first seen in it. Compact: see dbsync.keysets.
+        # this run, and those first seen in it. Compact: see dbsync.engine.keysets.
         self.loaded = {}
         self.allocated = defaultdict(KeyMap)
         self.pools = defaultdict(list)  # root label -> allocated local pks not yet used
@@ -868,7 +868,7 @@ class Installer:
 
 def without_file_name(convert):
     """A file field's converter that checks the remote's value and keeps nothing of it:
-    a name in the remote's storage means nothing here (``dbsync.files`` sets ours)."""
+    a name in the remote's storage means nothing here (``dbsync.engine.files`` sets ours)."""
 
     def convert_file(value):
         convert(value)
