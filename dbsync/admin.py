@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from .engine.errors import AlreadyRunning, SyncError
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import service
+from .runs import tasks
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -72,7 +72,7 @@ def start_sync(database, started_by=""):
     is a message, not an exception.
     """
     try:
-        service.enqueue_sync(database, trigger="admin", started_by=started_by)
+        tasks.enqueue_sync(database, trigger="admin", started_by=started_by)
     except AlreadyRunning as exc:
         return messages.WARNING, f"Not syncing {database}: {exc}"
     except SyncError as exc:

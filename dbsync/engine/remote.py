@@ -351,3 +351,15 @@ def _ends_with_bracket(path):
         size = fh.tell()
         fh.seek(max(0, size - 64))
         return fh.read().rstrip().endswith(b"]")
+
+
+def check_api_path(path, remote):
+    """Refuse a path of the remote's manifest that is not a path on the remote itself:
+    a hostile manifest must not send us (and our credentials) elsewhere."""
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.startswith("//")
+        or ("://" in path)
+    ):
+        raise PayloadError(f"{remote}: the manifest names an invalid API path {path!r:.100}")

@@ -5,8 +5,9 @@ from django.db.models import Q
 
 from dbsync.engine.errors import SyncError
 from dbsync.engine.install import validate_max_delete
+from dbsync.engine.sync import SyncOptions
 from dbsync.models import Database
-from dbsync.runs.service import SyncOptions, run_sync
+from dbsync.runs.service import run_sync
 
 
 class Command(BaseCommand):
