@@ -31,7 +31,7 @@ from django.db.models import Field
 from django.db.models.base import ModelState
 from django.utils.encoding import is_protected_type
 
-from .schema import served_fields, served_m2m_fields
+from protocol.schema import served_fields, served_m2m_fields
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.http import FileResponse, HttpResponse
 
 from hcore.models import GentityFile
+from protocol.formats import MAX_KEY
 
 from .dumps import OBJECT_ENCODER
 from .errors import ApiError
-from .params import MAX_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
+from protocol.formats import MAX_KEY
+
 from .errors import ApiError
 
 DUMP_PARAMETERS = ("modified_after", "pks", "after", "limit")
 INTEGER = re.compile(r"-?[0-9]{1,19}")
-# Primary keys are PostgreSQL bigints; a larger number could only fail in the query.
-MAX_KEY = 2**63 - 1
 # An unescaped "+" in a query string arrives as a space: "...00 00:00" means "+00:00".
 SPACED_OFFSET = re.compile(r"^(?P<local>.*[0-9]) (?P<offset>[0-9]{2}(:?[0-9]{2})?)$")
 

@@ -73,9 +73,17 @@ from django.db import connection, transaction
 from django.utils.dateparse import parse_date
 
 from hcore.models import Record, RecordsSummary, Timeseries
+from protocol.formats import (
+    EPOCH,
+    MAX_KEY,
+    SERIES_HEADER,
+    SERIES_NOT_FOUND,
+    SERIES_TRAILER,
+    format_checksum,
+)
 
 from .errors import ApiError
-from .params import MAX_KEY, in_utc, parse_iso_datetime
+from .params import in_utc, parse_iso_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +91,15 @@ RECORDS_PARAMETERS = ("start_date", "end_date")
 SUMMARY_PARAMETERS = ("changed_after",)
 BATCH_PARAMETERS = ("series",)
 BATCH_ITEM = re.compile(r"(?P<pk>[0-9]{1,19})(:(?P<after>-?[0-9]{1,19}))?")
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Nonzero, so that a missing value (NULL, hashed as 0) and 0.0 hash differently.
 HASH_SEED = 1
-MODULUS = 2**64
 CHUNK_ROWS = 5_000
 SUMMARY_PAGE_ROWS = 50_000  # series read from the database a query
 SEND_BYTES = 1 << 16
 TEXTS_A_FETCH = 10  # series: the text of one may be large
-TRAILER = "# end count={count} checksum={checksum} utc_offset={utc_offset}\n"
 TABLE = Record._meta.db_table
 SPECIAL_FLOATS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 RECORD_HASH_SQL = f'hash_record_extended(row("timestamp", value, flags), {HASH_SEED})'
-
-
-def format_checksum(total):
-    return format(int(total) % MODULUS, "016x")
 
 
 def zone_of(offset_minutes):
@@ -240,10 +241,10 @@ def stream_blocks(items, offsets, headers):
             buffer = bytearray()
             for pk, start, end in items:
                 if pk not in offsets:
-                    buffer += f"# timeseries {pk} not found\n".encode()
+                    buffer += SERIES_NOT_FOUND.format(pk=pk).encode()
                     continue
                 if headers:
-                    buffer += f"# timeseries {pk} utc_offset={offsets[pk]}\n".encode()
+                    buffer += SERIES_HEADER.format(pk=pk, utc_offset=offsets[pk]).encode()
                 yield from python_block(pk, offsets[pk], start, end, buffer)
             yield bytes(buffer)
     except Exception:
@@ -319,10 +320,10 @@ def postgresql_blocks(cursor, items, offsets, headers):
     buffer = bytearray()
     for pk, _start, _end in items:
         if pk not in offsets:
-            buffer += f"# timeseries {pk} not found\n".encode()
+            buffer += SERIES_NOT_FOUND.format(pk=pk).encode()
             continue
         if headers:
-            buffer += f"# timeseries {pk} utc_offset={offsets[pk]}\n".encode()
+            buffer += SERIES_HEADER.format(pk=pk, utc_offset=offsets[pk]).encode()
         count, total, text = texts.pop(pk, (0, 0, ""))
         buffer += text.encode()
         buffer += trailer(count, format_checksum(total), offsets[pk])
@@ -333,7 +334,7 @@ def postgresql_blocks(cursor, items, offsets, headers):
 
 
 def trailer(count, checksum, utc_offset):
-    return TRAILER.format(count=count, checksum=checksum, utc_offset=utc_offset).encode()
+    return SERIES_TRAILER.format(count=count, checksum=checksum, utc_offset=utc_offset).encode()
 
 
 def format_float(value):
@@ -448,7 +449,7 @@ def summary_rows_postgresql(changed_after=None):
         where = "AND (m.changed > %s OR m.changed IS NULL) "
         params = [changed_after]
     # A page a query, by pk: psycopg holds a query's whole result in memory, and a
-    # remote may have millions of series (2 M took the server to 322 MB in one query).
+    # remote may have millions of series.
     last = 0  # primary keys are positive
     with connection.cursor() as cursor:
         while True:

@@ -15,11 +15,18 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from protocol.schema import (
+    describe_model,
+    fingerprint,
+    get_served_model,
+    served_apps,
+    served_models,
+)
+
 from . import dumps, files, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
 from .params import check_parameters, parse_dump_query, parse_modified_after
-from .schema import describe_model, fingerprint, get_served_model, served_apps, served_models
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What a request slot (dbsync.request_slots) costs a request: the time to take and
+"""What a request slot (dbsync.engine.request_slots) costs a request: the time to take and
 give back one, over 1,000 of them, on the database of DATABASE_URL (PostgreSQL: an
 advisory lock and unlock, a round trip each) and counted in the process alone (what
 SQLite gets). No table is touched: any existing PostgreSQL database will do.
@@ -32,7 +32,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.db import connections  # noqa: E402
 
-from dbsync import request_slots  # noqa: E402
+from dbsync.engine import request_slots  # noqa: E402
 from dbsync.models import Database  # noqa: E402
 
 REMOTE = Database(pk=2_000_000_000, name="benchmark", hostname="benchmark.invalid")

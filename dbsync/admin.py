@@ -24,11 +24,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
-from . import service
-from .errors import AlreadyRunning, SyncError
-from .freshness import NEVER, OVERDUE, freshness
+from .engine.errors import AlreadyRunning, SyncError
+from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .result import COUNT_KEYS
+from .runs import tasks
+from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
 
@@ -72,7 +72,7 @@ def start_sync(database, started_by=""):
     is a message, not an exception.
     """
     try:
-        service.enqueue_sync(database, trigger="admin", started_by=started_by)
+        tasks.enqueue_sync(database, trigger="admin", started_by=started_by)
     except AlreadyRunning as exc:
         return messages.WARNING, f"Not syncing {database}: {exc}"
     except SyncError as exc:
@@ -278,7 +278,7 @@ class DatabaseAdmin(admin.ModelAdmin):
 
     @admin.display(description="freshness")
     def fresh(self, obj):
-        """As ``manage.py dbsync_status`` judges it (dbsync.freshness)."""
+        """As ``manage.py dbsync_status`` judges it (dbsync.runs.freshness)."""
         last_run = SyncRun(status=obj.last_run_state) if obj.last_run_state else None
         state = freshness(obj, last_run=last_run).state
         if state in (OVERDUE, NEVER):

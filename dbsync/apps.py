@@ -8,7 +8,7 @@ class DbsyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import schedules
+        from .runs import schedules
 
         database = self.get_model("Database")
         post_save.connect(schedules.on_save, sender=database, dispatch_uid="dbsync-schedule")

@@ -469,7 +469,7 @@ class SyncRun(models.Model):
 
     def totals(self):
         """Of the objects; records and files are in ``model_counts`` on their own."""
-        from .result import DATA_LABELS
+        from .engine.result import DATA_LABELS
 
         keys = ("fetched", "created", "updated", "deleted", "unchanged", "skipped")
         counts = [c for label, c in self.model_counts.items() if label not in DATA_LABELS]

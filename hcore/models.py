@@ -445,7 +445,7 @@ class Record(models.Model):
     index serves the range reads of a series and the appends at its end, and no
     surrogate key (8 bytes a row, and a second index) is needed. Records are not
     served or synced as a model but through their own endpoints (``api.records``)
-    and ``dbsync.records``.
+    and ``dbsync.engine.records``.
     """
 
     pk = models.CompositePrimaryKey("timeseries", "timestamp")

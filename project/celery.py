@@ -13,3 +13,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# dbsync's tasks live with the rest of its runs (dbsync/runs/tasks.py), not in
+# dbsync/tasks.py where the default looks; their names are still dbsync.tasks.*.
+app.autodiscover_tasks(["dbsync.runs"])

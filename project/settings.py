@@ -185,10 +185,10 @@ DBSYNC_MAX_RESPONSE_BYTES = env_int("DBSYNC_MAX_RESPONSE_BYTES", 2 * 1024**3)
 DBSYNC_MAX_OBJECT_BYTES = env_int("DBSYNC_MAX_OBJECT_BYTES", 64 * 1024**2)
 DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
 # Check the foreign keys of a sync's new rows with one query per key instead of a
-# trigger per row (needs the right to set session_replication_role; see dbsync.keychecks).
+# trigger per row (needs the right to set session_replication_role; see dbsync.engine.keychecks).
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
-# --- dbsync: remote credentials and politeness (dbsync.secrets, dbsync.remote) ---
+# --- dbsync: remote credentials and politeness (dbsync.secrets, dbsync.engine.remote) ---
 # Fernet keys (comma-separated, newest first) that encrypt remotes' passwords and tokens
 # at rest; keys derived from DJANGO_SECRET_KEY and DJANGO_SECRET_KEY_FALLBACKS follow
 # them (decrypting only), or are the keys when this is empty. After adding a key:
@@ -203,18 +203,19 @@ DBSYNC_CA_BUNDLE = env_str("DBSYNC_CA_BUNDLE", "")
 # Who runs this aggregator, sent in every request's User-Agent (an e-mail or a URL).
 DBSYNC_CONTACT = env_str("DBSYNC_CONTACT", "")
 # At most this many requests in flight to one remote, across every process and worker
-# (0: no limit); a request waits this long for a free slot, then fails (dbsync.request_slots).
+# (0: no limit); a request waits this long for a free slot, then fails
+# (dbsync.engine.request_slots).
 DBSYNC_MAX_REQUESTS_PER_REMOTE = env_int("DBSYNC_MAX_REQUESTS_PER_REMOTE", 4)
 DBSYNC_REQUEST_SLOT_WAIT_SECONDS = env_float("DBSYNC_REQUEST_SLOT_WAIT_SECONDS", 600)
 DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
-# Freshness (dbsync.freshness, manage.py dbsync_status): a scheduled remote is overdue
+# Freshness (dbsync.runs.freshness, manage.py dbsync_status): a scheduled remote is overdue
 # this long after the first start its schedule gave since its last success; one with no
 # schedule (synced by cron) when its last success is older than this many hours.
 DBSYNC_OVERDUE_GRACE_MINUTES = env_int("DBSYNC_OVERDUE_GRACE_MINUTES", 120)
 DBSYNC_UNSCHEDULED_MAX_AGE_HOURS = env_float("DBSYNC_UNSCHEDULED_MAX_AGE_HOURS", 26)
 # The command fetches this many dumps at once, installing while the rest arrive.
 DBSYNC_FETCH_THREADS = env_int("DBSYNC_FETCH_THREADS", 4)
-# Time-series records and files (dbsync.records, dbsync.files): downloads at once,
+# Time-series records and files (dbsync.engine.records, dbsync.engine.files): downloads at once,
 # and the largest file fetched (a larger one is refused and reported).
 DBSYNC_RECORDS_WORKERS = env_int("DBSYNC_RECORDS_WORKERS", 4)
 DBSYNC_MAX_FILE_BYTES = env_int("DBSYNC_MAX_FILE_BYTES", 100 * 1024**2)
@@ -238,7 +239,7 @@ if DBSYNC_STORAGE not in {"local", "s3"}:
 if DBSYNC_STORAGE == "s3" and not DBSYNC_S3_BUCKET:
     raise ImproperlyConfigured("DBSYNC_STORAGE=s3 needs DBSYNC_S3_BUCKET.")
 
-# --- dbsync: the Celery pipeline (dbsync/tasks.py) ---
+# --- dbsync: the Celery pipeline (dbsync/runs/tasks.py) ---
 # The longest a task may run (the install of the largest remote); the broker's
 # visibility timeout and the result expiry are derived from it (see below).
 DBSYNC_TASK_TIME_LIMIT = env_int("DBSYNC_TASK_TIME_LIMIT", 6 * 3600)
@@ -257,7 +258,7 @@ DBSYNC_STORAGE_KEEP_DAYS = env_int("DBSYNC_STORAGE_KEEP_DAYS", 7)  # dumps of fa
 # --- Celery (project/celery.py reads the CELERY_ prefix) ---
 from kombu import Queue  # noqa: E402
 
-from dbsync import queues as dbsync_queues  # noqa: E402  (constants only, no models)
+from dbsync.runs import queues as dbsync_queues  # noqa: E402  (constants only, no models)
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # A chord counts its members' results: a result backend is required, and results

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from dbsync import queues as dbsync_queues
+from dbsync.runs import queues as dbsync_queues
 from project.celery import app
 from tests.instance import ROOT
 

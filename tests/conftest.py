@@ -11,11 +11,11 @@ def _media_root(settings, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _request_slots_closed():
-    """The request slots' own connection (dbsync.request_slots), opened by any test
+    """The request slots' own connection (dbsync.engine.request_slots), opened by any test
     that fetches, closed after it: its session would keep the test database from
     being dropped at the end."""
     yield
-    from dbsync import request_slots
+    from dbsync.engine import request_slots
 
     request_slots.close()
 

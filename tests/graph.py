@@ -11,10 +11,10 @@ import json
 from django.apps import apps
 from django.core.management import call_command
 
-from api.schema import NEVER_SERVED_MODELS
-from dbsync.planner import root_of
+from dbsync.engine.planner import root_of
+from protocol.schema import NEVER_SERVED_MODELS
 
-# A file's name is the storage's own on each side (dbsync.files; tests/test_records.py
+# A file's name is the storage's own on each side (dbsync.engine.files; tests/test_records.py
 # compares the files themselves).
 IGNORED = {"original_id", "original_db", "last_modified", "creator", "maintainers", "content"}
 

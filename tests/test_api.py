@@ -20,14 +20,14 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from api import dumps
-from api.schema import (
+from hcore import models as m
+from protocol.schema import (
     describe_model,
     fingerprint,
     served_fields,
     served_m2m_fields,
     served_models,
 )
-from hcore import models as m
 from tests.api_helpers import (
     PROFILE,
     USER,

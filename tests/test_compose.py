@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dbsync import queues
+from dbsync.runs import queues
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

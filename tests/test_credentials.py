@@ -16,9 +16,9 @@ from django.db import connection
 from django.forms.models import model_to_dict
 from django.urls import reverse
 
-from dbsync.errors import RemoteError
+from dbsync.engine.errors import RemoteError
+from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
-from dbsync.remote import RemoteClient
 from tests.reliability.servers import Listener
 
 PASSWORD, TOKEN = "clear-password-4f1e9a", "clear-token-b7c2d8e3"

@@ -5,8 +5,15 @@ import random
 
 import pytest
 
-from dbsync.dumps import KEYS_PIECE, dump_name, iter_objects, key_pieces, read_key_set, read_keys
-from dbsync.errors import PayloadError
+from dbsync.engine.dumps import (
+    KEYS_PIECE,
+    dump_name,
+    iter_objects,
+    key_pieces,
+    read_key_set,
+    read_keys,
+)
+from dbsync.engine.errors import PayloadError
 
 OBJ = {"model": "hcore.eventtype", "pk": 1, "fields": {"descr": "x"}}
 

@@ -397,7 +397,7 @@ def test_a_file_changed_at_the_remote_arrives(world):
 
 
 def test_a_second_sync_is_refused_while_one_holds_the_lock(world):
-    """On SQLite the lock is a flock on a file in the local's folder (dbsync.locking):
+    """On SQLite the lock is a flock on a file in the local's folder (dbsync.runs.locking):
     hold it as a running sync would, and a second sync refuses, changing nothing."""
     (remote_pk,) = world.local.sql("SELECT id FROM dbsync_database WHERE name = ?", [NAME])[0]
     lock_dir = world.local.var_dir / "locks"

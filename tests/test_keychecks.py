@@ -1,12 +1,12 @@
-"""Foreign keys of a sync's new rows checked in bulk (dbsync.keychecks), on PostgreSQL."""
+"""Foreign keys of a sync's new rows checked in bulk (dbsync.engine.keychecks), on PostgreSQL."""
 
 from types import SimpleNamespace
 
 import pytest
 from django.db import connection, transaction
 
-from dbsync.errors import ObjectError
-from dbsync.keychecks import KeyChecks, _bulk_allowed
+from dbsync.engine.errors import ObjectError
+from dbsync.engine.keychecks import KeyChecks, _bulk_allowed
 from hcore.models import GentityAltCode, GentityAltCodeType, Station
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.test_sync import last_run, register, remote, sync  # noqa: F401 - a fixture

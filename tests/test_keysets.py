@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from dbsync.keysets import KeyMap, KeySet
+from dbsync.engine.keysets import KeyMap, KeySet
 
 
 def key_streams(rng):
@@ -106,10 +106,10 @@ def test_keymap_from_runs():
     ],
 )
 def test_key_maps_are_read_from_the_database_exactly(pairs):
-    from dbsync.install import Installer
+    from dbsync.engine.install import Installer
+    from dbsync.engine.planner import make_plan
+    from dbsync.engine.result import SyncResult
     from dbsync.models import Database
-    from dbsync.planner import make_plan
-    from dbsync.result import SyncResult
     from hcore.models import StationType
 
     database = Database.objects.create(name="r", hostname="r.example.org")

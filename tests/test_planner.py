@@ -2,9 +2,9 @@
 
 import pytest
 
-from dbsync.errors import PlanError
-from dbsync.install import deletion_allowance, validate_max_delete
-from dbsync.planner import label, make_plan
+from dbsync.engine.errors import PlanError
+from dbsync.engine.install import deletion_allowance, validate_max_delete
+from dbsync.engine.planner import label, make_plan
 
 
 def position(plan):

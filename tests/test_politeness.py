@@ -1,5 +1,5 @@
 """At most DBSYNC_MAX_REQUESTS_PER_REMOTE requests in flight to one remote, across
-threads and processes (dbsync.request_slots, held by every RemoteClient request).
+threads and processes (dbsync.engine.request_slots, held by every RemoteClient request).
 
 A real loopback server counts the requests it is answering: one counts from the
 request's arrival until just before the last byte of its answer is written, a span
@@ -25,10 +25,10 @@ import requests
 from django.core.management import call_command
 from django.db import connection
 
-from dbsync import request_slots
+from dbsync.engine import request_slots
+from dbsync.engine.remote import RemoteClient
+from dbsync.engine.request_slots import SlotTimeout, request_slot
 from dbsync.models import Database, SyncRun
-from dbsync.remote import RemoteClient
-from dbsync.request_slots import SlotTimeout, request_slot
 from tests.instance import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,8 +174,8 @@ def test_the_limit_without_postgresql_is_kept_in_the_process(
 
 
 def test_slot_locks_stay_apart_from_the_sync_lock():
-    from dbsync.locking import LOCK_NAMESPACE
-    from dbsync.request_slots import MAX_SLOTS, SLOT_NAMESPACE
+    from dbsync.engine.request_slots import MAX_SLOTS, SLOT_NAMESPACE
+    from dbsync.runs.locking import LOCK_NAMESPACE
 
     assert not SLOT_NAMESPACE <= LOCK_NAMESPACE < SLOT_NAMESPACE + MAX_SLOTS
     assert SLOT_NAMESPACE + MAX_SLOTS < 2**31  # an int4 key
@@ -202,8 +202,8 @@ CHILD = """
 import os, sys, threading, time
 from pathlib import Path
 from dbsync.models import Database
-from dbsync.remote import RemoteClient
-from dbsync.request_slots import request_slot
+from dbsync.engine.remote import RemoteClient
+from dbsync.engine.request_slots import request_slot
 
 remote = Database.objects.get(pk={pk})
 mode, sync_dir = {mode!r}, Path({sync_dir!r})

@@ -17,11 +17,11 @@ from django.db.models import F
 from django.urls import reverse
 
 from api import records as api_records
-from dbsync.errors import PayloadError
-from dbsync.files import sync_files
+from dbsync.engine.errors import PayloadError
+from dbsync.engine.files import sync_files
+from dbsync.engine.records import RecordsError, sync_records
+from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
-from dbsync.records import RecordsError, sync_records
-from dbsync.remote import RemoteClient
 from hcore import models as m
 from tests.faultproxy import FaultProxy
 from tests.graph import assert_same_graph, local_graph, remote_graph
@@ -984,7 +984,7 @@ def test_new_changed_and_deleted_files(live_remote, media):
 
 
 def test_local_file_names_stay_in_their_folder():
-    from dbsync.files import local_name
+    from dbsync.engine.files import local_name
 
     database = Database(pk=3, name="x", hostname="x")
     sha = "ab" * 32
@@ -1120,7 +1120,7 @@ def test_resume_from_a_dumpdata_with_records(static_remote, tmp_path, media):
 def test_a_summary_keeps_series_without_records_compactly(tmp_path):
     """Most series of some remotes have no records: the summary holds them as runs of
     keys per UTC offset, and answers for every series exactly as a dict would."""
-    from dbsync.records import Entry, read_summary
+    from dbsync.engine.records import Entry, read_summary
 
     zero = "0" * 16
     lines = []

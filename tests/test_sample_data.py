@@ -266,7 +266,7 @@ def test_pending_foreign_key_checks_fall_back_to_row_by_row(caplog):
     # so PostgreSQL refuses to drop the constraints: the run must still work.
     unit = m.UnitOfMeasurement.objects.create(descr="earlier", symbol="e")
     unit.variables.add(m.Variable.objects.create(descr="earlier"))
-    with caplog.at_level(logging.INFO, logger="hcore.management.bulk"):
+    with caplog.at_level(logging.INFO, logger="hcore.bulk"):
         generate(SampleOptions(stations=4))
     assert m.Station.objects.count() == 4
     if connection.vendor == "postgresql":

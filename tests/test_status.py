@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from dbsync.freshness import FAILING, NEVER, OK, OVERDUE, freshness, next_start
 from dbsync.models import Database, SyncRun
+from dbsync.runs.freshness import FAILING, NEVER, OK, OVERDUE, freshness, next_start
 
 pytestmark = pytest.mark.django_db
 

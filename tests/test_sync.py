@@ -367,7 +367,7 @@ def test_skip_installs_the_good_and_lists_the_bad(remote, proxied, settings):
 
 def test_second_sync_of_the_same_remote_is_refused(remote):
     database = register(remote)
-    from dbsync.locking import remote_lock
+    from dbsync.runs.locking import remote_lock
 
     with remote_lock(database):
         # the lock is per connection; a second process is what a real clash looks like

@@ -14,12 +14,12 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from dbsync import queues, schedules, service, storage
-from dbsync.errors import AlreadyRunning
-from dbsync.locking import keep_alive
+from dbsync.engine.errors import AlreadyRunning
+from dbsync.engine.result import DATA_LABELS
 from dbsync.models import SyncRun
-from dbsync.result import DATA_LABELS
-from dbsync.tasks import fetch_dump, install_run, sync_remote
+from dbsync.runs import queues, schedules, service, storage, tasks
+from dbsync.runs.locking import keep_alive
+from dbsync.runs.tasks import fetch_dump, install_run, sync_remote
 from hcore.models import Gentity, Station
 from tests.celery_helpers import (
     FAST_RETRIES,
@@ -149,7 +149,7 @@ def test_delay_installs_the_same_graph_as_the_command(remote, workers, storage_r
     assert "Successfully installed" in run.message
     station = run.model_counts["hcore.station"]
     assert station["created"] == station["fetched"] == Station.objects.count() > 0
-    # records and files are counted apart from the models (dbsync.result.DATA_LABELS)
+    # records and files are counted apart from the models (dbsync.engine.result.DATA_LABELS)
     assert set(run.model_counts) - DATA_LABELS == set(run.fetch_plan["entries"])
     # every model was fetched by its own task, the dumps went through the storage
     # with a checksum, and were removed after the install
@@ -200,10 +200,10 @@ def test_two_syncs_at_once_one_is_refused_and_recorded(remote, slow_proxy, worke
 
     # the admin's "Sync now": claimed at once, refused at once while it runs
     last = max(r.pk for r in runs)
-    result = service.enqueue_sync(database, started_by="alice")
+    result = tasks.enqueue_sync(database, started_by="alice")
     assert result.get(timeout=60)["status"] == SyncRun.FETCHING
     with pytest.raises(AlreadyRunning, match="already running"):
-        service.enqueue_sync(database, started_by="bob")
+        tasks.enqueue_sync(database, started_by="bob")
     refusal = SyncRun.objects.filter(database=database, started_by="bob").get()
     assert refusal.status == SyncRun.REFUSED and refusal.trigger == "admin"
     # ... and the command is refused too while a Celery run fetches
@@ -269,7 +269,7 @@ def test_embedded_default_runs_the_pipeline_in_process(remote, settings, tmp_pat
     database = register(remote)
     app.conf.task_always_eager = True
     try:
-        service.enqueue_sync(database, started_by="alice")
+        tasks.enqueue_sync(database, started_by="alice")
     finally:
         app.conf.task_always_eager = False
     run = SyncRun.objects.get(database=database)

@@ -7,7 +7,7 @@ objects with the same keys. On a database that already has data, local lookups
 added. Objects are local: ``original_id``/``original_db`` stay empty.
 
 Speed (100,000 stations in about half a minute on PostgreSQL): rows are built as
-plain tuples, never as model instances, and written by :mod:`hcore.management.bulk`:
+plain tuples, never as model instances, and written by :mod:`hcore.bulk`:
 COPY on PostgreSQL, with root keys taken from the sequences first, ``bulk_create``
 (roots) and ``executemany`` (the rest) elsewhere. Multi-table children get their
 parent's key. Foreign keys are checked once at the end, not row by row.
@@ -30,13 +30,13 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from hcore import models as m
-from hcore.management import sample_vocabulary as words
-from hcore.management.bulk import (
+from hcore.bulk import (
     copy_text,
     foreign_keys_checked_at_end,
     insert_rows,
     insert_rows_returning_pks,
 )
+from hcore.management import sample_vocabulary as words
 
 logger = logging.getLogger(__name__)
 

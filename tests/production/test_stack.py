@@ -535,7 +535,7 @@ def test_beat_syncs_the_remote_on_its_schedule(app, chromium):
         "-c",
         "from django_celery_beat.models import IntervalSchedule as I\n"
         "from dbsync.models import Database\n"
-        "from dbsync.schedules import periodic_task_of\n"
+        "from dbsync.runs.schedules import periodic_task_of\n"
         f"task = periodic_task_of(Database.objects.get(pk={pk}))\n"
         "task.interval, _ = I.objects.get_or_create(every=10, period=I.SECONDS)\n"
         "task.save()",

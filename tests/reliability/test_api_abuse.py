@@ -774,7 +774,7 @@ def test_credentials_never_appear_in_logs_output_runs_or_errors(
 
     done = sync_in_subprocess(database)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "INFO dbsync.fetch" in done.stderr and " DEBUG " in done.stderr  # logs were on
+    assert "INFO dbsync.engine.fetch" in done.stderr and " DEBUG " in done.stderr  # logs were on
     texts["subprocess"] = done.stdout + done.stderr
 
     Database.objects.filter(pk=database.pk).update(**bad)

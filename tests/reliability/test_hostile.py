@@ -32,10 +32,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from dbsync.dumps import dump_name
+from dbsync.engine.dumps import dump_name
+from dbsync.engine.planner import make_plan, root_of
+from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
-from dbsync.planner import make_plan, root_of
-from dbsync.remote import RemoteClient
 from hcore import models as m
 from tests.faultproxy import FaultProxy, model_path
 from tests.graph import assert_same_graph, local_dump, local_graph, origins, remote_graph

@@ -21,9 +21,9 @@ import pytest
 from django.core.management.base import CommandError
 from django.db import connection
 
-from dbsync import service
-from dbsync.locking import LOCK_NAMESPACE, remote_lock
 from dbsync.models import SyncRun
+from dbsync.runs import service
+from dbsync.runs.locking import LOCK_NAMESPACE, remote_lock
 from hcore.models import UnitOfMeasurement, Variable
 from tests.celery_helpers import local_env
 from tests.graph import assert_same_graph, local_graph, remote_graph

@@ -24,9 +24,10 @@ from django.db import connection
 from django.utils import timezone
 from kombu import pools
 
-from dbsync import queues, service, storage
+from dbsync.engine.sync import DUMP, KEYS, SyncOptions
 from dbsync.models import SyncRun
-from dbsync.tasks import fetch_dump, install_run, sync_remote
+from dbsync.runs import queues, service, storage
+from dbsync.runs.tasks import fetch_dump, install_run, sync_remote
 from project.celery import app
 from tests import test_tasks
 from tests.celery_helpers import FAST_RETRIES, Cluster, WorkerSpec, use_test_broker
@@ -333,7 +334,7 @@ def test_a_run_whose_install_celery_lost_is_installed_by_the_reaper(
     settings.DBSYNC_STALE_SECONDS = 3
     settings.DBSYNC_STORAGE_ROOT = str(storage_root)  # the workers' storage
     database = register(remote)
-    run = service.claim_run(database, service.SyncOptions.for_task(database, "beat"))
+    run = service.claim_run(database, SyncOptions.for_task(database, "beat"))
     fetch_plan = service.plan_run(run.pk)
     for model, kind in fetch_plan.jobs:
         service.fetch_for_run(run.pk, model, kind)
@@ -352,7 +353,7 @@ def test_a_stale_run_with_dumps_missing_is_still_reaped(remote, separate, settin
     settings.DBSYNC_STALE_SECONDS = 3
     database = register(remote)
     before = integrity.snapshot()
-    run = service.claim_run(database, service.SyncOptions.for_task(database, "beat"))
+    run = service.claim_run(database, SyncOptions.for_task(database, "beat"))
     fetch_plan = service.plan_run(run.pk)
     for model, kind in fetch_plan.jobs[:-1]:
         service.fetch_for_run(run.pk, model, kind)
@@ -395,7 +396,7 @@ def stored_fetches(storage_root, run):
     return [
         {
             "model": path.name.removesuffix(".json").removesuffix(".keys"),
-            "kind": service.KEYS if path.name.endswith(".keys.json") else service.DUMP,
+            "kind": KEYS if path.name.endswith(".keys.json") else DUMP,
             "name": f"{storage.run_dir(run.pk)}/{path.name}",
             "bytes": path.stat().st_size,
             "sha256": storage.sha256_of(path),

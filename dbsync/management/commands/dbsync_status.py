@@ -9,14 +9,14 @@ import json
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from dbsync.freshness import EXIT_OK, freshness
 from dbsync.models import Database
+from dbsync.runs.freshness import EXIT_OK, freshness
 
 
 class Command(BaseCommand):
     help = (
         "Report how fresh each remote's replica is. Exit status: 0 all fresh, 1 a last "
-        "run failed, 2 a remote overdue or never synced (see dbsync.freshness)."
+        "run failed, 2 a remote overdue or never synced (see dbsync.runs.freshness)."
     )
     requires_system_checks = []  # a monitoring probe: quick, and never refused by a warning
 

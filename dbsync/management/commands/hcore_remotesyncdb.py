@@ -3,10 +3,11 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
-from dbsync.errors import SyncError
-from dbsync.install import validate_max_delete
+from dbsync.engine.errors import SyncError
+from dbsync.engine.install import validate_max_delete
+from dbsync.engine.sync import SyncOptions
 from dbsync.models import Database
-from dbsync.service import SyncOptions, run_sync
+from dbsync.runs.service import run_sync
 
 
 class Command(BaseCommand):

@@ -20,7 +20,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils import timezone
 
-from .errors import SyncError
+from dbsync.engine.errors import SyncError
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def delete_run(run_id):
 
 def prune(older_than, keep=()):
     """Remove the dumps of runs (kept after a failure) older than ``older_than``."""
-    from .models import SyncRun
+    from dbsync.models import SyncRun
 
     storage = get_storage()
     try:

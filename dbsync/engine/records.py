@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,27 +63,31 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone as django_timezone
 
+from hcore.bulk import COPY_BLOCK, copy_file, execute_batches
 from hcore.models import Record, RecordsSyncState, Timeseries
+from protocol.formats import (
+    EPOCH,
+    SERIES_HEADER_LINE,
+    SERIES_TRAILER_LINE,
+    ZERO_CHECKSUM,
+    add_checksums,
+)
 
 from .dumps import listing_entries
 from .errors import PayloadError
-from .fetch import _check_path
 from .keysets import KeySet
-from .models import Database
+from .progress import quiet
+from .remote import check_api_path
 from .result import RECORDS_LABEL, ObjectProblem
 
 logger = logging.getLogger(__name__)
 
 SERIES_LABEL = "hcore.timeseries"
 APPEND, REPLACE, CLEAR = "append", "replace", "clear"
-MODULUS = 2**64
-ZERO_CHECKSUM = "0" * 16
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A batch: few enough series for a short URL, few enough records for a short request.
 BATCH_SERIES = 100
 BATCH_RECORDS = 250_000
 WRITE_LINES = 10_000
-COPY_BLOCK = 1 << 20
 SQLITE_BATCH = 5_000
 STATE_CHUNK = 50_000  # states written a statement (PostgreSQL)
 DELETE_CHUNK = 10_000  # series whose records one DELETE removes
@@ -96,13 +100,6 @@ STAGE = "dbsync_record_stage"
 COLUMNS = 'timeseries_id, "timestamp", value, flags'
 NULL = "\\N"
 HEX = re.compile(r"[0-9a-f]{16}")
-HEADER = re.compile(
-    r"# timeseries (?P<pk>[0-9]+) (?:utc_offset=(?P<utc_offset>-?[0-9]+)|not found)"
-)
-TRAILER = re.compile(
-    r"# end count=(?P<count>[0-9]+) checksum=(?P<checksum>[0-9a-f]{16}) "
-    r"utc_offset=(?P<utc_offset>-?[0-9]+)"
-)
 # What the API writes: minutes, with seconds and microseconds only when present.
 LONG_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?")
 # csv refuses a field over its limit (128 KiB), but only once it holds the whole line:
@@ -113,10 +110,6 @@ MAX_LINE_CHARS = 1 << 20
 COPY_SPECIALS = re.compile(r"[\\\t\n\r\x00]")  # NUL: no PostgreSQL text can hold it
 COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-
-
-def _quiet(message, level=1):
-    logger.debug("%s", message)
 
 
 class SeriesError(Exception):
@@ -279,7 +272,7 @@ class Job:
 
 
 @dataclass
-class Fetched:
+class FetchedSeries:
     """One series of a fetched batch: what came, or what was wrong."""
 
     job: Job
@@ -302,13 +295,13 @@ class Batch:
 class FetchedBatch:
     batch: Batch
     path: Path | None = None  # the good series' records, in COPY's text format
-    series: list = field(default_factory=list)  # [Fetched]
+    series: list = field(default_factory=list)  # [FetchedSeries]
     refetch: list = field(default_factory=list)  # appends that did not add up
     gone: list = field(default_factory=list)  # jobs of series the remote no longer has
 
 
 @dataclass
-class Plan:
+class RecordsPlan:
     jobs: list = field(default_factory=list)
     empty: array = field(default_factory=lambda: array("q"))  # local pks, see plan_jobs
     unchanged: int = 0  # records of the series left alone
@@ -316,7 +309,7 @@ class Plan:
 
 
 def plan_jobs(summary, series, *, listed_all=True, prefetched=False):
-    """The Plan of a run: its jobs, its empty series, the records left alone.
+    """The RecordsPlan of a run: its jobs, its empty series, the records left alone.
 
     ``summary``: remote pk -> Entry; ``series``: (remote pk, local pk, State or None)
     of the replicated series. A series with no records at the remote nor here (no
@@ -328,7 +321,7 @@ def plan_jobs(summary, series, *, listed_all=True, prefetched=False):
     and is left alone; or, ``prefetched`` (a summary fetched before the objects'
     install), it may be new: it is fetched whole.
     """
-    plan = Plan()
+    plan = RecordsPlan()
     for remote_pk, local_pk, state in series:
         plan.series += 1
         remote = summary.get(remote_pk)
@@ -384,20 +377,19 @@ def make_batches(jobs, mode):
 
 def adds_up(state, fetched, remote):
     """Whether what we hold plus what was appended is what the remote holds."""
-    total = (int(state.checksum, 16) + int(fetched.checksum, 16)) % MODULUS
-    return state.count + fetched.count == remote.count and format(total, "016x") == remote.checksum
+    total = add_checksums(state.checksum, fetched.checksum)
+    return state.count + fetched.count == remote.count and total == remote.checksum
 
 
 def new_state(fetched):
     job = fetched.job
     if fetched.mode == APPEND:
         state = job.state
-        total = (int(state.checksum, 16) + int(fetched.checksum, 16)) % MODULUS
         return State(
             state.count + fetched.count,
             state.start,
             fetched.last or state.end,
-            format(total, "016x"),
+            add_checksums(state.checksum, fetched.checksum),
         )
     return State(fetched.count, fetched.first, fetched.last, fetched.checksum)
 
@@ -428,8 +420,8 @@ def check_entry(entry):
 
 class Summary(Mapping):
     """{remote pk: Entry} of a remote's summary. Series without records (most, on some
-    remotes) are kept as a compact KeySet per UTC offset, not a dict entry each: the
-    summary of 2 M empty series took the sync 150 MB as a dict."""
+    remotes) are kept as a compact KeySet per UTC offset, not a dict entry each, so that
+    millions of empty series cost little memory (docs/benchmarks.md)."""
 
     def __init__(self):
         self.entries = {}  # pk -> Entry, of the series with records
@@ -481,7 +473,7 @@ def records_endpoints(client):
     if not isinstance(urls, dict):
         return None
     for key in ("summary_url", "batch_url"):
-        _check_path(urls.get(key), client)
+        check_api_path(urls.get(key), client)
     return urls
 
 
@@ -620,7 +612,7 @@ class BatchReader:
                     row = next(reader, None)
                     if row is None:
                         raise Truncated
-                    header = HEADER.fullmatch(row[0]) if len(row) == 1 else None
+                    header = SERIES_HEADER_LINE.fullmatch(row[0]) if len(row) == 1 else None
                     if header is None or int(header["pk"]) != job.remote_pk:
                         self.fail(
                             job,
@@ -653,7 +645,7 @@ class BatchReader:
     def fail(self, job, error):
         if job.remote_pk not in self.failed:
             self.failed.add(job.remote_pk)
-            self.result.series.append(Fetched(job, job.mode, error=error))
+            self.result.series.append(FetchedSeries(job, job.mode, error=error))
 
     def read_series(self, job, reader, utc_offset):
         """Convert one block; on a bad line, skip to the block's end and report it."""
@@ -682,9 +674,9 @@ class BatchReader:
     def skip_block(self, reader):
         try:
             for row in reader:
-                if len(row) == 1 and TRAILER.fullmatch(row[0]):
+                if len(row) == 1 and SERIES_TRAILER_LINE.fullmatch(row[0]):
                     return
-                if len(row) == 1 and HEADER.fullmatch(row[0]):
+                if len(row) == 1 and SERIES_HEADER_LINE.fullmatch(row[0]):
                     raise Unreadable
         except (csv.Error, UnicodeDecodeError):
             raise Unreadable from None
@@ -706,7 +698,7 @@ class BatchReader:
         for row in rows:
             if len(row) != 3:
                 if len(row) == 1 and row[0].startswith("#"):
-                    trailer = TRAILER.fullmatch(row[0])
+                    trailer = SERIES_TRAILER_LINE.fullmatch(row[0])
                     if trailer is None:
                         raise SeriesError(
                             remote_pk, f"bad '# end' line {row[0][:80]!r}", reader.line_num
@@ -774,7 +766,7 @@ class BatchReader:
                 reader.line_num,
             )
         last = previous if count else None
-        return Fetched(
+        return FetchedSeries(
             job,
             job.mode,
             count,
@@ -832,7 +824,7 @@ class RecordsSync:
         *,
         skip=False,
         dry_run=False,
-        log=_quiet,
+        log=quiet,
         summary=None,
         full=False,
     ):
@@ -978,7 +970,7 @@ class RecordsSync:
                     f"this series' '# end' line (fetched {attempts} times)"
                 )
                 fetched.series.append(
-                    Fetched(job, job.mode, error=SeriesError(job.remote_pk, message))
+                    FetchedSeries(job, job.mode, error=SeriesError(job.remote_pk, message))
                 )
         return fetched
 
@@ -1008,7 +1000,7 @@ class RecordsSync:
             "records_sync_state__checksum",
         )
         # A few series (an incremental summary): one plain query. A server-side cursor
-        # makes PostgreSQL plan for the first rows, four times slower for all of them.
+        # makes PostgreSQL plan for the first rows, which is slower for all of them.
         rows = rows if read_only else rows.iterator(chunk_size=10_000)
         for remote_pk, local_pk, count, start, end, checksum in rows:
             state = None if count is None else State(count, start, end, checksum)
@@ -1081,7 +1073,7 @@ class RecordsSync:
         cursor = self.database.sync_cursor
         if self.dry_run or cursor is None or self.result.counts["skipped"]:
             return
-        Database.objects.filter(pk=self.database.pk).update(records_cursor=cursor)
+        type(self.database).objects.filter(pk=self.database.pk).update(records_cursor=cursor)
         self.database.records_cursor = cursor
 
     def clear(self, jobs):
@@ -1090,7 +1082,7 @@ class RecordsSync:
             return
         removed = self.delete_series([job.local_pk for job in jobs])
         for job in jobs:
-            fetched = Fetched(job, CLEAR)
+            fetched = FetchedSeries(job, CLEAR)
             self.done(fetched, removed.get(job.local_pk, 0))
 
     def install_batch(self, fetched):
@@ -1175,11 +1167,7 @@ class RecordsSync:
         self.result.created += sum(f.count for f in fetched.series if f.error is None)
 
     def copy_file(self, table, path):
-        with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
-                with open(path, "rb") as fh:
-                    while block := fh.read(COPY_BLOCK):
-                        copy.write(block)
+        copy_file(connection, f"COPY {table} ({COLUMNS}) FROM STDIN", path)
 
     def write_sqlite(self, cursor, fetched):
         sql = (
@@ -1188,20 +1176,18 @@ class RecordsSync:
             f"value = excluded.value, flags = excluded.flags"
         )
         adapt = connection.ops.adapt_datetimefield_value
-        batch = []
-        with open(fetched.path, encoding="utf-8") as fh:
+
+        def rows(fh):
             for line in fh:
                 pk, stamp, value, flags = line[:-1].split("\t")
                 if "\\" in flags:
                     flags = re.sub(r"\\(.)", lambda m: COPY_UNESCAPES.get(m[1], m[1]), flags)
                 moment = datetime.fromisoformat(stamp)
                 number = None if value == NULL else float(value)
-                batch.append((int(pk), adapt(moment), number, flags))
-                if len(batch) >= SQLITE_BATCH:
-                    cursor.executemany(sql, batch)
-                    batch = []
-        if batch:
-            cursor.executemany(sql, batch)
+                yield (int(pk), adapt(moment), number, flags)
+
+        with open(fetched.path, encoding="utf-8") as fh:
+            execute_batches(cursor, sql, rows(fh), SQLITE_BATCH)
         if fetched.batch.mode == APPEND:
             self.result.created += sum(f.count for f in fetched.series if f.error is None)
 
@@ -1263,7 +1249,7 @@ class RecordsSync:
             self.upsert_states(
                 f"SELECT pk, 0, NULL::timestamptz, NULL::timestamptz, '{ZERO_CHECKSUM}', "
                 f"%s::timestamptz FROM unnest(%s::bigint[]) AS pk",
-                [local_pks],  # an array: made a list a chunk at a time (2 M pks: 72 MB)
+                [local_pks],  # an array: made a list a chunk at a time, never whole
             )
             return
         now = connection.ops.adapt_datetimefield_value(self.now)
@@ -1295,7 +1281,7 @@ STATE_UPSERT = (
 
 
 def sync_records(
-    database, client, *, skip=False, dry_run=False, log=_quiet, summary=None, full=False
+    database, client, *, skip=False, dry_run=False, log=quiet, summary=None, full=False
 ):
     """Sync the records of the time series replicated from ``database``.
 

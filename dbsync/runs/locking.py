@@ -19,9 +19,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from dbsync.engine.errors import AlreadyRunning
+from dbsync.models import Database, SyncRun
+
 from . import notify
-from .errors import AlreadyRunning
-from .models import Database, SyncRun
 
 logger = logging.getLogger(__name__)
 

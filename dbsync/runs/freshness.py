@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.utils import timezone
 
-from .models import Database, SyncRun
+from dbsync.models import Database, SyncRun
 
 OK, FAILING, OVERDUE, NEVER, INACTIVE = "ok", "failing", "overdue", "never synced", "inactive"
 # Exit statuses of a monitoring plugin (Nagios and its descendants).

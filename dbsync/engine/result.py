@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 COUNT_KEYS = ("fetched", "created", "updated", "unchanged", "deleted", "skipped")
-# Counted apart from the objects: records (dbsync.records) and files (dbsync.files).
+# Counted apart from the objects: records (dbsync.engine.records) and files (dbsync.engine.files).
 RECORDS_LABEL = "hcore.record"
 FILES_LABEL = "hcore.gentityfile.content"
 DATA_LABELS = frozenset({RECORDS_LABEL, FILES_LABEL})

@@ -1,11 +1,11 @@
-"""The Celery pipeline of a sync: thin tasks around ``dbsync.service``.
+"""The Celery pipeline of a sync: thin tasks around ``dbsync.runs.service``.
 
     sync_remote(database_id)          claim the remote (or record a refusal)
       -> start_run(run_id)            manifest, schema check, full or incremental
         -> chord(fetch_dump(run_id, model, kind) per model [+ key listings],
                  install_run(run_id)) with run_failed as its error callback
 
-Arguments are ids and plain values; dumps travel through ``dbsync.storage``, only
+Arguments are ids and plain values; dumps travel through ``dbsync.runs.storage``, only
 their metadata through the result backend. The decorators hold the delivery
 policy: a fetch retries transient HTTP failures itself and may run twice (it
 overwrites its own dump); an install may be redelivered after its worker died (its
@@ -21,9 +21,11 @@ from celery.exceptions import Retry
 from celery.utils import uuid
 from django.conf import settings
 
+from dbsync.engine.errors import AlreadyRunning, RemoteError, SyncError, TransientRemoteError
+from dbsync.engine.sync import DUMP, SyncOptions
+from dbsync.models import Database, SyncRun
+
 from . import service
-from .errors import AlreadyRunning, RemoteError, SyncError, TransientRemoteError
-from .models import Database, SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def sync_remote(database_id, trigger="beat", started_by="", full=False):
     if database is None or not database.is_active:
         logger.warning("Remote %s is gone or inactive; not syncing it", database_id)
         return {"status": "skipped", "database": database_id}
-    options = service.SyncOptions.for_task(database, trigger, started_by, full)
+    options = SyncOptions.for_task(database, trigger, started_by, full)
     try:
         run = service.claim_run(database, options)
     except AlreadyRunning as exc:
@@ -114,7 +116,7 @@ def start_run(run_id):
     retry_backoff_max=600,
     retry_jitter=True,
 )
-def fetch_dump(run_id, model_label, kind=service.DUMP):
+def fetch_dump(run_id, model_label, kind=DUMP):
     """Fetch one model's dump (or key listing) of a run into storage."""
     try:
         meta = service.fetch_for_run(run_id, model_label, kind)
@@ -154,3 +156,22 @@ def run_failed(request, exc, traceback, run_id):
 def reap_stale_runs():
     """Mark failed the runs whose worker died; prune dumps of old failed runs."""
     return service.reap_stale_runs()
+
+
+def enqueue_sync(database, trigger="admin", started_by="", full=False):
+    """Start a Celery sync of ``database`` now (the admin's "Sync now").
+
+    Returns the AsyncResult of the task that starts the pipeline. If the remote is
+    busy, the refusal is recorded and AlreadyRunning raised, with a message for the
+    user. If the broker cannot be reached, the run is recorded as failed.
+    """
+    if not database.is_active:
+        raise SyncError(f"The remote {database} is inactive; activate it first.")
+    run = service.claim_run(database, SyncOptions.for_task(database, trigger, started_by, full))
+    try:
+        return start_run.delay(run.pk)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: record it, tell the user
+        service.fail_run(run.pk, f"Could not queue the sync: {exc}")
+        raise SyncError(
+            f"Could not queue the sync of {database}: the task queue is unreachable ({exc})."
+        ) from exc

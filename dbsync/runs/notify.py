@@ -11,7 +11,7 @@ import logging
 from django.core.mail import mail_admins
 from django.utils import timezone
 
-from .models import SyncRun
+from dbsync.models import SyncRun
 
 logger = logging.getLogger(__name__)
 

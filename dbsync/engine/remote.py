@@ -20,7 +20,8 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from dbsync import __version__
+
 from .errors import PayloadError, RemoteError, TransientRemoteError
 from .request_slots import request_slot
 
@@ -123,7 +124,7 @@ class RemoteClient:
     def _attempts(self, what, func):
         """Call ``func`` until it succeeds, retrying transient failures.
 
-        Each call holds one of the remote's request slots (dbsync.request_slots) from
+        Each call holds one of the remote's request slots (dbsync.engine.request_slots) from
         the request until its response is closed; the pause before a retry holds none.
         """
         attempt = 0
@@ -350,3 +351,15 @@ def _ends_with_bracket(path):
         size = fh.tell()
         fh.seek(max(0, size - 64))
         return fh.read().rstrip().endswith(b"]")
+
+
+def check_api_path(path, remote):
+    """Refuse a path of the remote's manifest that is not a path on the remote itself:
+    a hostile manifest must not send us (and our credentials) elsewhere."""
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.startswith("//")
+        or ("://" in path)
+    ):
+        raise PayloadError(f"{remote}: the manifest names an invalid API path {path!r:.100}")

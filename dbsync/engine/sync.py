@@ -1,18 +1,15 @@
-"""The one logic path of a sync, shared by the command, the Celery tasks and the admin.
+"""The sync itself: plan, fetch into the work folder, install, then records and files.
 
-A sync is: plan the models -> claim the remote (a run record, under its lock) ->
-plan the fetch (manifest, schema check, full or incremental) -> fetch each model's
-dump -> back up -> install everything in one transaction with the new cursor ->
-record the result. The command does it all in one process (``run_sync``); the
-Celery pipeline (``dbsync.tasks``) does the same steps with the same functions,
-fetching in parallel tasks that hand their dumps over through ``dbsync.storage``:
-
-    claim_run -> plan_run -> fetch_for_run (one per model) -> install_for_run
+One sync of a remote is: plan the models -> plan the fetch (manifest, schema check,
+full or incremental) -> fetch each model's dump -> back up -> install everything in
+one transaction with the new cursor -> records -> files. The command runs it all in
+one process (``sync``); the Celery pipeline (``dbsync.runs``) runs the same steps,
+one task each, with these same functions (``plan_fetch``, ``fetch_job``,
+``assemble``, ``install_fetched``). Nothing here knows of runs, locks or Celery:
+the caller records what happens (``on_fetch_planned``, the result).
 """
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,15 +17,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from . import notify, storage
 from .backup import take_backup
 from .dumps import dump_name, read_key_set
-from .errors import AlreadyRunning, DanglingReferences, SyncError
+from .errors import DanglingReferences, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -38,18 +33,14 @@ from .fetch import (
 )
 from .files import sync_files
 from .install import Installer
-from .locking import LockBusy, claim, keep_alive, lock_or_refuse, mark_interrupted, remote_lock
-from .models import SyncRun
-from .planner import label, make_plan
+from .planner import label
+from .progress import quiet
 from .records import SummaryPrefetch, sync_records
 from .remote import RemoteClient
-from .result import SyncResult
 from .workdir import load_for_resume, work_dir_for
 
 logger = logging.getLogger(__name__)
 
-MAX_RECORDED_ERRORS = 1000
-# A run whose references dangle after the re-fetch is fetched once more, whole.
 FETCH_ATTEMPTS = 2
 DUMP, KEYS = "dump", "keys"
 
@@ -126,36 +117,15 @@ class Fetched:
     server_time: datetime | None
 
 
-def _quiet(message, level=1):
-    logger.debug("%s", message)
-
-
 # --- the command: everything in one process ------------------------------------------
 
 
-def run_sync(database, options, log=_quiet):
-    """Sync ``database`` (a registered remote); return the SyncResult or raise SyncError."""
-    plan = make_plan(options.app_label, [name for name in options.exclude if name])
-    with lock_or_refuse(
-        database,
-        trigger=options.trigger,
-        options=options.as_json(),
-        started_by=options.started_by,
-    ):
-        run = claim(
-            database,
-            status=SyncRun.RUNNING,
-            trigger=options.trigger,
-            options=options.as_json(),
-            started_by=options.started_by,
-        )
-        result = SyncResult(remote=str(database), dry_run=options.dry_run)
-        with recorded(run, result):
-            _sync(database, plan, options, run, result, log)
-        return result
-
-
-def _sync(database, plan, options, run, result, log):
+def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
+    """Fetch ``database``'s dumps into its work folder and install them (or, with
+    ``options.resume``, install those a failed run left there), then the records and
+    files; counts go to ``result``. ``on_fetch_planned(server_time, full)`` is told
+    the run's cursor and kind once they are known."""
+    on_fetch_planned = on_fetch_planned or (lambda server_time, full: None)
     work = work_dir_for(database, options.work_dir)
     if options.resume:
         log(f"Resuming from the dumps in {work}", 1)
@@ -163,7 +133,7 @@ def _sync(database, plan, options, run, result, log):
         if server_time and isinstance(server_time, str):
             server_time = datetime.fromisoformat(server_time)
         result.full = keys == "present"
-        _record_fetch(run, server_time, result.full)
+        on_fetch_planned(server_time, result.full)
         install_fetched(
             database, plan, options, result, Fetched(files, keys, server_time), None, log
         )
@@ -171,7 +141,9 @@ def _sync(database, plan, options, run, result, log):
     client = RemoteClient(database, port=options.port)
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
-            _fetch_and_install(database, plan, options, run, result, log, client, work)
+            _fetch_and_install(
+                database, plan, options, result, log, client, work, on_fetch_planned
+            )
             return
         except DanglingReferences as exc:
             # The remote may have deleted an object between the fetch of its referrers
@@ -188,10 +160,10 @@ def _sync(database, plan, options, run, result, log):
             )
 
 
-def _fetch_and_install(database, plan, options, run, result, log, client, work):
+def _fetch_and_install(database, plan, options, result, log, client, work, on_fetch_planned):
     fetch_plan = plan_fetch(database, plan, options, client, log)
     result.full = fetch_plan.full
-    _record_fetch(run, fetch_plan.server_time, result.full)
+    on_fetch_planned(fetch_plan.server_time, result.full)
     refetch = make_refetcher(client, fetch_plan.entries, plan, work)
     with ParallelFetch(database, plan, client, fetch_plan, work, log) as fetched:
         if options.fetch_only:
@@ -207,7 +179,7 @@ def _fetch_and_install(database, plan, options, run, result, log, client, work):
         # being fetched: it waits for each dump only when it reaches it.
         install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
     if not options.dry_run:
-        _clean(work, plan)
+        clean(work, plan)
 
 
 class ParallelFetch:
@@ -312,7 +284,7 @@ def plan_model_name(plan, model_label):
     return next(m.__name__ for m in plan.models if label(m) == model_label)
 
 
-def _clean(work, plan):
+def clean(work, plan):
     """Remove what this run fetched (on success only: a failed run's dumps stay for --resume)."""
     for path in work.glob(f"{plan.app_label}.*"):
         if path.suffix in {".json", ".part"}:
@@ -323,7 +295,7 @@ def _clean(work, plan):
 # --- the steps both paths share ---------------------------------------------------------
 
 
-def plan_fetch(database, plan, options, client, log=_quiet):
+def plan_fetch(database, plan, options, client, log=quiet):
     """Read the remote's manifest, check its schema, decide full or incremental."""
     log(f"Checking remote {client}", 1)
     manifest = client.manifest()
@@ -377,14 +349,8 @@ def assemble(fetch_plan, paths):
     return Fetched(files, keys, fetch_plan.server_time)
 
 
-def _record_fetch(run, server_time, full):
-    run.remote_time = server_time
-    run.full = full
-    run.save(update_fields=["remote_time", "full"])
-
-
 def install_fetched(
-    database, plan, options, result, fetched, refetch=None, log=_quiet, client=None
+    database, plan, options, result, fetched, refetch=None, log=quiet, client=None
 ):
     """Back up, then install the dumps and move the cursor in one transaction; then,
     given the remote's ``client``, sync the records and files (see ``sync_data``)."""
@@ -444,7 +410,7 @@ def _connection_loss_reported():
         ) from exc
 
 
-def sync_data(database, plan, client, options, result, log=_quiet, summary=None):
+def sync_data(database, plan, client, options, result, log=quiet, summary=None):
     """The records and the files, after the objects' transaction has committed (a
     record cannot outlive its series: the foreign key sees to it). Each in its own
     transaction; a failure leaves the objects installed and says so."""
@@ -469,282 +435,3 @@ def sync_data(database, plan, client, options, result, log=_quiet, summary=None)
             f"{exc} (the objects of this run were installed; records and files were not "
             f"all synced)"
         ) from exc
-
-
-@contextmanager
-def recorded(run, result):
-    """Record the run's end, whatever it is, and re-raise a failure."""
-    with failures_recorded(run, result):
-        yield
-    finish(run, SyncRun.SUCCEEDED, result, result.summary())
-
-
-@contextmanager
-def failures_recorded(run, result):
-    """Record a failure of the block as the run's end, and re-raise it."""
-    try:
-        yield
-    except SyncError as exc:
-        finish(run, SyncRun.FAILED, result, str(exc))
-        logger.error("Sync of %s failed: %s", run.database, exc)
-        raise
-    except SoftTimeLimitExceeded:
-        finish(
-            run,
-            SyncRun.FAILED,
-            result,
-            f"Stopped: the run took longer than its time limit (DBSYNC_TASK_TIME_LIMIT="
-            f"{settings.DBSYNC_TASK_TIME_LIMIT} s). Nothing was installed.",
-        )
-        logger.error("Sync of %s stopped at its time limit", run.database)
-        raise
-    except BaseException as exc:
-        finish(run, SyncRun.FAILED, result, f"Unexpected error: {exc!r}")
-        logger.exception("Sync of %s failed unexpectedly", run.database)
-        raise
-
-
-def finish(run, status, result, message):
-    run.status = status
-    run.finished_at = timezone.now()
-    run.model_counts = result.counts
-    run.errors = [p.as_dict() for p in result.problems[:MAX_RECORDED_ERRORS]]
-    run.message = message
-    run.backup_path = result.backup_path
-    run.dry_run = result.dry_run
-    run.progress = ""
-    run.save()
-    notify.run_finished(run)
-
-
-def fail_run(run_id, message):
-    """Mark a run failed unless it has already ended (errbacks, failed fetches)."""
-    with transaction.atomic():
-        run = SyncRun.objects.select_for_update().select_related("database").filter(pk=run_id)
-        run = run.first()
-        if run is None or not run.is_active:  # ended, or deleted with its remote
-            return False
-        result = SyncResult(remote=str(run.database), dry_run=run.dry_run)
-        result.counts = run.model_counts
-        finish(run, SyncRun.FAILED, result, message)
-    logger.error("Sync run %s of %s failed: %s", run_id, run.database, message)
-    return True
-
-
-# --- the Celery pipeline: the same steps, one task each -------------------------------------
-
-
-def claim_run(database, options):
-    """A new run of ``database`` in the FETCHING state; a refusal is recorded and
-    raised (AlreadyRunning) when the remote is busy.
-
-    The lock is taken only for the claim: with it in hand, a RUNNING run of the
-    remote is known dead and is reaped. The fetch phase holds no lock (it changes
-    nothing here) and shows it is alive through the run's heartbeat.
-    """
-    with lock_or_refuse(
-        database,
-        trigger=options.trigger,
-        options=options.as_json(),
-        started_by=options.started_by,
-    ):
-        return claim(
-            database,
-            status=SyncRun.FETCHING,
-            trigger=options.trigger,
-            options=options.as_json(),
-            started_by=options.started_by,
-        )
-
-
-def enqueue_sync(database, trigger="admin", started_by="", full=False):
-    """Start a Celery sync of ``database`` now (the admin's "Sync now").
-
-    Returns the AsyncResult of the task that starts the pipeline. If the remote is
-    busy, the refusal is recorded and AlreadyRunning raised, with a message for the
-    user. If the broker cannot be reached, the run is recorded as failed.
-    """
-    from .tasks import start_run
-
-    if not database.is_active:
-        raise SyncError(f"The remote {database} is inactive; activate it first.")
-    run = claim_run(database, SyncOptions.for_task(database, trigger, started_by, full))
-    try:
-        return start_run.delay(run.pk)
-    except Exception as exc:  # noqa: BLE001 - any broker failure: record it, tell the user
-        fail_run(run.pk, f"Could not queue the sync: {exc}")
-        raise SyncError(
-            f"Could not queue the sync of {database}: the task queue is unreachable ({exc})."
-        ) from exc
-
-
-def plan_run(run_id, log=_quiet):
-    """Read the manifest and decide the run's fetches; return the FetchPlan, or None
-    when the run is not waiting for its plan (a duplicate delivery)."""
-    run = _get_run(run_id)
-    if run is None or run.status != SyncRun.FETCHING or run.fetch_plan:
-        logger.warning("Run %s is gone, has ended or is planned; not planning it", run_id)
-        return None
-    database = run.database
-    options = SyncOptions(**run.options)
-    with failures_recorded(run, SyncResult(remote=str(database))):
-        plan = make_plan(options.app_label, options.exclude)
-        client = RemoteClient(database, port=options.port)
-        fetch_plan = plan_fetch(database, plan, options, client, log)
-    run.fetch_plan = fetch_plan.as_json()
-    run.heartbeat = timezone.now()
-    run.progress = f"fetching {len(fetch_plan.jobs)} dumps"
-    run.save(update_fields=["fetch_plan", "heartbeat", "progress"])
-    _record_fetch(run, fetch_plan.server_time, fetch_plan.full)
-    return fetch_plan
-
-
-def fetch_for_run(run_id, model_label, kind):
-    """Fetch one dump of a run into storage; return its metadata (small, JSON).
-
-    Idempotent: the same run and model always give the same storage name, which a
-    repeated delivery overwrites. A run that has already ended fetches nothing.
-    """
-    run = _get_run(run_id)
-    if run is None or run.status != SyncRun.FETCHING:
-        return {"model": model_label, "kind": kind, "skipped": "the run has ended"}
-    fetch_plan = FetchPlan.from_json(run.fetch_plan)
-    options = SyncOptions(**run.options)
-    client = RemoteClient(
-        run.database, port=options.port, retries=settings.DBSYNC_TASK_HTTP_RETRIES
-    )
-    started = timezone.now()
-    with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
-        path, _size = fetch_job(client, fetch_plan, model_label, kind, tmp)
-        stored = storage.save_dump(run_id, path)
-    meta = {
-        "model": model_label,
-        "kind": kind,
-        **stored,
-        "started": started.isoformat(),
-        "finished": timezone.now().isoformat(),
-    }
-    _record_stored(run_id, meta)
-    return meta
-
-
-def _record_stored(run_id, meta):
-    """Note a stored dump in the run's fetch plan, so that the reaper can still send
-    the install of a run whose chord Celery lost (``locking.lost_install``). Under a
-    row lock: a run's fetches finish concurrently."""
-    with transaction.atomic():
-        run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or not run.fetch_plan:
-            return
-        key = (meta["model"], meta["kind"])
-        stored = [m for m in run.fetch_plan.get("stored", []) if (m["model"], m["kind"]) != key]
-        run.fetch_plan["stored"] = [*stored, meta]
-        run.save(update_fields=["fetch_plan"])
-
-
-def install_for_run(run_id, fetched, log=_quiet):
-    """Install a run's fetched dumps: the same install as the command's.
-
-    Holds the remote's lock. A run that has already ended is left alone (a repeated
-    delivery after success is a no-op); a run found RUNNING was being installed by
-    a worker that died (its transaction rolled back): it is marked failed, and not
-    retried, so that an install that kills its worker cannot loop.
-    """
-    run = _get_run(run_id)
-    if run is None:
-        return None
-    database = run.database
-    try:
-        with remote_lock(database, wait=settings.DBSYNC_LOCK_WAIT_SECONDS):
-            run.refresh_from_db()
-            if run.status == SyncRun.RUNNING:
-                mark_interrupted(run)
-                return None
-            if run.status != SyncRun.FETCHING:
-                logger.warning(
-                    "Run %s of %s is %s; nothing to install", run_id, database, run.status
-                )
-                return None
-            run.status = SyncRun.RUNNING
-            run.heartbeat = timezone.now()
-            run.progress = "installing"
-            run.save(update_fields=["status", "heartbeat", "progress"])
-            result = _install_run(run, fetched, log)
-    except LockBusy:
-        logger.warning(
-            "Run %s of %s: the remote is locked by another process; not installing",
-            run_id,
-            database,
-        )
-        return None
-    storage.delete_run(run_id)
-    return result
-
-
-def _get_run(run_id):
-    run = SyncRun.objects.select_related("database").filter(pk=run_id).first()
-    if run is None:
-        logger.warning("Run %s no longer exists (its remote was deleted?)", run_id)
-    return run
-
-
-def _install_run(run, fetched, log):
-    database = run.database
-    options = SyncOptions(**run.options)
-    result = SyncResult(remote=str(database), dry_run=options.dry_run)
-    run.fetch_plan = dict(run.fetch_plan, fetched=fetched)
-    with recorded(run, result):
-        fetch_plan = FetchPlan.from_json(run.fetch_plan)
-        result.full = fetch_plan.full
-        _check_complete(fetch_plan, fetched)
-        plan = make_plan(options.app_label, options.exclude)
-        with _temp_dir(f"run{run.pk}-install-") as work:
-            local = storage.local_copies(run.pk, fetched, work)
-            paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
-            client = RemoteClient(database, port=options.port)
-            refetch = make_refetcher(client, fetch_plan.entries, plan, work)
-            dumps = assemble(fetch_plan, paths)
-            install_fetched(database, plan, options, result, dumps, refetch, log, client=client)
-    return result
-
-
-def _check_complete(fetch_plan, fetched):
-    got = {(meta["model"], meta["kind"]) for meta in fetched if "name" in meta}
-    missing = [f"{m} ({kind})" for m, kind in fetch_plan.jobs if (m, kind) not in got]
-    if missing:
-        raise SyncError(f"The fetch is incomplete: no dump of {', '.join(missing)}.")
-
-
-@contextmanager
-def _temp_dir(prefix):
-    root = Path(settings.DBSYNC_WORK_DIR)
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def reap_stale_runs():
-    """Mark failed the runs whose worker died (periodic task), and prune old dumps."""
-    from .locking import reap_all
-
-    reaped = reap_all()
-    active = set(SyncRun.objects.filter(status__in=SyncRun.ACTIVE).values_list("pk", flat=True))
-    pruned = storage.prune(timedelta(days=settings.DBSYNC_STORAGE_KEEP_DAYS), keep=active)
-    return {"reaped": reaped, "pruned": pruned}
-
-
-__all__ = [
-    "AlreadyRunning",
-    "SyncOptions",
-    "claim_run",
-    "enqueue_sync",
-    "fail_run",
-    "fetch_for_run",
-    "install_for_run",
-    "plan_run",
-    "reap_stale_runs",
-    "run_sync",
-]

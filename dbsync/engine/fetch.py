@@ -4,11 +4,12 @@ import json
 import logging
 from pathlib import Path
 
-from api.schema import fingerprint
+from protocol.schema import fingerprint
 
 from .dumps import dump_name
 from .errors import PayloadError, SchemaMismatch
 from .planner import label
+from .remote import check_api_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +43,12 @@ def check_manifest(plan, manifest, remote):
         )
     for lbl in plan.labels:
         for key in ("url", "keys_url"):
-            _check_path(entries[lbl].get(key), remote)
+            check_api_path(entries[lbl].get(key), remote)
     return entries
 
 
 def plan_model(plan, model_label):
     return next(m for m in plan.models if label(m) == model_label)
-
-
-def _check_path(path, remote):
-    # A hostile manifest must not send us (and our credentials) elsewhere.
-    if (
-        not isinstance(path, str)
-        or not path.startswith("/")
-        or path.startswith("//")
-        or ("://" in path)
-    ):
-        raise PayloadError(f"{remote}: the manifest names an invalid API path {path!r:.100}")
 
 
 def fetch_model(client, entry, dest_dir, since=None):

@@ -1,7 +1,13 @@
-"""Insert many rows into one model's own table, fast, on PostgreSQL and SQLite.
+"""Bulk SQL, on PostgreSQL and SQLite: keys from sequences, COPY, batched inserts,
+foreign keys checked once at the end. One module for the sync's install and records
+(``dbsync.engine``) and the sample-data generator (``hcore.management``).
+
+It lives in ``hcore``, the lowest of the apps: the sync engine depends on hcore
+already (its models), and the generator must not depend on the sync; this module
+imports neither, only Django.
 
 Django's ``bulk_create`` refuses multi-table children, and building model
-instances costs more than the insert itself. These helpers write plain tuples
+instances costs more than the insert itself. ``insert_rows`` writes plain tuples
 into a model's own table (its local columns only, the parent link included):
 with ``COPY`` on PostgreSQL, with batched ``executemany`` elsewhere. Values are
 Python values (keys as integers); nothing calls ``save()``, sends signals or fills
@@ -12,13 +18,20 @@ import logging
 from contextlib import contextmanager
 from itertools import islice
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.db.models import DateField
 from django.db.transaction import TransactionManagementError
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 5_000
+COPY_BLOCK = 1 << 20
+NEXTVAL_SQL = "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)"
+
+
+def qn(name):
+    """``name`` quoted as an identifier of the default database."""
+    return connection.ops.quote_name(name)
 
 
 def insert_rows(model, field_names, rows, using=DEFAULT_DB_ALIAS):
@@ -38,11 +51,18 @@ def insert_rows(model, field_names, rows, using=DEFAULT_DB_ALIAS):
     rows = adapt_rows(rows, value_adapters(model, field_names, connection))
     placeholders = ", ".join(["%s"] * len(field_names))
     sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
-    count = 0
     with connection.cursor() as cursor:
-        while batch := list(islice(rows, BATCH_SIZE)):
-            cursor.executemany(sql, batch)
-            count += len(batch)
+        return execute_batches(cursor, sql, rows, BATCH_SIZE)
+
+
+def execute_batches(cursor, sql, rows, size=BATCH_SIZE):
+    """``executemany`` of ``rows`` (any iterable) ``size`` rows at a time, so that a
+    generator is never held whole; return the number of rows."""
+    rows = iter(rows)
+    count = 0
+    while batch := list(islice(rows, size)):
+        cursor.executemany(sql, batch)
+        count += len(batch)
     return count
 
 
@@ -72,16 +92,21 @@ def insert_rows_returning_pks(model, field_names, rows, using=DEFAULT_DB_ALIAS):
 
 def allocate_pks(connection, model, count):
     """``count`` new keys from the sequence of ``model``'s table (PostgreSQL)."""
-    table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-            [table, model._meta.pk.column, count],
+        return sequence_values(
+            cursor, connection, model._meta.db_table, model._meta.pk.column, count
         )
-        return [pk for (pk,) in cursor.fetchall()]
+
+
+def sequence_values(cursor, connection, table, column, count):
+    """``count`` values of the sequence of ``table``'s ``column`` (PostgreSQL), through
+    ``cursor`` (Django's, or psycopg's own on a connection of its own)."""
+    cursor.execute(NEXTVAL_SQL, [connection.ops.quote_name(table), column, count])
+    return [value for (value,) in cursor.fetchall()]
 
 
 def copy_rows(connection, sql, rows):
+    """COPY ``rows`` (tuples of Python values, adapted by psycopg); return their number."""
     count = 0
     with connection.cursor() as cursor:
         # The psycopg cursor under Django's wrapper: COPY is psycopg's own API.
@@ -98,6 +123,12 @@ def copy_text(connection, sql, blocks):
         with cursor.cursor.copy(sql) as copy:
             for block in blocks:
                 copy.write(block)
+
+
+def copy_file(connection, sql, path, block_size=COPY_BLOCK):
+    """COPY a file already in COPY's text format, a block at a time."""
+    with open(path, "rb") as fh:
+        copy_text(connection, sql, iter(lambda: fh.read(block_size), b""))
 
 
 def value_adapters(model, field_names, connection):
@@ -131,13 +162,12 @@ def foreign_keys_checked_at_end(models, using=DEFAULT_DB_ALIAS):
     """Check the foreign keys of ``models``' tables once, at the end of the block.
 
     On PostgreSQL a foreign key is checked by a trigger per inserted row, which for
-    a large load costs more than the load itself (32 s of 60 for 100,000 sample
-    stations). As the PostgreSQL manual advises ("Populating a Database"), the block
-    runs with the tables' foreign key constraints dropped; at its end they are added
-    again as they were (same names, same definitions), which checks all rows in one
-    query per constraint. Inside a transaction only: a failure rolls the constraints
-    back with the data. The tables, and those they point to, stay locked (ACCESS
-    EXCLUSIVE) until the transaction ends.
+    a large load costs more than the load itself. As the PostgreSQL manual advises
+    ("Populating a Database"), the block runs with the tables' foreign key constraints
+    dropped; at its end they are added again as they were (same names, same
+    definitions), which checks all rows in one query per constraint. Inside a
+    transaction only: a failure rolls the constraints back with the data. The tables,
+    and those they point to, stay locked (ACCESS EXCLUSIVE) until the transaction ends.
 
     PostgreSQL refuses to alter a table with pending deferred checks; if the outer
     transaction already wrote to the tables, if the user does not own them, or

@@ -27,10 +27,12 @@ from django.db import connection, models
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from api.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
+from hcore.bulk import copy_rows, execute_batches, qn, sequence_values
+from protocol.formats import MAX_KEY
+from protocol.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
 
 from .convert import converter_for
-from .dumps import MAX_PK, iter_objects
+from .dumps import iter_objects
 from .errors import (
     DanglingReferences,
     DeleteGuardError,
@@ -77,10 +79,6 @@ KEYMAP_RUNS_STEPWISE = (
     "    WINDOW w AS (ORDER BY original_id)) steps) runs "
     "GROUP BY run ORDER BY 1"
 )
-
-
-def qn(name):
-    return connection.ops.quote_name(name)
 
 
 class ModelSpec:
@@ -131,7 +129,7 @@ class ModelSpec:
             if f.is_relation and f.related_model._meta.app_label == "auth"
         }
         # A file field's value is a name in the remote's storage, meaningless here:
-        # dbsync.files fetches the file and sets the name. New rows start without one.
+        # dbsync.engine.files fetches the file and sets the name. New rows start without one.
         self.file_columns = {f.column for f in self.fields if isinstance(f, models.FileField)}
         self.parent_labels = [label(p) for p in model._meta.get_parent_list()]
         self.planned_m2m = [f for f in self.m2m if f.related_model in planned]
@@ -194,7 +192,7 @@ class Installer:
         self.vendor = connection.vendor
         self.now = timezone.now()
         # Key maps (root label -> remote pk -> local pk): the objects installed before
-        # this run, and those first seen in it. Compact: see dbsync.keysets.
+        # this run, and those first seen in it. Compact: see dbsync.engine.keysets.
         self.loaded = {}
         self.allocated = defaultdict(KeyMap)
         self.pools = defaultdict(list)  # root label -> allocated local pks not yet used
@@ -313,11 +311,8 @@ class Installer:
                     connection.get_connection_params()
                 )
                 self.sequence_connection.autocommit = True
-            rows = self.sequence_connection.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-                [qn(table), column, count],
-            ).fetchall()
-            return [row[0] for row in rows]
+            with self.sequence_connection.cursor() as cursor:
+                return sequence_values(cursor, connection, table, column, count)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT COALESCE(MAX({qn(column)}), 0) FROM {qn(table)}")
             start = cursor.fetchone()[0]
@@ -392,7 +387,7 @@ class Installer:
             )
             return False
         if isinstance(values, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_PK for v in values
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_KEY for v in values
         ):
             return True
         self.object_problem(spec, pk, f"field {f.name!r}: expected a list of keys")
@@ -527,8 +522,8 @@ class Installer:
     def propagate_bad(self):
         """With --skip: whatever needs a skipped object (its parent row, or the target
         of a foreign key) is skipped too. The dumps are read again, in install order,
-        pass after pass until a pass skips nothing more (usually two): keeping every
-        object's references in memory for this rare case cost 600 MB at 1.6 M objects."""
+        pass after pass until a pass skips nothing more (usually two), rather than
+        keeping every object's references in memory for this rare case."""
         changed = True
         while changed:
             changed = False
@@ -710,24 +705,17 @@ class Installer:
         """Write ``rows`` (all columns of ``spec``) into ``table``: COPY on PostgreSQL."""
         columns = spec.column_names
         cols = ", ".join(qn(c) for c in columns)
+        if self.vendor == "postgresql":
+            copy_rows(connection, f"COPY {qn(table)} ({cols}) FROM STDIN", rows)
+            return
+        fields = spec.column_fields
+        sql = f"INSERT INTO {qn(table)} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})"
+        prepared = (
+            [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+            for row in rows
+        )
         with connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                with cursor.cursor.copy(f"COPY {qn(table)} ({cols}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                return
-            fields = spec.column_fields
-            sql = f"INSERT INTO {qn(table)} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})"
-            batch = []
-            for row in rows:
-                batch.append(
-                    [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
-                )
-                if len(batch) >= SQLITE_CHUNK:
-                    cursor.executemany(sql, batch)
-                    batch = []
-            if batch:
-                cursor.executemany(sql, batch)
+            execute_batches(cursor, sql, prepared, SQLITE_CHUNK)
 
     def merge(self, spec, rows):
         """Stage the rows and merge them; return the local pks whose row changed."""
@@ -868,7 +856,7 @@ class Installer:
 
 def without_file_name(convert):
     """A file field's converter that checks the remote's value and keeps nothing of it:
-    a name in the remote's storage means nothing here (``dbsync.files`` sets ours)."""
+    a name in the remote's storage means nothing here (``dbsync.engine.files`` sets ours)."""
 
     def convert_file(value):
         convert(value)

@@ -1,7 +1,7 @@
 """The foreign keys of the rows an install inserts, checked with one query per key.
 
-PostgreSQL checks a deferred foreign key with a trigger per row at COMMIT: for the
-first sync of a remote with 200,000 stations (1.6 M rows), 44 s of 170. With the
+PostgreSQL checks a deferred foreign key with a trigger per row at COMMIT, a large
+part of a first sync's time (docs/benchmarks.md). With the
 right to set ``session_replication_role`` (a superuser has it; on PostgreSQL 15+
 ``GRANT SET ON PARAMETER session_replication_role TO <role>`` gives it), the install
 COPYs its new rows with triggers off, then checks each foreign key of those rows in
@@ -19,16 +19,14 @@ from contextlib import contextmanager, suppress
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
+from hcore.bulk import qn
+
 from .errors import ObjectError
 from .keysets import KeySet
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20
-
-
-def qn(name):
-    return connection.ops.quote_name(name)
 
 
 def _bulk_allowed():

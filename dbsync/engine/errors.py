@@ -1,7 +1,7 @@
 """The fatal problems of a sync. Every one derives from :class:`SyncError`.
 
 Per-object problems are not exceptions but entries in the run's result (see
-``dbsync.result``), unless the caller asked to halt on them, which is the default.
+``dbsync.engine.result``), unless the caller asked to halt on them, which is the default.
 """
 
 

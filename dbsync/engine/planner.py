@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from django.apps import apps
 
-from api.schema import get_served_model, served_fields, served_m2m_fields, served_models
+from protocol.schema import get_served_model, served_fields, served_m2m_fields, served_models
 
 from .errors import PlanError
 

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # The first key of a slot's advisory lock is SLOT_NAMESPACE + slot, and of the remote's
 # gate SLOT_NAMESPACE + MAX_SLOTS. The low 16 bits of SLOT_NAMESPACE are zero: these keys
-# stay apart from the others of this database (the sync lock of dbsync.locking is the
+# stay apart from the others of this database (the sync lock of dbsync.runs.locking is the
 # pair (LOCK_NAMESPACE, remote pk)).
 SLOT_NAMESPACE = zlib.crc32(b"dbsync.request-slot") & 0x7FFF0000
 MAX_SLOTS = 0xFFFF

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.text import slugify
 
-from api.schema import NEVER_SERVED_MODELS
+from protocol.schema import NEVER_SERVED_MODELS
 
 from .dumps import dump_name, iter_objects, read_key_set
 from .errors import PayloadError

@@ -18,11 +18,12 @@ try:  # several times faster than the standard library's json on this path
 except ImportError:  # pragma: no cover - orjson is in requirements.txt
     from json import loads
 
+from protocol.formats import MAX_KEY
+
 from .errors import PayloadError
 from .keysets import KeySet
 
 SAFE_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
-MAX_PK = 2**63 - 1  # original_id is a bigint
 
 
 def dump_name(model_label, suffix=""):
@@ -131,7 +132,7 @@ def _check_object(obj, name, where):
     pk = obj.get("pk")
     if isinstance(pk, str) and pk.isdigit():
         pk = obj["pk"] = int(pk)
-    if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk <= MAX_PK:
+    if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk <= MAX_KEY:
         raise PayloadError(f"{name} {where}: {obj['model']} has an invalid pk {pk!r}")
     return obj
 

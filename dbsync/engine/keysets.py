@@ -2,8 +2,8 @@
 
 An install keeps, for every replicated object, its remote key, its local key and
 whether this run has seen or written it: millions of integers for a large remote.
-As Python sets and dicts they cost 60-150 bytes each (600 MB for 200,000 stations
-with their series); here almost nothing, because keys come in ascending runs: dumps
+As Python sets and dicts they cost tens of bytes each (docs/benchmarks.md); here
+almost nothing, because keys come in ascending runs: dumps
 and key listings are ordered by pk, and local keys come from a sequence. A
 ``KeySet`` is a list of runs ``[start, end)``; a ``KeyMap`` a list of runs in which
 the remote and the local key both step by one. Keys that come out of order, or that

@@ -39,7 +39,8 @@ from hcore.models import GentityFile
 
 from .dumps import listing_entries
 from .errors import PayloadError, RemoteError
-from .fetch import _check_path
+from .progress import quiet
+from .remote import check_api_path
 from .result import FILES_LABEL, ObjectProblem
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 16
 # FileField's default max_length: the whole name must fit.
 MAX_NAME = GentityFile._meta.get_field("content").max_length
-
-
-def _quiet(message, level=1):
-    logger.debug("%s", message)
 
 
 @dataclass
@@ -143,7 +140,7 @@ def check_entry(entry):
 
 
 class FilesSync:
-    def __init__(self, database, client, *, dry_run=False, log=_quiet):
+    def __init__(self, database, client, *, dry_run=False, log=quiet):
         self.database = database
         self.client = client
         self.dry_run = dry_run
@@ -180,7 +177,7 @@ class FilesSync:
             self.log(f"{self.database} serves no files (an older version?); none synced", 1)
             return None
         for key in ("listing_url", "url"):
-            _check_path(urls.get(key), self.client)
+            check_api_path(urls.get(key), self.client)
         return urls
 
     def fetch_listing(self, url):
@@ -333,7 +330,7 @@ def checksum(path):
     return size, digest.hexdigest()
 
 
-def sync_files(database, client, *, dry_run=False, log=_quiet):
+def sync_files(database, client, *, dry_run=False, log=quiet):
     """Sync the files of the GentityFile objects replicated from ``database`` into the
     local default storage; return a FilesResult. A file that cannot be fetched is a
     reported problem, not an error; a remote that cannot be reached raises."""

@@ -2,7 +2,7 @@
 
 A worker started without ``-Q`` consumes all three. On several hosts, fetch
 workers may consume FETCH only and install workers INSTALL (they then share
-dumps through S3-compatible storage, see ``dbsync.storage``).
+dumps through S3-compatible storage, see ``dbsync.runs.storage``).
 """
 
 SYNC = "dbsync"  # sync_remote, start_run, errbacks, reaping: short tasks
