@@ -90,10 +90,11 @@ class Process:
     args: list
     env: dict
     log_path: Path
+    log_mode: str = "w"  # "a": a restarted process keeps its earlier output
     popen: subprocess.Popen = field(init=False)
 
     def __post_init__(self):
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, self.log_mode)  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             self.args,
             env=self.env,
@@ -141,6 +142,12 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.popen.wait()
+        else:
+            # Children of a dead leader (a worker's pool) may outlive it.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.log.close()
 
 

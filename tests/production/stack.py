@@ -5,16 +5,15 @@ commands, environments and healthchecks are taken from the files and run as proc
 with the container's addresses and paths mapped to the test's own (``Relocation``).
 """
 
-import os
 import re
 import shlex
-import signal
-import subprocess
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tests.browser import wait_for
+from tests.celery_helpers import Process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -158,55 +157,13 @@ def duration(text):
 
 
 @dataclass
-class Service:
-    """A long-running process of the stack, in its own process group, its output in a
-    file."""
+class Service(Process):
+    """A long-running process of the stack: a Process whose log keeps the output of its
+    earlier runs (a service restarted by the test appends to it)."""
 
-    name: str
-    args: list
-    env: dict
-    log_path: Path
-    popen: subprocess.Popen = field(init=False)
-
-    def __post_init__(self):
-        self.log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            self.args,
-            env=self.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self):
-        return self.popen.poll() is None
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout=20):
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        else:
-            # Children of a dead leader (a worker's pool) may outlive it.
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
+    name: str = ""
+    log_mode: str = "a"
 
 
 def wait_until(predicate, timeout, what, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"waited {timeout} s for {what}")
+    return wait_for(predicate, timeout=timeout, every=every, what=what)

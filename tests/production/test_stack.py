@@ -273,7 +273,9 @@ class Stack:
 
     def start(self, name):
         log = self.work / f"{name}.log"
-        self.services[name] = Service(name, self.args(name), self.env(name), log)
+        self.services[name] = Service(
+            args=self.args(name), env=self.env(name), log_path=log, name=name
+        )
         return self.services[name]
 
     def manage(self, service, *args, **extra_env):
