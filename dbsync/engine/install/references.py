@@ -1,0 +1,257 @@
+"""Reference resolution: which remote objects this run has, what refers to what is
+missing, re-fetching it, and (with ``--skip``) which objects are left out.
+
+State, all in *remote* pks:
+
+- ``present[model label]``: the pks of the objects in this run's dumps, re-fetched
+  ones included. Only ever grows. Without ``--skip`` an object becomes present when
+  the install reaches it; with ``--skip``, when the scan before any write does.
+- ``refs[model label]``: pks referred to (foreign key, parent row, many-to-many link)
+  that were not *known* when referred to; checked once all is read (``missing``).
+- known: present, or (unless the dumps are complete) installed before the run
+  (the key map's ``loaded``) and still listed by the remote's keys, if it sent them.
+  A known object stays known: the checks only ever learn of more.
+- ``bad``: (root label, pk) of the objects skipped, only with ``--skip``. Only this
+  class adds to it: ``object_problem`` (an object that cannot be installed),
+  ``report_dangling`` (one that refers to an object nobody sent) and
+  ``propagate_bad`` (one that needs a bad object: its parent row or the target of a
+  foreign key; a many-to-many link to a bad object is dropped, not propagated). It
+  is complete before anything is written, and the writers leave its objects out.
+
+Without ``--skip`` every problem raises (``ObjectError``, ``DanglingReferences``)
+and ``bad`` stays empty.
+"""
+
+from collections import defaultdict
+
+from django.conf import settings
+
+from protocol.formats import MAX_KEY
+
+from ..errors import DanglingReferences, ObjectError
+from ..keysets import KeySet
+from ..planner import label
+from .spec import BadValue, check_object, convert_row, object_needs, object_targets
+
+MAX_REFETCH_ROUNDS = 3
+MAX_LISTED_PROBLEMS = 20
+
+
+class References:
+    """What the run's objects refer to, and whether it exists; see the module docstring."""
+
+    def __init__(self, specs, dumps, keys, result, *, database, remote_keys, skip, refetch, log):
+        """``remote_keys``: root label -> remote pks, "present" (the dumps are complete)
+        or None (not known); ``refetch(model_label, pks)`` returns {model label:
+        [paths]} of re-fetched objects."""
+        self.specs = specs
+        self.dumps = dumps
+        self.keys = keys
+        self.result = result
+        self.database = database
+        # "present": the dumps are complete, so what they hold is all the remote has.
+        self.full_dumps = remote_keys == "present"
+        self.remote_keys = None if self.full_dumps else remote_keys
+        self.skip = skip
+        self.refetch = refetch
+        self.log = log
+        self.present = defaultdict(KeySet)
+        self.refs = defaultdict(set)
+        self.bad = set()
+
+    # --- what is known ------------------------------------------------------------------
+
+    def saw(self, spec, pk):
+        """An object of ``spec`` in the dumps: present, and its parent rows needed."""
+        self.present[spec.label].add(pk)
+        for parent in spec.parent_labels:
+            self.refer(parent, pk)
+
+    def is_known(self, model_label, pk):
+        if pk in self.present[model_label]:
+            return True
+        if self.full_dumps:
+            return False
+        root_label = self.specs[model_label].root_label
+        if pk not in self.keys.loaded[root_label]:
+            return False
+        keys = self.remote_keys.get(root_label) if self.remote_keys is not None else None
+        return keys is None or pk in keys
+
+    def refer(self, model_label, pk):
+        """Note a reference to be checked at the end, unless its object is known now
+        (known objects stay known: the checks only ever learn of more)."""
+        if (
+            pk not in self.present[model_label]
+            and model_label in self.specs
+            and not self.is_known(model_label, pk)
+        ):
+            self.refs[model_label].add(pk)
+
+    def missing(self):
+        missing = {}
+        for model_label, pks in self.refs.items():
+            if model_label not in self.specs:
+                continue
+            gone = {pk for pk in pks if not self.is_known(model_label, pk)}
+            if gone:
+                missing[model_label] = gone
+        return missing
+
+    # --- problems of one object -------------------------------------------------------
+
+    def object_problem(self, spec, pk, message):
+        if not self.skip:
+            raise ObjectError(
+                f"{self.database}: could not install {spec.label}(pk={pk}): {message}"
+            )
+        if (spec.root_label, pk) not in self.bad:
+            self.bad.add((spec.root_label, pk))
+            self.result.problem(spec.label, pk, message)
+
+    def valid_keys(self, spec, pk, f, values):
+        limit = settings.DBSYNC_MAX_LINKS_PER_OBJECT
+        if isinstance(values, list) and len(values) > limit:
+            self.object_problem(
+                spec,
+                pk,
+                f"field {f.name!r}: {len(values)} keys, more than the {limit} allowed "
+                f"(DBSYNC_MAX_LINKS_PER_OBJECT)",
+            )
+            return False
+        if isinstance(values, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_KEY for v in values
+        ):
+            return True
+        self.object_problem(spec, pk, f"field {f.name!r}: expected a list of keys")
+        return False
+
+    def skipped(self, spec):
+        """How many objects of ``spec``'s dumps are bad."""
+        return sum(
+            1
+            for root_label, pk in self.bad
+            if root_label == spec.root_label and pk in self.present[spec.label]
+        )
+
+    # --- with --skip: everything checked before anything is written ----------------------
+
+    def scan_model(self, spec, paths):
+        for path in paths:
+            for obj in self.dumps.objects(path):
+                self.scan_object(spec, obj)
+
+    def scan_object(self, spec, obj):
+        """With --skip: check an object and note what it needs, writing nothing."""
+        check_object(spec, obj, self.database)
+        pk, fields = obj["pk"], obj["fields"]
+        self.saw(spec, pk)
+        try:
+            values = convert_row(spec, fields)
+        except BadValue as exc:
+            self.object_problem(spec, pk, str(exc))
+            return
+        for (_f, _name, _conv, target_label, _root), value in zip(
+            spec.columns, values, strict=True
+        ):
+            if target_label is not None and value is not None:
+                self.refer(target_label, value)
+        for f in spec.planned_m2m:
+            values = fields.get(f.name, [])
+            if self.valid_keys(spec, pk, f, values):
+                for value in values:
+                    self.refer(label(f.related_model), value)
+
+    def resolve_before(self, models):
+        """--skip, after the scan: re-fetch what is missing (and scan it), then skip
+        what still dangles and whatever needs a skipped object."""
+        missing = self.missing()
+        rounds = 0
+        while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
+            rounds += 1
+            self.refetch_missing(missing, models, self.scan_model)
+            missing = self.missing()
+        if missing:
+            self.report_dangling(missing)
+        if self.bad:
+            self.propagate_bad()
+
+    def propagate_bad(self):
+        """With --skip: whatever needs a skipped object (its parent row, or the target
+        of a foreign key) is skipped too. The dumps are read again, in install order,
+        pass after pass until a pass skips nothing more (usually two), rather than
+        keeping every object's references in memory for this rare case."""
+        changed = True
+        while changed:
+            changed = False
+            for spec in self.specs.values():
+                for path in self.dumps.paths(spec.label):
+                    for obj in self.dumps.objects(path):
+                        changed |= self.skip_if_needs_bad(spec, obj)
+
+    def skip_if_needs_bad(self, spec, obj):
+        pk = obj["pk"]
+        if (spec.root_label, pk) in self.bad:
+            return False
+        for target_label, target_root, value in object_needs(spec, obj):
+            if (target_root, value) in self.bad:
+                self.bad.add((spec.root_label, pk))
+                self.result.problem(
+                    spec.label, pk, f"needs {target_label}(pk={value}), which was skipped"
+                )
+                return True
+        return False
+
+    # --- without --skip: checked after everything is written ------------------------------
+
+    def resolve_after(self, models, install):
+        """Every reference written must point at an object of this run or an earlier
+        one: re-fetch what is missing and ``install(spec, paths)`` it, or raise."""
+        missing = self.missing()
+        rounds = 0
+        while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
+            rounds += 1
+            self.refetch_missing(missing, models, install)
+            missing = self.missing()
+        if missing:
+            self.report_dangling(missing)
+
+    # --- both ----------------------------------------------------------------------------
+
+    def refetch_missing(self, missing, models, install):
+        """Ask the remote again for objects referenced but not sent, and hand their
+        dumps to ``install(spec, paths)`` in plan order (``models``)."""
+        count = sum(len(p) for p in missing.values())
+        self.log(f"Re-fetching {count} object(s) referenced but not sent", 1)
+        fetched_all = defaultdict(list)
+        for model_label, pks in sorted(missing.items()):
+            for fetched_label, paths in self.refetch(model_label, sorted(pks)).items():
+                self.dumps.add(fetched_label, paths)
+                fetched_all[fetched_label].extend(paths)
+        for model in models:
+            paths = fetched_all.get(label(model))
+            if paths:
+                install(self.specs[label(model)], paths)
+
+    def report_dangling(self, missing):
+        """Name each object whose reference still dangles; halt unless skipping."""
+        problems = []
+        for spec in self.specs.values():
+            for path in self.dumps.paths(spec.label):
+                for obj in self.dumps.objects(path):
+                    for target_label, pk in object_targets(spec, obj):
+                        if pk in missing.get(target_label, ()):
+                            message = (
+                                f"refers to {target_label}(pk={pk}), which the remote did not "
+                                f"send (not even when asked again)"
+                            )
+                            problems.append(f"{spec.label}(pk={obj['pk']}) {message}")
+                            if self.skip:
+                                self.object_problem(spec, obj["pk"], message)
+        if not self.skip:
+            listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+            more = len(problems) - MAX_LISTED_PROBLEMS
+            raise DanglingReferences(
+                f"{self.database}: {len(problems)} reference(s) to objects that do not exist: "
+                f"{listed}{f'; and {more} more' if more > 0 else ''}"
+            )
