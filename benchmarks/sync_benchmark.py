@@ -64,6 +64,8 @@ def register_remote(remote, env):
             "127.0.0.1",
             "--port",
             str(remote.port),
+            "--scheme",
+            remote.scheme,
         ),
         env,
     )
