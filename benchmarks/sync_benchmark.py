@@ -4,7 +4,9 @@ with Django's ``loaddata`` and a raw PostgreSQL ``COPY`` of the same rows.
 
 Everything runs on this machine: a remote instance (its own PostgreSQL database,
 ``generate_sample_data``, gunicorn on loopback) and a local one. Prints a table of
-rows, seconds, rows/s and peak memory (MB) per step.
+rows, seconds, rows/s and peak memory (MB) per step; each sync's fetch phase (every
+dump to disk) and install phase (the objects' transaction) are read from the
+command's ``-v 2`` output, and the install phase's rate is compared with the raw COPY.
 
     .venv/bin/python benchmarks/sync_benchmark.py                 # 200,000 stations
     .venv/bin/python benchmarks/sync_benchmark.py --stations 20000
@@ -17,6 +19,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,6 +67,8 @@ def register_remote(remote, env):
             "127.0.0.1",
             "--port",
             str(remote.port),
+            "--scheme",
+            remote.scheme,
         ),
         env,
     )
@@ -149,6 +154,25 @@ def age_remote(instance):
         conn.execute("UPDATE hcore_recordssummary SET changed = changed - interval '1 day'")
 
 
+FETCH_PHASE = re.compile(r"^Fetch phase: \d+ dumps, \d+ bytes in ([\d.]+) s$", re.M)
+INSTALL_PHASE = re.compile(
+    r"^Install phase: ([\d.]+) s in the objects' transaction, ([\d.]+) s analyzing$", re.M
+)
+
+
+def phases(name, rows, out):
+    """The fetch and install phases of a sync, from the command's ``-v 2`` lines: rows
+    of the table (none from a version that does not log them)."""
+    fetch, install = FETCH_PHASE.search(out), INSTALL_PHASE.search(out)
+    found = []
+    if fetch:
+        found.append((f"  {name}: fetch phase", rows, float(fetch[1]), None))
+    if install:
+        found.append((f"  {name}: install phase (transaction)", rows, float(install[1]), None))
+        found.append((f"  {name}: ANALYZE after the COMMIT", rows, float(install[2]), None))
+    return found
+
+
 def report(name, n, seconds, peak):
     rate = f"{n / seconds:9.0f}" if seconds else f"{'':9}"
     secs = f"{seconds:8.1f}" if seconds is not None else f"{'':8}"
@@ -162,6 +186,10 @@ class Results(list):
     def append(self, row):
         report(*row)
         super().append(row)
+
+    def extend(self, rows):
+        for row in rows:
+            self.append(row)
 
 
 def main():
@@ -198,14 +226,17 @@ def main():
         rows = count_rows(remote_url)
         print(f"  {rows} rows in hcore tables", flush=True)
         register_remote(remote, local_env)
-        sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "1")
+        # -v 2: the command logs its fetch and install phases.
+        sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "2")
 
         seconds, peak, out = run_measured(sync, local_env)
         results.append(("dbsync: first full sync", rows, seconds, peak))
+        results.extend(phases("first sync", rows, out))
         print(out.strip().splitlines()[-1], flush=True)
 
         seconds, peak, out = run_measured(sync, local_env)
         results.append(("dbsync: re-sync, nothing changed", rows, seconds, peak))
+        results.extend(phases("unchanged", rows, out))
 
         changed = max(1, options.stations // 100)
         remote.sql(
@@ -221,6 +252,7 @@ def main():
         )
         seconds, peak, out = run_measured(sync, local_env)
         results.append(("dbsync: re-sync, 1 % changed", rows, seconds, peak))
+        results.extend(phases("1 % changed", rows, out))
         results.append(("remote API server (gunicorn worker)", rows, None, server_peak_mb(remote)))
 
         copy_rows, seconds = raw_copy(remote_url, f"{PG_BASE}/{copy_db}")
@@ -280,6 +312,12 @@ def main():
     print(f"first sync / raw COPY rate: {ours / (copy[1] / copy[2]):.2f}")
     print(f"first sync / raw COPY without key checks: {ours / (unchecked[1] / unchecked[2]):.2f}")
     print(f"first sync / loaddata rate: {ours / (load[1] / load[2]):.1f}x")
+    install = next(
+        (r for r in results if r[0] == "  first sync: install phase (transaction)"), None
+    )
+    if install:
+        rate = install[1] / install[2]
+        print(f"first sync's install phase / raw COPY rate: {rate / (copy[1] / copy[2]):.2f}")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ DBSYNC_STALE_SECONDS = env_int("DBSYNC_STALE_SECONDS", 900)
 # schedule (synced by cron) when its last success is older than this many hours.
 DBSYNC_OVERDUE_GRACE_MINUTES = env_int("DBSYNC_OVERDUE_GRACE_MINUTES", 120)
 DBSYNC_UNSCHEDULED_MAX_AGE_HOURS = env_float("DBSYNC_UNSCHEDULED_MAX_AGE_HOURS", 26)
-# The command fetches this many dumps at once, installing while the rest arrive.
+# The command fetches this many dumps at once into its work folder; it installs once
+# all are on disk (its transaction never waits on the remote).
 DBSYNC_FETCH_THREADS = env_int("DBSYNC_FETCH_THREADS", 4)
 # Time-series records and files (dbsync.engine.records, dbsync.engine.files): downloads at once,
 # and the largest file fetched (a larger one is refused and reported).

@@ -1,16 +1,18 @@
 """The sync itself: plan, fetch into the work folder, install, then records and files.
 
 One sync of a remote is: plan the models -> plan the fetch (manifest, schema check,
-full or incremental) -> fetch each model's dump -> back up -> install everything in
-one transaction with the new cursor -> records -> files. The command runs it all in
-one process (``sync``); the Celery pipeline (``dbsync.runs``) runs the same steps,
-one task each, with these same functions (``plan_fetch``, ``fetch_job``,
-``assemble``, ``install_fetched``). Nothing here knows of runs, locks or Celery:
-the caller records what happens (``on_fetch_planned``, the result).
+full or incremental) -> fetch every dump to local disk -> back up -> install
+everything in one transaction with the new cursor -> records -> files. The fetch
+is done before the transaction opens, so the transaction never waits on a remote's
+dumps. The command runs it all in one process (``sync``: ``fetch_all`` into the
+work folder, then ``install_dumps``); the Celery pipeline (``dbsync.runs``) runs the
+same steps, one task each, with these same functions (``plan_fetch``, ``fetch_job``
+per dump into storage, then ``install_dumps``). Nothing here knows of runs, locks or
+Celery: the caller records what happens (``on_fetch_planned``, the result).
 """
 
 import logging
-from collections.abc import Mapping
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -164,120 +166,58 @@ def _fetch_and_install(database, plan, options, result, log, client, work, on_fe
     fetch_plan = plan_fetch(database, plan, options, client, log)
     result.full = fetch_plan.full
     on_fetch_planned(fetch_plan.server_time, result.full)
-    refetch = make_refetcher(client, fetch_plan.entries, plan, work)
-    with ParallelFetch(database, plan, client, fetch_plan, work, log) as fetched:
-        if options.fetch_only:
-            fetched.wait_all()
-            log(
-                f"Fetched {len(fetch_plan.jobs)} dumps into {work}; nothing installed "
-                f"(--fetch-only).",
-                1,
-            )
-            result.notes.append(f"fetch only: dumps kept in {work}")
-            return
-        # The install starts with the first model while the others are still
-        # being fetched: it waits for each dump only when it reaches it.
-        install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
+    paths = fetch_all(database, plan, client, fetch_plan, work, log)
+    if options.fetch_only:
+        log(
+            f"Fetched {len(fetch_plan.jobs)} dumps into {work}; nothing installed (--fetch-only).",
+            1,
+        )
+        result.notes.append(f"fetch only: dumps kept in {work}")
+        return
+    install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
     if not options.dry_run:
         clean(work, plan)
 
 
-class ParallelFetch:
-    """The command's fetch: DBSYNC_FETCH_THREADS downloads at once, in plan order.
-
-    Behaves as the install's ``Fetched``: ``files[label]`` waits for that dump;
-    ``keys`` waits for every keys listing. A failed download fails the install
-    (and so the whole run); leaving the block cancels what has not started.
-    """
-
-    def __init__(self, database, plan, client, fetch_plan, work, log):
-        self.database, self.plan, self.fetch_plan = database, plan, fetch_plan
-        self.client, self.work, self.log = client, work, log
-        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.DBSYNC_FETCH_THREADS))
-        self.futures = {
-            job: self.pool.submit(fetch_job, client, fetch_plan, *job, work)
-            for job in fetch_plan.jobs
+def fetch_all(database, plan, client, fetch_plan, work, log=quiet):
+    """The fetch half: every job of ``fetch_plan`` into ``work``, DBSYNC_FETCH_THREADS
+    downloads at once, started in plan order (the key listings after the dumps).
+    Returns {(model label, kind): path} and leaves a fetch record (``--resume``
+    installs from it). Nothing is open on the local database meanwhile: the install
+    starts once every dump is on disk. A failed download fails the run; what has not
+    started is cancelled."""
+    started = time.monotonic()
+    paths, total = {}, 0
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.DBSYNC_FETCH_THREADS))
+    try:
+        futures = {
+            job: pool.submit(fetch_job, client, fetch_plan, *job, work) for job in fetch_plan.jobs
         }
-        self.files = WaitingFiles(self)
-        self.server_time = fetch_plan.server_time
-        self.reported = set()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        return False
-
-    def result(self, model_label, kind=DUMP):
-        path, size = self.futures[(model_label, kind)].result()
-        if kind == DUMP and (model_label, kind) not in self.reported:
-            self.reported.add((model_label, kind))
-            name = plan_model_name(self.plan, model_label)
-            self.log(f"Syncing model {name}", 1)
-            self.log(f"\t- Downloading {name} fixtures : done ({size} bytes)", 2)
-        return path
-
-    @property
-    def keys(self):
-        if self.fetch_plan.full:
-            return "present"
-        return WaitingKeys(self)
-
-    def wait_all(self):
-        paths = {job: self.result(*job) for job in self.fetch_plan.jobs}
-        write_fetch_record(
-            self.work,
-            {
-                "remote": self.database.name,
-                "full": self.fetch_plan.full,
-                "server_time": self.fetch_plan.server_time.isoformat(),
-                "files": {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP},
-                "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
-            },
-        )
-
-
-class WaitingFiles(Mapping):
-    """model label -> [dump path], each waiting for its download."""
-
-    def __init__(self, fetch):
-        self.fetch = fetch
-        self.labels = [m for m, kind in fetch.fetch_plan.jobs if kind == DUMP]
-
-    def __getitem__(self, model_label):
-        if model_label not in self.labels:
-            raise KeyError(model_label)
-        return [str(self.fetch.result(model_label))]
-
-    def __iter__(self):
-        return iter(self.labels)
-
-    def __len__(self):
-        return len(self.labels)
-
-
-class WaitingKeys(Mapping):
-    """root label -> the remote's keys, each read when first asked for (the install
-    reads the local key maps while the listings arrive)."""
-
-    def __init__(self, fetch):
-        self.fetch = fetch
-        self.labels = [m for m, kind in fetch.fetch_plan.jobs if kind == KEYS]
-        self.read = {}
-
-    def __getitem__(self, model_label):
-        if model_label not in self.labels:
-            raise KeyError(model_label)
-        if model_label not in self.read:
-            self.read[model_label] = read_key_set(str(self.fetch.result(model_label, KEYS)))
-        return self.read[model_label]
-
-    def __iter__(self):
-        return iter(self.labels)
-
-    def __len__(self):
-        return len(self.labels)
+        for (model_label, kind), future in futures.items():
+            path, size = future.result()
+            paths[(model_label, kind)] = path
+            total += size
+            if kind == DUMP:
+                name = plan_model_name(plan, model_label)
+                log(f"Syncing model {name}", 1)
+                log(f"\t- Downloading {name} fixtures : done ({size} bytes)", 2)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    write_fetch_record(
+        work,
+        {
+            "remote": database.name,
+            "full": fetch_plan.full,
+            "server_time": fetch_plan.server_time.isoformat(),
+            "files": {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP},
+            "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
+        },
+    )
+    log(
+        f"Fetch phase: {len(paths)} dumps, {total} bytes in {time.monotonic() - started:.2f} s",
+        2,
+    )
+    return paths
 
 
 def plan_model_name(plan, model_label):
@@ -349,6 +289,20 @@ def assemble(fetch_plan, paths):
     return Fetched(files, keys, fetch_plan.server_time)
 
 
+def install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log=quiet):
+    """The install half, the same for the command and the Celery install task: the
+    dumps of ``fetch_plan``, on local disk at ``paths`` ({(model label, kind): path}),
+    installed in one transaction; then the records and files from ``client``.
+
+    An object that the dumps reference but do not contain is asked for again, into
+    ``work``, from inside the transaction (``fetch.make_refetcher``): which ones are
+    missing is known only as the install resolves each reference against the local
+    key maps, and they are few (the remote changed during the fetch)."""
+    refetch = make_refetcher(client, fetch_plan.entries, plan, work)
+    fetched = assemble(fetch_plan, paths)
+    return install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
+
+
 def install_fetched(
     database, plan, options, result, fetched, refetch=None, log=quiet, client=None
 ):
@@ -361,6 +315,7 @@ def install_fetched(
     if options.records and client is not None and "hcore.timeseries" in plan.labels:
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
+    started = time.monotonic()
     with transaction.atomic(), _connection_loss_reported():
         installer = Installer(
             database,
@@ -383,8 +338,14 @@ def install_fetched(
                 database.sync_cursor = fetched.server_time
                 update.append("sync_cursor")
             database.save(update_fields=update)
+    committed = time.monotonic()
     if not options.dry_run:
         installer.analyze_grown_tables()
+    log(
+        f"Install phase: {committed - started:.2f} s in the objects' transaction, "
+        f"{time.monotonic() - committed:.2f} s analyzing",
+        2,
+    )
     if options.records:
         if client is None:
             result.notes.append("records and files not synced: they need the remote's API")

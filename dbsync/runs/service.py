@@ -21,7 +21,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from dbsync.engine.errors import SyncError
-from dbsync.engine.fetch import make_refetcher
 from dbsync.engine.planner import make_plan
 from dbsync.engine.progress import quiet
 from dbsync.engine.remote import RemoteClient
@@ -29,9 +28,8 @@ from dbsync.engine.result import SyncResult
 from dbsync.engine.sync import (
     FetchPlan,
     SyncOptions,
-    assemble,
     fetch_job,
-    install_fetched,
+    install_dumps,
     plan_fetch,
     sync,
 )
@@ -298,9 +296,7 @@ def _install_run(run, fetched, log):
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
             client = RemoteClient(database, port=options.port)
-            refetch = make_refetcher(client, fetch_plan.entries, plan, work)
-            dumps = assemble(fetch_plan, paths)
-            install_fetched(database, plan, options, result, dumps, refetch, log, client=client)
+            install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
     return result
 
 

@@ -19,6 +19,7 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 from django.apps import apps
 from django.core.management import load_command_class
@@ -245,6 +246,43 @@ def test_reset_once_mid_object_dump_is_retried_and_succeeds(remote, remote_objec
     front.on(STATION_DUMP, servers.first(1, servers.cut("reset")))
     assert_succeeded(hcore_remotesyncdb(database), database, remote_objects)
     assert len(front.asked(STATION_DUMP)) == 2
+
+
+def test_no_transaction_is_open_while_a_dump_is_slow_to_come(remote, remote_objects, front):
+    """The remote takes its time over the series' dump (the last of the plan). All
+    the while, the syncing connection has no transaction open on the local database
+    (no row locks held, no xmin horizon kept back): the objects' transaction opens
+    only once every dump is on disk. Watched in pg_stat_activity from another
+    connection, as the fault happens."""
+    database = register(remote.hostname, front.port)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    params = connection.get_connection_params()
+    conninfo = {
+        k: params[k] for k in ("host", "port", "user", "password", "dbname") if k in params
+    }
+    seen = []
+
+    def slow(exchange, n):
+        with psycopg.connect(**conninfo, autocommit=True) as watcher:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                seen.append(
+                    watcher.execute(
+                        "SELECT state, xact_start IS NOT NULL FROM pg_stat_activity "
+                        "WHERE pid = %s",
+                        [pid],
+                    ).fetchone()
+                )
+                time.sleep(0.1)
+        exchange.send(*exchange.forward())
+
+    front.on(model_path("timeseries"), slow)
+    assert_succeeded(hcore_remotesyncdb(database), database, remote_objects)
+    assert len(seen) >= 10
+    assert all(row is not None for row in seen), "the syncing connection was replaced"
+    assert [row for row in seen if row[1]] == [], "a transaction was open during the fetch"
 
 
 def test_reset_mid_records_batch_installs_no_record(remote, remote_objects, front, integrity):
