@@ -25,13 +25,12 @@ from .batches import SeriesError
 from .loader import RecordsError
 from .plan import RecordsPlan, plan_jobs
 from .summary import Entry, Summary, SummaryPrefetch, read_summary
-from .sync import RecordsResult, RecordsSync, sync_records
+from .sync import RecordsSync, sync_records
 
 __all__ = [
     "Entry",
     "RecordsError",
     "RecordsPlan",
-    "RecordsResult",
     "RecordsSync",
     "SeriesError",
     "Summary",

@@ -31,8 +31,9 @@ from protocol.formats import ZERO_CHECKSUM, add_checksums
 
 from ..errors import PayloadError
 from ..progress import quiet
+from ..result import RECORDS_LABEL
 from .batches import NULL, FetchedSeries
-from .plan import APPEND, CLEAR, REPLACE, State
+from .plan import APPEND, CLEAR, REPLACE, SERIES_LABEL, State
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Loader:
                     removed += cursor.fetchone()[0]
                 else:
                     removed += sum(self.delete_series(chunk).values())
-        self.result.removed += removed
+        self.count("deleted", removed)
         self.write_empty_states(local_pks)
         self.log(f"\t- {len(local_pks)} empty series recorded", 3)
 
@@ -134,7 +135,7 @@ class Loader:
                 continue
             if not self.skip:
                 raise RecordsError(f"{self.database}: {failed.error.describe()}")
-            self.result.skipped(failed.error)
+            self.skipped(failed.error)
             logger.warning("%s: skipped %s", self.database, failed.error.describe())
         try:
             if not good:
@@ -150,15 +151,42 @@ class Loader:
             if fetched.path is not None:
                 fetched.path.unlink(missing_ok=True)
 
+    def count(self, key, n):
+        self.result.add(RECORDS_LABEL, key, n)
+
     def done(self, fetched, removed):
+        """A series loaded: counted, what was done to it noted, its new state kept."""
         job = fetched.job
-        self.result.fetched += fetched.count
-        self.result.removed += removed
+        self.count("fetched", fetched.count)
+        self.count("deleted", removed)
         if fetched.mode != APPEND:
-            self.result.created += fetched.count
-        self.result.done(job.remote_pk, fetched.mode, fetched.count, removed)
+            self.count("created", fetched.count)
+        records = fetched.count
+        self.result.series[job.remote_pk] = {
+            "appended": records if fetched.mode == APPEND else 0,
+            "replaced": records if fetched.mode != APPEND else 0,
+            "removed": removed,
+            "skipped": False,
+        }
         self.states.append((job.local_pk, new_state(fetched)))
         self.log(f"\t- timeseries {job.remote_pk}: {fetched.mode} {fetched.count} records", 3)
+
+    def skipped(self, error):
+        """A malformed series left as it was (``skip``): reported, counted once."""
+        before = self.result.series.get(error.remote_pk)
+        if before is None or not before["skipped"]:
+            self.count("skipped", 1)
+        self.result.series[error.remote_pk] = {
+            "appended": 0,
+            "replaced": 0,
+            "removed": 0,
+            "skipped": True,
+        }
+        self.result.problem(
+            SERIES_LABEL,
+            error.remote_pk,
+            f"{error.describe(short=True)}; its local records were left as they were",
+        )
 
     def delete_series(self, local_pks):
         """Delete the records of these series; return {local pk: records deleted}."""
@@ -208,7 +236,7 @@ class Loader:
             )
             self.copy_file(STAGE, fetched.path)
             return
-        self.result.created += sum(f.count for f in fetched.series if f.error is None)
+        self.count("created", sum(f.count for f in fetched.series if f.error is None))
 
     def copy_file(self, table, path):
         copy_file(connection, f"COPY {table} ({COLUMNS}) FROM STDIN", path)
@@ -233,7 +261,7 @@ class Loader:
         with open(fetched.path, encoding="utf-8") as fh:
             execute_batches(cursor, sql, rows(fh), SQLITE_BATCH)
         if fetched.batch.mode == APPEND:
-            self.result.created += sum(f.count for f in fetched.series if f.error is None)
+            self.count("created", sum(f.count for f in fetched.series if f.error is None))
 
     def prepare_postgresql(self):
         with connection.cursor() as cursor:
@@ -262,8 +290,8 @@ class Loader:
             )
             created, updated = cursor.fetchone()
             cursor.execute(f"DROP TABLE {STAGE}")
-        self.result.created += created
-        self.result.updated += updated
+        self.count("created", created)
+        self.count("updated", updated)
 
     def write_states(self):
         if not self.states:

@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -19,83 +18,28 @@ from django.db import transaction
 from django.utils import timezone as django_timezone
 
 from ..progress import quiet
-from ..result import RECORDS_LABEL, ObjectProblem
+from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
 from .loader import Loader
-from .plan import APPEND, CLEAR, REPLACE, SERIES_LABEL, ReplicatedSeries, make_batches, plan_jobs
+from .plan import APPEND, CLEAR, REPLACE, ReplicatedSeries, make_batches, plan_jobs
 from .summary import fetch_summary, records_endpoints, summary_params
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RecordsResult:
-    """What a records sync did: per series (by remote pk), and in total."""
-
-    remote: str
-    series: dict = field(default_factory=dict)  # remote pk -> {"appended", "replaced", ...}
-    fetched: int = 0  # records received
-    created: int = 0  # rows inserted
-    updated: int = 0  # rows changed by a merge
-    removed: int = 0  # rows deleted by replacements
-    unchanged: int = 0  # records of the series that had nothing new
-    empty: int = 0  # series with no records at either end, recorded as such in bulk
-    problems: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    dry_run: bool = False
-
-    def done(self, remote_pk, mode, records, removed=0):
-        self.series[remote_pk] = {
-            "appended": records if mode == APPEND else 0,
-            "replaced": records if mode != APPEND else 0,
-            "removed": removed,
-            "skipped": False,
-        }
-
-    def skipped(self, error):
-        self.series[error.remote_pk] = {
-            "appended": 0,
-            "replaced": 0,
-            "removed": 0,
-            "skipped": True,
-        }
-        self.problems.append(
-            ObjectProblem(
-                self.remote,
-                SERIES_LABEL,
-                error.remote_pk,
-                f"{error.describe(short=True)}; its local records were left as they were",
-            )
-        )
-
-    @property
-    def counts(self):
-        """The counts of the run's table; ``skipped`` counts series, the rest records."""
-        return {
-            "fetched": self.fetched,
-            "created": self.created,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "deleted": self.removed,
-            "skipped": sum(1 for s in self.series.values() if s["skipped"]),
-        }
-
-    def add_to(self, result):
-        """Report into a run's SyncResult, under "hcore.record"."""
-        result.counts[RECORDS_LABEL] = self.counts
-        result.problems.extend(self.problems)
-        result.notes.extend(self.notes)
-
-    def summary(self):
-        done = [s for s in self.series.values() if not s["skipped"]]
-        appended = sum(1 for s in done if s["appended"])
-        verb = "Would install" if self.dry_run else "Installed"
-        empty = f"; {self.empty} series empty at the remote" if self.empty else ""
-        return (
-            f"{verb} {self.created + self.updated} records: {appended} series appended to, "
-            f"{len(done) - appended} replaced, {self.counts['skipped']} skipped; "
-            f"{self.removed} records removed{empty}."
-        )
+def describe(result, empty=0):
+    """The records sync's closing line (of its ``result``; ``empty``: series empty at
+    the remote, recorded in bulk)."""
+    counts = result.counts[RECORDS_LABEL]
+    done = [s for s in result.series.values() if not s["skipped"]]
+    appended = sum(1 for s in done if s["appended"])
+    verb = "Would install" if result.dry_run else "Installed"
+    empty = f"; {empty} series empty at the remote" if empty else ""
+    return (
+        f"{verb} {counts['created'] + counts['updated']} records: {appended} series appended "
+        f"to, {len(done) - appended} replaced, {counts['skipped']} skipped; "
+        f"{counts['deleted']} records removed{empty}."
+    )
 
 
 class RecordsSync:
@@ -118,7 +62,8 @@ class RecordsSync:
         self.full = full
         self.dry_run = dry_run
         self.log = log
-        self.result = RecordsResult(remote=str(database), dry_run=dry_run)
+        self.result = SyncResult.of_part(RECORDS_LABEL, str(database), dry_run)
+        self.empty = 0  # series empty at both ends, recorded in bulk
         self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
         self.loader = Loader(database, self.result, now=django_timezone.now(), skip=skip, log=log)
         self.batches = 0
@@ -147,8 +92,8 @@ class RecordsSync:
                 prefetched=self.prefetch is not None,
             )
             del summary, listed  # the jobs hold what is needed of it
-            self.result.unchanged = plan.unchanged + series.unread_unchanged
-            self.result.empty = len(plan.empty)
+            self.result.add(RECORDS_LABEL, "unchanged", plan.unchanged + series.unread_unchanged)
+            self.empty = len(plan.empty)
             changed = f"{len(plan.jobs)} of {plan.series + series.unread} time series changed"
             if plan.empty:
                 changed += f", {len(plan.empty)} empty at both ends (recorded as such)"
@@ -172,7 +117,7 @@ class RecordsSync:
                 f"{time.monotonic() - started:.1f} s",
                 2,
             )
-        self.log(self.result.summary(), 1)
+        self.log(describe(self.result, self.empty), 1)
         return self.result
 
     def summary(self):
@@ -232,7 +177,7 @@ class RecordsSync:
         """Keep the run's cursor as the records cursor: only after a whole records sync
         (a skipped series must be listed again), and never in a dry run."""
         cursor = self.database.sync_cursor
-        if self.dry_run or cursor is None or self.result.counts["skipped"]:
+        if self.dry_run or cursor is None or self.result.counts[RECORDS_LABEL]["skipped"]:
             return
         type(self.database).objects.filter(pk=self.database.pk).update(records_cursor=cursor)
         self.database.records_cursor = cursor
@@ -243,8 +188,9 @@ def sync_records(
 ):
     """Sync the records of the time series replicated from ``database``.
 
-    Call it after the metadata install has committed. Returns a RecordsResult (per
-    series: records appended, replaced, skipped). Raises RecordsError (a SyncError)
+    Call it after the metadata install has committed. Returns a SyncResult: the
+    counts under RECORDS_LABEL, and per series (``series``) the records appended,
+    replaced, removed, or that it was skipped. Raises RecordsError (a SyncError)
     on a malformed series unless ``skip``: nothing of the records is installed then.
     A failure of the remote (unreachable, HTTP errors) raises RemoteError either way.
     ``summary``: a SummaryPrefetch started before the objects' install. ``full``: ask
