@@ -21,6 +21,7 @@ from dbsync.engine.errors import PayloadError
 from dbsync.engine.files import sync_files
 from dbsync.engine.records import RecordsError, sync_records
 from dbsync.engine.remote import RemoteClient
+from dbsync.engine.result import FILES_LABEL, RECORDS_LABEL
 from dbsync.models import Database, SyncRun
 from hcore import models as m
 from tests.faultproxy import FaultProxy
@@ -481,12 +482,13 @@ def test_every_record_arrives(static_remote, media):
     database = register(static_remote)
     records, _files = sync_all(database)
     assert_same_records(static_remote, database)
-    assert records.counts["created"] == len(remote_records(static_remote))
+    assert records.counts[RECORDS_LABEL]["created"] == len(remote_records(static_remote))
     assert all(s["replaced"] for s in records.series.values())
     # a second run asks for nothing but the summary
     before = local_snapshot()[0]
     again, _files = sync_data(database)
-    assert again.counts["fetched"] == 0 and again.counts["unchanged"] == len(before)
+    counts = again.counts[RECORDS_LABEL]
+    assert counts["fetched"] == 0 and counts["unchanged"] == len(before)
     assert local_snapshot()[0] == before
 
 
@@ -500,7 +502,7 @@ def test_appends_rewrites_and_deletions_at_the_remote_arrive(live_remote, media)
     append_day(live_remote)
     records, _ = sync_all(database)
     assert_same_records(live_remote, database)
-    assert records.counts["fetched"] == 144 * len(series)
+    assert records.counts[RECORDS_LABEL]["fetched"] == 144 * len(series)
     assert all(s["appended"] == 144 for s in records.series.values())
 
     # a rewrite of an old value (and another series both rewritten and appended to)
@@ -529,7 +531,7 @@ def test_appends_rewrites_and_deletions_at_the_remote_arrive(live_remote, media)
     ((whole,),) = live_remote.sql(
         "SELECT count(*) FROM hcore_record WHERE timeseries_id = ANY(%s)", [series[:3]]
     )
-    assert records.counts["fetched"] == whole
+    assert records.counts[RECORDS_LABEL]["fetched"] == whole
 
     # a series deleted at the remote loses its records here
     local_pk = m.Timeseries.objects.get(original_db=database, original_id=series[4]).pk
@@ -566,8 +568,8 @@ def test_appended_records_that_clash_with_local_ones_are_merged(live_remote, med
     append_day(live_remote)
     records, _ = sync_data(database)
     assert_same_records(live_remote, database)
-    assert records.counts["updated"] == 1
-    assert records.counts["created"] == 144 * len(remote_series(live_remote)) - 1
+    assert records.counts[RECORDS_LABEL]["updated"] == 1
+    assert records.counts[RECORDS_LABEL]["created"] == 144 * len(remote_series(live_remote)) - 1
 
 
 def test_two_remotes_and_local_records_stay_apart(static_remote, live_remote, media):
@@ -953,12 +955,13 @@ def stored_names(media, database):
 def test_new_changed_and_deleted_files(live_remote, media):
     database = register(live_remote)
     _, files = sync_all(database)
-    assert files.created == len(remote_files(live_remote)) > 2
+    assert files.counts[FILES_LABEL]["created"] == len(remote_files(live_remote)) > 2
     assert local_files(database) == remote_files(live_remote)
 
     # nothing new: nothing fetched
     _, files = sync_all(database)
-    assert files.fetched == 0 and files.unchanged == len(remote_files(live_remote))
+    counts = files.counts[FILES_LABEL]
+    assert counts["fetched"] == 0 and counts["unchanged"] == len(remote_files(live_remote))
 
     # a file rewritten in place, one replaced by another, one object deleted, one added
     pks = sorted(remote_files(live_remote))
@@ -975,7 +978,7 @@ def test_new_changed_and_deleted_files(live_remote, media):
     )
     old_names = stored_names(media, database)
     _, files = sync_all(database)
-    assert (files.created, files.updated) == (1, 2)
+    assert (files.counts[FILES_LABEL]["created"], files.counts[FILES_LABEL]["updated"]) == (1, 2)
     assert local_files(database) == remote_files(live_remote)
     new_names = stored_names(media, database)
     assert len(new_names) == len(remote_files(live_remote))
@@ -1007,7 +1010,7 @@ def test_an_oversized_file_is_refused_with_a_clear_message(live_remote, media, s
         ).json()
     }
     big = [pk for pk, size in sizes.items() if size > 100]
-    assert big and files.skipped == len(big)
+    assert big and files.counts[FILES_LABEL]["skipped"] == len(big)
     for problem in files.problems:
         assert problem.pk in big
         assert "over the limit of 100 (DBSYNC_MAX_FILE_BYTES)" in problem.message

@@ -26,7 +26,6 @@ import re
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -41,7 +40,7 @@ from .dumps import listing_entries
 from .errors import PayloadError, RemoteError
 from .progress import quiet
 from .remote import check_api_path
-from .result import FILES_LABEL, ObjectProblem
+from .result import FILES_LABEL, SyncResult
 
 logger = logging.getLogger(__name__)
 
@@ -54,47 +53,15 @@ CHUNK = 1 << 16
 MAX_NAME = GentityFile._meta.get_field("content").max_length
 
 
-@dataclass
-class FilesResult:
-    remote: str
-    fetched: int = 0  # files downloaded
-    created: int = 0  # objects that got a file
-    updated: int = 0  # objects whose file changed (or went)
-    unchanged: int = 0
-    deleted: int = 0  # files removed from the storage
-    skipped: int = 0
-    bytes: int = 0
-    problems: list = field(default_factory=list)
-    dry_run: bool = False
-
-    def problem(self, remote_pk, message):
-        self.skipped += 1
-        self.problems.append(ObjectProblem(self.remote, MODEL_LABEL, remote_pk, message))
-        logger.warning("%s: gentityfile %s: %s", self.remote, remote_pk, message)
-
-    @property
-    def counts(self):
-        return {
-            "fetched": self.fetched,
-            "created": self.created,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "deleted": self.deleted,
-            "skipped": self.skipped,
-        }
-
-    def add_to(self, result):
-        """Report into a run's SyncResult, under "hcore.gentityfile.content"."""
-        result.counts[FILES_LABEL] = self.counts
-        result.problems.extend(self.problems)
-
-    def summary(self):
-        verb = "Would fetch" if self.dry_run else "Fetched"
-        return (
-            f"{verb} {self.fetched} files ({self.bytes} bytes): {self.created} new, "
-            f"{self.updated} changed, {self.unchanged} unchanged, {self.deleted} removed, "
-            f"{self.skipped} skipped."
-        )
+def describe(result):
+    """The files sync's closing line, of its ``result``."""
+    counts = result.counts[FILES_LABEL]
+    verb = "Would fetch" if result.dry_run else "Fetched"
+    return (
+        f"{verb} {counts['fetched']} files ({result.bytes} bytes): {counts['created']} new, "
+        f"{counts['updated']} changed, {counts['unchanged']} unchanged, "
+        f"{counts['deleted']} removed, {counts['skipped']} skipped."
+    )
 
 
 def safe_basename(name, room):
@@ -145,12 +112,21 @@ class FilesSync:
         self.client = client
         self.dry_run = dry_run
         self.log = log
-        self.result = FilesResult(remote=str(database), dry_run=dry_run)
+        self.result = SyncResult.of_part(FILES_LABEL, str(database), dry_run)
         self.storage = GentityFile._meta.get_field("content").storage
         self.max_bytes = int(getattr(settings, "DBSYNC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES))
         self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
         self.now = timezone.now()
         self.local = threading.local()
+
+    def count(self, key):
+        self.result.add(FILES_LABEL, key)
+
+    def skip(self, remote_pk, message):
+        """An object whose file is not fetched: it keeps its own; counted and reported."""
+        self.count("skipped")
+        self.result.problem(MODEL_LABEL, remote_pk, message)
+        logger.warning("%s: gentityfile %s: %s", self.result.remote, remote_pk, message)
 
     def run(self):
         urls = self.endpoints()
@@ -168,7 +144,7 @@ class FilesSync:
                     self.install(job, outcome)
         if not self.dry_run:
             self.remove_orphans()
-        self.log(self.result.summary(), 1)
+        self.log(describe(self.result), 1)
         return self.result
 
     def endpoints(self):
@@ -199,23 +175,23 @@ class FilesSync:
             if entry is None:  # deleted at the remote since the metadata fetch
                 continue
             if entry.get("missing"):
-                self.result.problem(
+                self.skip(
                     remote_pk, "the remote lists a file it cannot read; the object kept its own"
                 )
                 continue
             if not entry["name"]:
                 if current:
-                    self.result.updated += 1
+                    self.count("updated")
                     self.set_content(local_pk, "", current)
                 else:
-                    self.result.unchanged += 1
+                    self.count("unchanged")
                 continue
             wanted = local_name(self.database, remote_pk, entry)
             if current == wanted and self.storage.exists(wanted):
-                self.result.unchanged += 1
+                self.count("unchanged")
                 continue
             if entry["size"] > self.max_bytes:
-                self.result.problem(
+                self.skip(
                     remote_pk,
                     f"its file {entry['name'][:100]!r} is {entry['size']} bytes, over the "
                     f"limit of {self.max_bytes} (DBSYNC_MAX_FILE_BYTES); not fetched, the "
@@ -252,14 +228,14 @@ class FilesSync:
         local_pk, remote_pk, entry, wanted, current = job
         path, error = outcome
         if error is not None:
-            self.result.problem(remote_pk, f"{error}; the object kept its own file")
+            self.skip(remote_pk, f"{error}; the object kept its own file")
             return
-        self.result.fetched += 1
+        self.count("fetched")
         self.result.bytes += entry["size"]
         if current:
-            self.result.updated += 1
+            self.count("updated")
         else:
-            self.result.created += 1
+            self.count("created")
         if self.dry_run:
             return
         if self.storage.exists(wanted):  # a leftover of a run that stopped half-way
@@ -283,7 +259,7 @@ class FilesSync:
         except OSError as exc:
             logger.warning("Could not delete %s: %s", name, exc)
             return
-        self.result.deleted += 1
+        self.count("deleted")
 
     def remove_orphans(self):
         """Files in this remote's folder that no object of ours points at."""
@@ -332,6 +308,7 @@ def checksum(path):
 
 def sync_files(database, client, *, dry_run=False, log=quiet):
     """Sync the files of the GentityFile objects replicated from ``database`` into the
-    local default storage; return a FilesResult. A file that cannot be fetched is a
-    reported problem, not an error; a remote that cannot be reached raises."""
+    local default storage; return a SyncResult (its counts under FILES_LABEL). A file
+    that cannot be fetched is a reported problem, not an error; a remote that cannot be
+    reached raises."""
     return FilesSync(database, client, dry_run=dry_run, log=log).run()

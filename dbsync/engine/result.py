@@ -1,4 +1,12 @@
-"""What a run did, per model: the object that every entry point reports from."""
+"""What a sync did, per label: the one result of the objects, the records and the files,
+and the object that every entry point (the command, the tasks, the admin) reports from.
+
+Counts are per label: a model's label for its objects, ``RECORDS_LABEL`` for the records
+(``skipped`` counts series, the rest records), ``FILES_LABEL`` for the files (``fetched``
+counts downloads, ``created``/``updated`` the objects that got or changed a file,
+``deleted`` the files removed from the storage). ``counts`` is what a run keeps
+(``SyncRun.model_counts``), as it is.
+"""
 
 from dataclasses import dataclass, field
 
@@ -28,14 +36,24 @@ class ObjectProblem:
 @dataclass
 class SyncResult:
     remote: str
-    counts: dict = field(default_factory=dict)
-    problems: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # label -> {COUNT_KEYS: n}
+    problems: list = field(default_factory=list)  # [ObjectProblem]
     notes: list = field(default_factory=list)
-    files: int = 0
+    files: int = 0  # the objects' dumps (fixtures) read
     user_links_dropped: int = 0
     backup_path: str = ""
     full: bool = True
     dry_run: bool = False
+    series: dict = field(default_factory=dict)  # records: remote pk -> what was done to it
+    bytes: int = 0  # files: bytes downloaded
+
+    @classmethod
+    def of_part(cls, label, remote, dry_run=False):
+        """The result of the records or the files: their ``label`` counted from the
+        start, so that a run reports it (zeros) even when nothing was done."""
+        result = cls(remote=remote, dry_run=dry_run)
+        result.model(label)
+        return result
 
     def model(self, label):
         return self.counts.setdefault(label, dict.fromkeys(COUNT_KEYS, 0))
@@ -53,6 +71,13 @@ class SyncResult:
         problem = ObjectProblem(self.remote, model, pk, str(message))
         self.problems.append(problem)
         return problem
+
+    def add_to(self, result):
+        """Report into ``result`` (a run's): the counts of the labels, the problems and
+        the notes (of the records or the files, into the run's)."""
+        result.counts.update((label, dict(c)) for label, c in self.counts.items())
+        result.problems.extend(self.problems)
+        result.notes.extend(self.notes)
 
     @property
     def totals(self):
