@@ -49,11 +49,12 @@ def instance_env(db_name, var_dir, **extra):
     return env
 
 
-def manage(env, *args, check=True, timeout=600, **kwargs):
+def manage(env, *args, check=True, timeout=600, root=ROOT, **kwargs):
+    """``manage.py`` of the code at ``root`` (this checkout unless given)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
+        [sys.executable, str(root / "manage.py"), *args],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         check=check,
         timeout=timeout,
         capture_output=True,

@@ -11,7 +11,6 @@ output, and SQL), so it survives any move of the code inside the package.
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.instance import PG_BASE, ROOT, admin_execute, instance_env
+from tests.instance import PG_BASE, ROOT, admin_execute, instance_env, manage
 
 PREVIOUS_RELEASE_FILE = ROOT / "tests" / "upgrade" / "PREVIOUS_RELEASE"
 TOKEN = "upgrade-test-token-1f6c3b"
@@ -43,14 +42,7 @@ def previous_release():
 
 def run(root, env, *args, timeout=600):
     """``manage.py`` of the code at ``root``; fails the test with its output if it fails."""
-    done = subprocess.run(
-        [sys.executable, str(root / "manage.py"), *args],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    done = manage(env, *args, check=False, timeout=timeout, root=root)
     assert done.returncode == 0, (
         f"manage.py {' '.join(args)} ({root}) exited {done.returncode}\n"
         f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
