@@ -207,20 +207,9 @@ class Database(models.Model):
         """Refuse credentials that could not be sent: to plain HTTP (see
         credentials_refusal), judged on what a save would keep."""
         cleared = self.secrets_to_clear()
-        kept = {
-            name: ("" if name in cleared else getattr(self, name))
-            for name in ("password", "token")
-        }
-        if not (kept["password"] or kept["token"]):
+        if not any(getattr(self, name) and name not in cleared for name in self.SECRET_FIELDS):
             return
-        probe = Database(
-            name=self.name,
-            scheme=self.scheme,
-            hostname=self.hostname,
-            ip_address=self.ip_address,
-            **kept,
-        )
-        refusal = probe.credentials_refusal()
+        refusal = self.credentials_refusal(has_credentials=True)
         if refusal:
             raise ValidationError(refusal, code="credentials_over_http")
 
@@ -328,13 +317,16 @@ class Database(models.Model):
             f"--name {self.name} {options})."
         )
 
-    def credentials_refusal(self):
+    def credentials_refusal(self, has_credentials=None):
         """Why this remote's password or token may not be sent, or None.
 
         They go over HTTPS only; DBSYNC_ALLOW_HTTP_CREDENTIALS lets them go over plain
         HTTP to a loopback IP address (development, tests), never elsewhere.
+        ``has_credentials``: whether it has any (default: the ones it holds now).
         """
-        if not self.has_credentials() or self.scheme == "https":
+        if has_credentials is None:
+            has_credentials = self.has_credentials()
+        if not has_credentials or self.scheme == "https":
             return None
         if settings.DBSYNC_ALLOW_HTTP_CREDENTIALS and is_loopback(self.address):
             return None
