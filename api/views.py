@@ -23,7 +23,7 @@ from protocol.schema import (
     served_models,
 )
 
-from . import dumps, files, records
+from . import dumps, files, record_formats, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
 from .params import check_parameters, parse_dump_query, parse_modified_after
@@ -171,12 +171,24 @@ def records_summary(request):
 @api_endpoint
 def timeseries_records(request, pk):
     hcore_served()
-    check_parameters(request.GET, records.RECORDS_PARAMETERS)
+    check_parameters(request.GET, (*records.RECORDS_PARAMETERS, "fmt"))
+    record_format = record_formats.parse_format(request.GET.get("fmt"))
     series = records.series_or_404(pk)
     start, end = records.parse_range(request.GET, series.time_zone.utc_offset)
+    if record_format is None:
+        if request.method == "HEAD":
+            return HttpResponse(content_type=CSV)
+        return StreamingHttpResponse(records.stream_records(series, start, end), content_type=CSV)
+    record_formats.check_expressible(series)
     if request.method == "HEAD":
-        return HttpResponse(content_type=CSV)
-    return StreamingHttpResponse(records.stream_records(series, start, end), content_type=CSV)
+        response = HttpResponse(content_type=record_format.content_type)
+    else:
+        response = StreamingHttpResponse(
+            record_formats.stream_file(series, start, end, record_format),
+            content_type=record_format.content_type,
+        )
+    response["Content-Disposition"] = record_formats.content_disposition(series, record_format)
+    return response
 
 
 @api_endpoint
