@@ -3,6 +3,7 @@
 from a real instance over HTTP; errors, headers and authentication in-process.
 """
 
+import csv
 import datetime as dt
 import io
 import math
@@ -402,8 +403,8 @@ def test_an_empty_series_is_a_header_alone(client, sample):
     ).decode()
     assert text.startswith("Version=2\r\n") and text.endswith("\r\n\r\n")
     assert read_hts(text).data.empty
-    csv = b"".join(client.get(RECORDS.format(pk=series.pk), {"fmt": "csv"}).streaming_content)
-    assert csv == b""
+    body = b"".join(client.get(RECORDS.format(pk=series.pk), {"fmt": "csv"}).streaming_content)
+    assert body == b""
 
 
 @pytest.mark.django_db
@@ -446,3 +447,62 @@ def read_csv_or_hts(text, fmt):
     """The third record's value (a missing one) as the format's reader sees it."""
     frame = read_csv(text) if fmt == "csv" else read_hts(text).data
     return frame["value"].iloc[2]
+
+
+# --- the embedded default: SQLite computes the dates' form in Python ------------------------
+
+
+@pytest.fixture(scope="module")
+def sqlite_remote(tmp_path_factory):
+    """bin/demo's kind of remote, on its own SQLite file, with a record at microseconds."""
+    from tests.test_embedded_default import Local, SqliteRemote
+
+    folder = tmp_path_factory.mktemp("formats-migrated")
+    Local(folder).manage("migrate", "-v0")
+    remote = SqliteRemote(
+        tmp_path_factory.mktemp("formats-sqlite"), "sqlite.example.org", folder / "db.sqlite3"
+    )
+    remote.generate(stations=2, seed=3, records_per_series=60)
+    remote.shell(
+        "import datetime as dt; from hcore.models import Record, Timeseries; "
+        "Record.objects.create(timeseries=Timeseries.objects.order_by('pk').first(), "
+        "timestamp=dt.datetime(2030, 1, 1, 0, 0, 30, 250, tzinfo=dt.UTC), value=1.25, "
+        "flags='a,b')"
+    )
+    remote.start()
+    yield remote
+    remote.drop()
+
+
+def syncer_records(instance, pk):
+    """The records as the default (syncer's) format serves them: exact values, UTC."""
+    response = requests.get(instance.url + RECORDS.format(pk=pk), timeout=60)
+    *lines, trailer = response.text.splitlines()
+    offset = int(re.search(r"utc_offset=(-?\d+)", trailer)[1])
+    zone = dt.timezone(dt.timedelta(minutes=offset))
+    return offset, [
+        (
+            dt.datetime.fromisoformat(date).replace(tzinfo=zone),
+            float(value) if value else None,
+            flags,
+        )
+        for date, value, flags in csv.reader(lines)
+    ]
+
+
+def test_on_sqlite_every_format_reads_back(sqlite_remote):
+    keys = requests.get(f"{sqlite_remote.url}/api/hcore/timeseries/keys/", timeout=30)
+    pks = keys.json()
+    assert pks
+    for pk in pks:
+        offset, stored = syncer_records(sqlite_remote, pk)
+        hts = read_hts(fetch(sqlite_remote, pk, "hts").text)
+        precision = getattr(hts, "precision", None)
+        assert_same_records(hts.data, stored, precision, offset)
+        assert_same_records(
+            read_hts(fetch(sqlite_remote, pk, "hts2").text).data, stored, precision, offset
+        )
+        assert_same_records(
+            read_csv(fetch(sqlite_remote, pk, "csv").text), stored, precision, offset
+        )
+    assert ",1.2" in fetch(sqlite_remote, pks[0], "csv").text.splitlines()[-1]
