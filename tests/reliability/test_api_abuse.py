@@ -240,6 +240,8 @@ class Endpoint:
     params: dict = field(default_factory=dict)
 
     def __str__(self):
+        if "fmt" in self.params:  # the records' route as a file: a case of its own
+            return f"{self.path} (fmt={self.params['fmt']})"
         return self.path
 
     @property
@@ -269,6 +271,12 @@ def catalogue(instance, headers=()):
             "records",
             records["url"].format(pk=series),
             {"start_date": "2025-12-31", "end_date": "2025-12-31 23:50"},
+        ),
+        # The same route as a file for people (api/record_formats.py).
+        Endpoint(
+            "records",
+            records["url"].format(pk=series),
+            {"start_date": "2025-12-31", "end_date": "2025-12-31 23:50", "fmt": "hts"},
         ),
         Endpoint("file-listing", files["listing_url"]),
         Endpoint("file-content", files["url"].format(pk=gentityfile)),
@@ -317,6 +325,7 @@ BAD_FOR = {
     "modified_after": ["0", "-1", "2001-02-30T00:00:00", "2025-01-01T00:00:00+25:00"],
     "start_date": ["0", "2025-13-01", "2025-01-01T00:00:00+25:00", "2026-01-02"],
     "end_date": ["0", "2025-12-32", "2025-01-01 24:01"],
+    "fmt": ["xml", "hts3", "json", "hts ", "html"],
     "series": [
         "-1",
         "1,1",
@@ -340,6 +349,7 @@ ODD_BUT_VALID = {
     ],
     "start_date": ["0001-01-01", "0001-01-01 00:00", "0001-01-01T00:00:00+23:59"],
     "end_date": ["9999-12-31", "9999-12-31 23:59", "9999-12-31T23:59:59.999999-23:59"],
+    "fmt": ["HTS", "hts2", "Csv"],
     "series": ["0", "1:0", "1:253402300799999998", "1:-62135596800000000", "2,1"],
 }
 
@@ -370,6 +380,8 @@ def whole_body_problem(endpoint, answer):
     if isinstance(answer, Exception) or answer.status != 200:
         return json_error_problem(answer, 200)
     body = answer.body
+    if "fmt" in endpoint.params:
+        return records_file_problem(body)
     if endpoint.route in ("records", "records-batch"):
         last = body.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         if not (last.startswith(b"# end count=") or last.endswith(b" not found")):
@@ -382,6 +394,23 @@ def whole_body_problem(endpoint, answer):
         json.loads(body)
     except ValueError:
         return f"not JSON: ends {body[-80:]!r}"
+    return None
+
+
+def records_file_problem(body):
+    """Why a body of ``fmt=hts``, ``hts2`` or ``csv`` is not whole; None if it is: the
+    HTS header's Count is the number of lines that follow, every line ends in CR LF."""
+    if body and not body.endswith(b"\r\n"):
+        return f"records file cut short: ends {body[-80:]!r}"
+    if not body or body[:1].isdigit():  # csv: the records alone
+        return None
+    header, blank, records = body.partition(b"\r\n\r\n")
+    count = [line for line in header.split(b"\r\n") if line.startswith(b"Count=")]
+    if not blank or len(count) != 1:
+        return f"not an HTS file: starts {body[:200]!r}"
+    lines = records.count(b"\r\n")
+    if int(count[0][6:]) != lines:
+        return f"{count[0]!r} but {lines} records"
     return None
 
 
