@@ -233,28 +233,30 @@ def value_writer(precision):
     return rounded
 
 
-def date_timespec(pk, start, end):
-    """How the dates of these records are written: "minutes", "seconds" or
-    "microseconds", the finest that any of them needs."""
+def records_shape(pk, start, end):
+    """(count, timespec) of these records: how many, and how their dates are written:
+    "minutes", "seconds" or "microseconds", the finest that any of them needs."""
     if connection.vendor == "postgresql":
         where, params = range_sql(pk, start, end)
         with connection.cursor() as cursor:
             cursor.execute(
-                f'SELECT bool_or(date_trunc(\'second\', "timestamp") <> "timestamp"), '
+                f"SELECT count(*), "
+                f'bool_or(date_trunc(\'second\', "timestamp") <> "timestamp"), '
                 f'bool_or(date_trunc(\'minute\', "timestamp") <> "timestamp") '
                 f"FROM {TABLE} WHERE {where}",
                 params,
             )
-            micro, second = cursor.fetchone()
+            count, micro, second = cursor.fetchone()
     else:
-        micro = second = False
+        count, micro, second = 0, False, False
         moments = records_of(pk, start, end).values_list("timestamp", flat=True)
         for moment in moments.iterator(CHUNK_ROWS):
+            count += 1
             micro = micro or bool(moment.microsecond)
             second = second or bool(moment.second)
     if micro:
-        return "microseconds"
-    return "seconds" if second else "minutes"
+        return count, "microseconds"
+    return count, "seconds" if second else "minutes"
 
 
 def range_sql(pk, start, end):
@@ -277,11 +279,40 @@ def records_of(pk, start, end):
     return queryset
 
 
-def record_lines(rows, utc_offset, timespec, write_value):
-    """``date,value,flags`` lines of ``rows`` ((timestamp, value, flags), UTC)."""
+# The dates' forms, as PostgreSQL's to_char and Python's isoformat write them.
+PG_DATE_FORMATS = {
+    "minutes": "YYYY-MM-DD HH24:MI",
+    "seconds": "YYYY-MM-DD HH24:MI:SS",
+    "microseconds": "YYYY-MM-DD HH24:MI:SS.US",
+}
+
+
+def local_rows(pk, start, end, utc_offset, timespec):
+    """(date as text in the series' time zone, value, flags) of the records, oldest
+    first: on PostgreSQL written by the database from a server-side cursor (the dates
+    cost most in Python), elsewhere in Python."""
+    if connection.vendor == "postgresql":
+        where, params = range_sql(pk, start, end)
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(
+                f'SELECT to_char("timestamp" AT TIME ZONE make_interval(mins => %s), %s), '
+                f'value, flags FROM {TABLE} WHERE {where} ORDER BY "timestamp"',
+                [utc_offset, PG_DATE_FORMATS[timespec], *params],
+            )
+            while rows := cursor.fetchmany(CHUNK_ROWS):
+                yield from rows
+        return
     shift = timedelta(minutes=utc_offset)
-    for timestamp, value, flags in rows:
-        date = (timestamp + shift).replace(tzinfo=None).isoformat(" ", timespec)
+    rows = (
+        records_of(pk, start, end).order_by("timestamp").values_list("timestamp", "value", "flags")
+    )
+    for timestamp, value, flags in rows.iterator(chunk_size=CHUNK_ROWS):
+        yield (timestamp + shift).replace(tzinfo=None).isoformat(" ", timespec), value, flags
+
+
+def record_lines(rows, write_value):
+    """``date,value,flags`` lines of ``rows`` ((date as text, value, flags))."""
+    for date, value, flags in rows:
         text = "" if value is None or math.isnan(value) else write_value(value)
         if flags:
             flags = single_line(flags)
@@ -296,21 +327,15 @@ def stream_file(series, start, end, record_format):
     snapshot."""
     with snapshot():
         series = series_for_file(series.pk)
-        records = records_of(series.pk, start, end)
+        count, timespec = records_shape(series.pk, start, end)
         buffer = []
         if record_format.version is not None:
-            lines = header_lines(series, records.count(), record_format.version)
+            lines = header_lines(series, count, record_format.version)
             buffer += [line + NEWLINE for line in lines]
             buffer.append(NEWLINE)
-        timespec = date_timespec(series.pk, start, end)
-        rows = records.order_by("timestamp").values_list("timestamp", "value", "flags")
+        rows = local_rows(series.pk, start, end, series.time_zone.utc_offset, timespec)
+        lines = record_lines(rows, value_writer(series.precision))
         size = 0
-        lines = record_lines(
-            rows.iterator(chunk_size=CHUNK_ROWS),
-            series.time_zone.utc_offset,
-            timespec,
-            value_writer(series.precision),
-        )
         for line in lines:
             buffer.append(line)
             size += len(line)
