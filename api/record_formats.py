@@ -33,6 +33,7 @@ A stored value that a format cannot express (a time-zone offset of a day or more
 is a 409 with a JSON error, before anything is sent.
 """
 
+import logging
 import math
 import re
 import unicodedata
@@ -46,6 +47,8 @@ from hcore.models import Gpoint, Record, Timeseries
 
 from .errors import ApiError
 from .records import CHUNK_ROWS, SEND_BYTES, snapshot
+
+logger = logging.getLogger(__name__)
 
 HTS_CONTENT_TYPE = "text/vnd.openmeteo.timeseries; charset=utf-8"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
@@ -325,8 +328,17 @@ def stream_file(series, start, end, record_format):
     """The body of ``series``' records from ``start`` to ``end`` in ``record_format``,
     as bytes: the header (with the records' count) and the records read in one
     snapshot."""
+    try:
+        yield from file_body(series.pk, start, end, record_format)
+    except Exception:
+        # What is sent is cut short: an HTS reader sees fewer records than Count.
+        logger.exception("Records of timeseries %s as %s failed", series.pk, record_format.name)
+        raise
+
+
+def file_body(pk, start, end, record_format):
     with snapshot():
-        series = series_for_file(series.pk)
+        series = series_for_file(pk)
         count, timespec = records_shape(series.pk, start, end)
         buffer = []
         if record_format.version is not None:

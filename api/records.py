@@ -22,6 +22,9 @@ and inclusive)::
 ``start_date`` and ``end_date`` are ``YYYY-MM-DD HH:MM`` in the series' time zone, a
 date alone, or ISO 8601 with an offset.
 
+With ``fmt=hts``, ``hts2`` or ``csv`` the endpoint serves the records as a file for
+people's tools instead, without the trailer (``api.record_formats``).
+
 A syncer fetches many series a request (``GET hcore/timeseries/records/?series=...``):
 ``series`` lists ``<pk>`` (all its records) or ``<pk>:<after>`` (those after
 ``after``, a UNIX time in microseconds), comma-separated, at most
