@@ -43,6 +43,10 @@ LEGACY_MODELS = {
 # The records of a time series, as text: ``/api/tsdata/<id>/``.
 TSDATA = "tsdata"
 
+# A remote's API layout (``dbsync.Database.api_layout``): registered, never guessed.
+LAYOUT_CURRENT = "current"
+LAYOUT_LEGACY = "legacy"
+
 LEGACY_NAMES = {model_label: name for name, model_label in LEGACY_MODELS.items()}
 
 

@@ -35,6 +35,7 @@ from .fetch import (
 )
 from .files import sync_files
 from .install import Installer
+from .legacy import is_legacy, legacy_entries
 from .planner import label
 from .progress import quiet
 from .records import SummaryPrefetch, sync_records
@@ -86,7 +87,7 @@ class FetchPlan:
 
     full: bool
     since: datetime | None
-    server_time: datetime
+    server_time: datetime | None  # None: not known (a legacy remote has no manifest)
     entries: dict  # model label -> the manifest's entry (url, keys_url, ...)
     jobs: list  # [(model label, DUMP or KEYS)], in install order
 
@@ -94,7 +95,7 @@ class FetchPlan:
         return {
             "full": self.full,
             "since": self.since.isoformat() if self.since else None,
-            "server_time": self.server_time.isoformat(),
+            "server_time": self.server_time.isoformat() if self.server_time else None,
             "entries": self.entries,
             "jobs": [list(job) for job in self.jobs],
         }
@@ -104,7 +105,9 @@ class FetchPlan:
         return cls(
             full=data["full"],
             since=datetime.fromisoformat(data["since"]) if data["since"] else None,
-            server_time=datetime.fromisoformat(data["server_time"]),
+            server_time=(
+                datetime.fromisoformat(data["server_time"]) if data["server_time"] else None
+            ),
             entries=data["entries"],
             jobs=[tuple(job) for job in data["jobs"]],
         )
@@ -208,7 +211,9 @@ def fetch_all(database, plan, client, fetch_plan, work, log=quiet):
         {
             "remote": database.name,
             "full": fetch_plan.full,
-            "server_time": fetch_plan.server_time.isoformat(),
+            "server_time": (
+                fetch_plan.server_time.isoformat() if fetch_plan.server_time else None
+            ),
             "files": {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP},
             "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
         },
@@ -237,6 +242,8 @@ def clean(work, plan):
 
 def plan_fetch(database, plan, options, client, log=quiet):
     """Read the remote's manifest, check its schema, decide full or incremental."""
+    if is_legacy(database):
+        return plan_legacy_fetch(database, plan, client, log)
     log(f"Checking remote {client}", 1)
     manifest = client.manifest()
     log("Remote host is up. Continuing with the sync.", 1)
@@ -259,6 +266,21 @@ def plan_fetch(database, plan, options, client, log=quiet):
         server_time=manifest["server_time"],
         entries={lbl: entries[lbl] for lbl in plan.labels},
         jobs=jobs,
+    )
+
+
+def plan_legacy_fetch(database, plan, client, log=quiet):
+    """A legacy remote's fetch (``engine.legacy``): every model's full listing, always."""
+    log(f"Remote {client} serves the 2010 layout: fetching every object", 1)
+    log(f"The following models will be synced: {[m.__name__ for m in plan.models]}", 1)
+    if plan.excluded:
+        log(f"The following models will be excluded {plan.excluded}", 1)
+    return FetchPlan(
+        full=True,
+        since=None,
+        server_time=None,
+        entries=legacy_entries(database, plan),
+        jobs=[(label(model), DUMP) for model in plan.models],
     )
 
 
@@ -298,7 +320,11 @@ def install_dumps(database, plan, options, result, fetch_plan, paths, work, clie
     ``work``, from inside the transaction (``fetch.make_refetcher``): which ones are
     missing is known only as the install resolves each reference against the local
     key maps, and they are few (the remote changed during the fetch)."""
-    refetch = make_refetcher(client, fetch_plan.entries, plan, work)
+    # A legacy remote cannot be asked for given keys: dangling references fail the
+    # fetch, and the command fetches everything again (FETCH_ATTEMPTS).
+    refetch = (
+        None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
+    )
     fetched = assemble(fetch_plan, paths)
     return install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
 
@@ -312,7 +338,12 @@ def install_fetched(
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
-    if options.records and client is not None and "hcore.timeseries" in plan.labels:
+    if (
+        options.records
+        and client is not None
+        and "hcore.timeseries" in plan.labels
+        and not is_legacy(database)
+    ):
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     started = time.monotonic()
@@ -375,6 +406,11 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
     """The records and the files, after the objects' transaction has committed (a
     record cannot outlive its series: the foreign key sees to it). Each in its own
     transaction; a failure leaves the objects installed and says so."""
+    if is_legacy(database):
+        note = f"{database} serves the 2010 layout: records and files not synced"
+        result.notes.append(note)
+        log(note, 1)
+        return
     try:
         if "hcore.timeseries" in plan.labels:
             log("Syncing time-series records", 1)

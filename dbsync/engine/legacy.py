@@ -1,0 +1,51 @@
+"""Syncing a legacy remote: one that serves only the 2010 layout (``protocol.legacy``).
+
+A legacy remote has no manifest, no key listings, no ``modified_after`` and no clock
+to read. So every run is a full one: each planned model's listing,
+``/api/<ModelName>/``, is fetched into the work folder as a stream (the same
+``fetch_job``, client, size caps and timeouts as today's dumps), then installed by
+today's install (one transaction, key maps, the delete guard). The full listings are
+the deletion check: an object replicated from the remote before and absent from its
+listing now is deleted, under the guard. No cursor moves (the remote's time is not
+known; a run after a change to the current layout is full). There are no schema
+fingerprints to compare: an object with a field the local model does not have is
+refused by the install (``install.spec.check_object``), as a dumpdata file's is.
+
+The records come from ``/api/tsdata/<id>/`` (``legacy_records``); files are not
+synced (the 2010 layout serves none).
+
+Whether a remote is legacy is what it was registered as (``Database.api_layout``),
+never guessed from its answers.
+"""
+
+from protocol.legacy import LAYOUT_CURRENT, LAYOUT_LEGACY, legacy_name
+
+from .errors import PlanError
+from .remote import check_api_path
+
+
+def is_legacy(database):
+    return getattr(database, "api_layout", LAYOUT_CURRENT) == LAYOUT_LEGACY
+
+
+def listing_path(database, name):
+    """The path of a 2010 URL under the remote's API path (``/api/`` by default)."""
+    base = database.api_path.strip("/")
+    return f"/{base}/{name}/" if base else f"/{name}/"
+
+
+def legacy_entries(database, plan):
+    """{model label: entry} for the planned models, as a manifest would give them: the
+    URL of each model's full listing."""
+    entries = {}
+    for model_label in plan.labels:
+        name = legacy_name(model_label)
+        if name is None:
+            raise PlanError(
+                f"{model_label} has no URL in the 2010 layout, so a legacy remote cannot "
+                f"serve it; exclude it (-e)."
+            )
+        path = listing_path(database, name)
+        check_api_path(path, database)
+        entries[model_label] = {"model": model_label, "url": path}
+    return entries

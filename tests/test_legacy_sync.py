@@ -1,0 +1,205 @@
+"""A sync from a legacy remote: one that serves only the 2010 layout
+(``dbsync/engine/legacy.py``), against a real second instance over HTTP.
+
+The remote is a real instance (tests/instance.py) loaded with the 2010 fixture and
+the sample data, behind a tiny front (``LegacyFront``, a ``FaultProxy``) that passes
+the 2010 URLs through unchanged and answers 404 to everything else, the manifest
+included, as a server of 2010 would: the instance itself serves both layouts, and
+only a front can take today's away from it without changing its code. The front
+also records every path asked for, so that the tests see the sync ask for nothing else.
+"""
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from dbsync.models import Database, SyncRun
+from hcore.models import Gentity, Station, Timeseries, Variable
+from protocol.legacy import LEGACY_MODELS, TSDATA
+from tests.faultproxy import FaultProxy
+from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
+from tests.instance import Instance
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.filterwarnings("ignore:DateTimeField .* received a naive datetime"),
+]
+
+FIXTURE_2010 = Path(__file__).parent / "fixtures" / "enhydris-2010-dbsync-testdata.json"
+LEGACY_PATH = re.compile(
+    r"^/api/(?:(?:" + "|".join(LEGACY_MODELS) + r")/(?:[0-9]+/)?|" + TSDATA + r"/[0-9]+/)$"
+)
+
+
+def not_found(path, status, headers, body):
+    return 404, {"Content-Type": "application/json"}, b'{"error": "Not found"}'
+
+
+class LegacyFront(FaultProxy):
+    """Only the 2010 layout of the instance behind it (see the module's docstring)."""
+
+    def __init__(self, upstream):
+        super().__init__(upstream)
+        self.on(lambda path: not LEGACY_PATH.match(path), not_found)
+
+
+def start_2010_instance(instance):
+    """The 2010 fixture and the sample data (every served model, user data too)."""
+    instance.shell(
+        "from django.core.management import call_command\n"
+        f"call_command('loaddata', '--ignorenonexistent', {str(FIXTURE_2010)!r}, verbosity=0)\n"
+        "from tests.api_helpers import create_sample_data; create_sample_data()\n"
+    )
+    return instance.start()
+
+
+@pytest.fixture(scope="module")
+def remote_2010(instance_template):
+    """A read-only remote (tests that change the remote make their own)."""
+    instance = start_2010_instance(
+        Instance(instance_template, hostname="enhydris-2010.example.org")
+    )
+    yield instance
+    instance.drop()
+
+
+@pytest.fixture
+def legacy_remote(remote_2010):
+    front = LegacyFront(remote_2010.url)
+    yield remote_2010, front
+    front.close()
+
+
+@pytest.fixture
+def changing_remote(make_instance):
+    instance = start_2010_instance(make_instance(hostname="enhydris-2010.example.org"))
+    front = LegacyFront(instance.url)
+    yield instance, front
+    front.close()
+
+
+def register(instance, front):
+    return Database.objects.create(
+        name="legacy",
+        hostname=instance.hostname,
+        ip_address="127.0.0.1",
+        port=front.port,
+        api_layout=Database.LAYOUT_LEGACY,
+    )
+
+
+def sync(database, *args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("hcore_remotesyncdb", "-r", database.name, "-N", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def last_run(database):
+    return SyncRun.objects.filter(database=database).order_by("-pk").first()
+
+
+def test_full_sync_from_a_legacy_remote(legacy_remote):
+    instance, front = legacy_remote
+    database = register(instance, front)
+    out, _ = sync(database)
+    assert_same_graph(remote_graph(instance), local_graph(database))
+    assert "Successfully installed" in out
+    # It asked for the 2010 URLs only: one full listing per model, nothing else.
+    assert sorted(front.requests) == sorted(f"/api/{name}/" for name in LEGACY_MODELS)
+    assert Station.objects.filter(original_db=database, original_id=4).exists()
+    assert not Station.objects.exclude(creator=None).exists()  # user data never comes
+    run = last_run(database)
+    assert run.status == SyncRun.SUCCEEDED and run.full
+    assert "serves the 2010 layout: records and files not synced" in out
+    database.refresh_from_db()
+    # No clock to read at the remote: no cursor, and the next run is full again.
+    assert database.last_sync is not None and database.sync_cursor is None
+
+
+def test_a_change_and_a_deletion_at_the_remote_arrive(changing_remote):
+    instance, front = changing_remote
+    database = register(instance, front)
+    sync(database)
+    instance.shell(
+        "from hcore.models import *\n"
+        "s = Station.objects.get(pk=4); s.name = 'Renamed in 2010'; s.save()\n"
+        "Variable.objects.filter(descr='Snow depth').delete()\n"
+        "Variable.objects.create(descr='New variable')\n"
+    )
+    out, _ = sync(database)
+    assert_same_graph(remote_graph(instance), local_graph(database))
+    counts = last_run(database).model_counts
+    assert counts["hcore.gentity"]["updated"] == 1
+    assert counts["hcore.variable"]["created"] == 1
+    assert Gentity.objects.get(original_db=database, original_id=4).name == "Renamed in 2010"
+    assert Variable.objects.filter(original_db=database, descr="New variable").exists()
+    assert not Variable.objects.filter(descr="Snow depth").exists()
+
+
+def test_an_empty_listing_is_refused_by_the_delete_guard(legacy_remote, settings):
+    """Every listing answers ``[]`` (a wiped or broken 2010 server): the guard refuses
+    the run, and nothing here changes. The front empties the answers: the real remote
+    would have to lose every row for it, which the front gives in one line."""
+    instance, front = legacy_remote
+    database = register(instance, front)
+    sync(database)
+    before = local_dump()
+    # Only the share (DBSYNC_MAX_DELETE, 50%) decides, not the floor of 10 objects
+    # that lets a small table lose its last few: this data set is small.
+    settings.DBSYNC_MAX_DELETE_MIN = 0
+    front.on(lambda path: True, lambda path, status, headers, body: (200, headers, b"[\n]\n"))
+    with pytest.raises(CommandError, match=r"would delete (\d+) of \1 replicated .* objects"):
+        sync(database)
+    assert local_dump() == before
+    assert last_run(database).status == SyncRun.FAILED
+
+
+def test_a_legacy_remote_is_never_asked_for_the_manifest_and_a_current_one_never_guessed(
+    legacy_remote,
+):
+    """Registered current, the same remote fails on its manifest's 404: the layout is
+    what was registered, never guessed from an answer."""
+    instance, front = legacy_remote
+    database = register(instance, front)
+    database.api_layout = Database.LAYOUT_CURRENT
+    database.save()
+    with pytest.raises(CommandError, match="HTTP 404"):
+        sync(database)
+    assert front.requests == ["/api/"]
+    assert not Station.objects.filter(original_db=database).exists()
+
+
+def test_addremote_registers_a_legacy_remote():
+    out = io.StringIO()
+    call_command(
+        "dbsync_addremote", "--name", "old", "--hostname", "old.example.org", "--legacy",
+        stdout=out,
+    )  # fmt: skip
+    assert Database.objects.get(name="old").api_layout == Database.LAYOUT_LEGACY
+    assert "Registered legacy (2010 layout) remote old" in out.getvalue()
+    call_command("dbsync_addremote", "--name", "old", "--current", stdout=io.StringIO())
+    assert Database.objects.get(name="old").api_layout == Database.LAYOUT_CURRENT
+    call_command("dbsync_addremote", "--name", "new", "--hostname", "n.example.org",
+                 stdout=io.StringIO())  # fmt: skip
+    assert Database.objects.get(name="new").api_layout == Database.LAYOUT_CURRENT
+    with pytest.raises(CommandError, match="not allowed with argument"):
+        call_command("dbsync_addremote", "--name", "x", "--legacy", "--current")
+
+
+def test_the_runs_dumps_are_json_lists(legacy_remote, tmp_path):
+    """--fetch-only leaves the listings as fetched, in the work folder, with its
+    fetch record (no cursor in it); --resume installs them."""
+    instance, front = legacy_remote
+    database = register(instance, front)
+    sync(database, "--fetch-only", "--work-dir", str(tmp_path))
+    record = json.loads((tmp_path / "fetch.json").read_text())
+    assert record["full"] is True and record["server_time"] is None
+    assert json.loads((tmp_path / "hcore.station.json").read_text())[0]["pk"] == 4
+    assert not Timeseries.objects.exists()
+    sync(database, "--resume", "--work-dir", str(tmp_path))
+    assert_same_graph(remote_graph(instance), local_graph(database))
