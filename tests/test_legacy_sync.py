@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from dbsync.models import Database, SyncRun
-from hcore.models import Gentity, Station, Timeseries, Variable
+from hcore.models import Gentity, Record, Station, Timeseries, Variable
 from protocol.legacy import LEGACY_MODELS, TSDATA
 from tests.faultproxy import FaultProxy
 from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
@@ -54,6 +54,13 @@ def start_2010_instance(instance):
         "from django.core.management import call_command\n"
         f"call_command('loaddata', '--ignorenonexistent', {str(FIXTURE_2010)!r}, verbosity=0)\n"
         "from tests.api_helpers import create_sample_data; create_sample_data()\n"
+        "import datetime as dt\n"
+        "from hcore.models import Record, Timeseries\n"
+        "start = dt.datetime(2010, 5, 1, tzinfo=dt.UTC)\n"
+        "for n, series in enumerate(Timeseries.objects.order_by('pk')[:2]):\n"
+        "    Record.objects.bulk_create(Record(timeseries=series, timestamp=start + "
+        "dt.timedelta(minutes=10 * k), value=None if k == 3 else k / 4, flags='RANGE' * (k % 2))"
+        " for k in range(5 + 20 * n))\n"
     )
     return instance.start()
 
@@ -83,6 +90,19 @@ def changing_remote(make_instance):
     front.close()
 
 
+def remote_records(instance):
+    """(remote series pk, UTC time, value, flags) of every record at the remote."""
+    return sorted(instance.sql("SELECT timeseries_id, timestamp, value, flags FROM hcore_record"))
+
+
+def local_records(database):
+    return sorted(
+        Record.objects.filter(timeseries__original_db=database).values_list(
+            "timeseries__original_id", "timestamp", "value", "flags"
+        )
+    )
+
+
 def register(instance, front):
     return Database.objects.create(
         name="legacy",
@@ -109,13 +129,20 @@ def test_full_sync_from_a_legacy_remote(legacy_remote):
     out, _ = sync(database)
     assert_same_graph(remote_graph(instance), local_graph(database))
     assert "Successfully installed" in out
-    # It asked for the 2010 URLs only: one full listing per model, nothing else.
-    assert sorted(front.requests) == sorted(f"/api/{name}/" for name in LEGACY_MODELS)
+    # It asked for the 2010 URLs only: one full listing per model, then the records of
+    # each series, nothing else.
+    series = [pk for (pk,) in instance.sql("SELECT id FROM hcore_timeseries ORDER BY id")]
+    assert sorted(front.requests) == sorted(
+        [f"/api/{name}/" for name in LEGACY_MODELS] + [f"/api/tsdata/{pk}/" for pk in series]
+    )
+    assert len(remote_records(instance)) == 30
+    assert local_records(database) == remote_records(instance)
     assert Station.objects.filter(original_db=database, original_id=4).exists()
     assert not Station.objects.exclude(creator=None).exists()  # user data never comes
     run = last_run(database)
     assert run.status == SyncRun.SUCCEEDED and run.full
-    assert "serves the 2010 layout: records and files not synced" in out
+    assert "Installed 30 records: 0 series appended to, 2 replaced" in out
+    assert "serves the 2010 layout, which has no files: files not synced" in out
     database.refresh_from_db()
     # No clock to read at the remote: no cursor, and the next run is full again.
     assert database.last_sync is not None and database.sync_cursor is None
@@ -130,9 +157,18 @@ def test_a_change_and_a_deletion_at_the_remote_arrive(changing_remote):
         "s = Station.objects.get(pk=4); s.name = 'Renamed in 2010'; s.save()\n"
         "Variable.objects.filter(descr='Snow depth').delete()\n"
         "Variable.objects.create(descr='New variable')\n"
+        "import datetime as dt\n"
+        "first, second = Timeseries.objects.order_by('pk')[:2]\n"
+        "Record.objects.filter(timeseries=first, value=0.5).update(value=-7.25, flags='EDITED')\n"
+        "Record.objects.create(timeseries=second, timestamp=dt.datetime(2011, 1, 1, "
+        "tzinfo=dt.UTC), value=99)\n"
     )
     out, _ = sync(database)
     assert_same_graph(remote_graph(instance), local_graph(database))
+    assert local_records(database) == remote_records(instance)
+    records = last_run(database).model_counts["hcore.record"]
+    # The two changed series replaced whole (5 + 26 records, 5 + 25 before).
+    assert (records["created"], records["deleted"]) == (31, 30)
     counts = last_run(database).model_counts
     assert counts["hcore.gentity"]["updated"] == 1
     assert counts["hcore.variable"]["created"] == 1

@@ -38,7 +38,7 @@ from .install import Installer
 from .legacy import is_legacy, legacy_entries
 from .planner import label
 from .progress import quiet
-from .records import SummaryPrefetch, sync_records
+from .records import SummaryPrefetch, sync_legacy_records, sync_records
 from .remote import RemoteClient
 from .workdir import load_for_resume, work_dir_for
 
@@ -406,12 +406,10 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
     """The records and the files, after the objects' transaction has committed (a
     record cannot outlive its series: the foreign key sees to it). Each in its own
     transaction; a failure leaves the objects installed and says so."""
-    if is_legacy(database):
-        note = f"{database} serves the 2010 layout: records and files not synced"
-        result.notes.append(note)
-        log(note, 1)
-        return
     try:
+        if is_legacy(database):
+            sync_legacy_data(database, plan, client, options, result, log)
+            return
         if "hcore.timeseries" in plan.labels:
             log("Syncing time-series records", 1)
             records = sync_records(
@@ -432,3 +430,18 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
             f"{exc} (the objects of this run were installed; records and files were not "
             f"all synced)"
         ) from exc
+
+
+def sync_legacy_data(database, plan, client, options, result, log=quiet):
+    """A legacy remote's records, a series a request (``records.legacy``); no files:
+    the 2010 layout serves none."""
+    if "hcore.timeseries" in plan.labels:
+        log("Syncing time-series records (from /tsdata/, a series a request)", 1)
+        records = sync_legacy_records(
+            database, client, skip=options.skip, dry_run=options.dry_run, log=log
+        )
+        records.add_to(result)
+    if "hcore.gentityfile" in plan.labels:
+        note = f"{database} serves the 2010 layout, which has no files: files not synced"
+        result.notes.append(note)
+        log(note, 1)
