@@ -239,3 +239,17 @@ def test_the_runs_dumps_are_json_lists(legacy_remote, tmp_path):
     assert not Timeseries.objects.exists()
     sync(database, "--resume", "--work-dir", str(tmp_path))
     assert_same_graph(remote_graph(instance), local_graph(database))
+
+
+def test_the_admin_form_shows_and_sets_the_layout(admin_client):
+    database = Database.objects.create(name="old", hostname="old.example.org")
+    page = admin_client.get(f"/admin/dbsync/database/{database.pk}/change/").content.decode()
+    assert 'name="api_layout"' in page
+    assert '<option value="current" selected>' in page
+    assert "legacy 2010 (/api/&lt;ModelName&gt;/ only)" in page
+    Database.objects.create(
+        name="older", hostname="older.example.org", api_layout=Database.LAYOUT_LEGACY
+    )
+    listing = admin_client.get("/admin/dbsync/database/", {"api_layout__exact": "legacy"})
+    assert listing.status_code == 200
+    assert b">older<" in listing.content and b">old<" not in listing.content
