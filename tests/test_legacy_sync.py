@@ -18,6 +18,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from dbsync.engine.dumps import iter_objects
+from dbsync.engine.errors import PayloadError
+from dbsync.engine.legacy import to_line_layout
 from dbsync.models import Database, SyncRun
 from hcore.models import Gentity, Record, Station, Timeseries, Variable
 from protocol.legacy import LEGACY_MODELS, TSDATA
@@ -34,6 +37,22 @@ FIXTURE_2010 = Path(__file__).parent / "fixtures" / "enhydris-2010-dbsync-testda
 LEGACY_PATH = re.compile(
     r"^/api/(?:(?:" + "|".join(LEGACY_MODELS) + r")/(?:[0-9]+/)?|" + TSDATA + r"/[0-9]+/)$"
 )
+
+
+def as_in_2010(path, status, headers, body):
+    """A listing as a server of 2010 wrote it: Django's serializer, all on one line,
+    with the fields that today's served set leaves out (the remote's bookkeeping, the
+    keys to user accounts, and WaterBasin.water_division, which today's models lack)."""
+    objects = json.loads(body)
+    for obj in objects:
+        fields = obj["fields"]
+        if "last_modified" in fields:
+            fields.update(original_id=None, original_db=None)
+        if obj["model"] == "hcore.waterbasin":
+            fields["water_division"] = 2
+        if obj["model"] == "hcore.station":
+            fields.update(creator=1, maintainers=[1])
+    return status, headers, json.dumps(objects).encode()
 
 
 def not_found(path, status, headers, body):
@@ -146,6 +165,45 @@ def test_full_sync_from_a_legacy_remote(legacy_remote):
     database.refresh_from_db()
     # No clock to read at the remote: no cursor, and the next run is full again.
     assert database.last_sync is not None and database.sync_cursor is None
+
+
+def test_listings_as_a_server_of_2010_wrote_them(legacy_remote):
+    instance, front = legacy_remote
+    front.on(lambda path: path.count("/") == 3 and TSDATA not in path, as_in_2010)
+    database = register(instance, front)
+    sync(database)
+    assert_same_graph(remote_graph(instance), local_graph(database))
+    assert not Station.objects.exclude(creator=None).exists()
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b'{"error": "maintenance"}', "must be a JSON list of objects"),
+        (b"", "must be a JSON list of objects"),
+        (b'[{"model": "hcore.eventtype", "pk": 1, "fields": {}}, ', "malformed JSON"),
+        (b'[{"model": "hcore.eventtype", "pk": 1, "fields": {"descr": "x' + b"y" * 3000 + b'"}}]',
+         "more than 2000 bytes"),
+    ],
+)  # fmt: skip
+def test_a_listing_that_is_not_one_is_refused_as_it_came(tmp_path, settings, body, error):
+    settings.DBSYNC_MAX_OBJECT_BYTES = 2000
+    path = tmp_path / "hcore.eventtype.json"
+    path.write_bytes(body)
+    with pytest.raises(PayloadError, match=error):
+        to_line_layout(path)
+    assert path.read_bytes() == body and list(tmp_path.iterdir()) == [path]
+
+
+def test_any_layout_of_a_list_is_rewritten_one_object_a_line(tmp_path):
+    objects = [{"model": "hcore.eventtype", "pk": k, "fields": {"descr": f"Ε{k}", "x": 1.5}}
+               for k in (1, 2)]  # fmt: skip
+    path = tmp_path / "hcore.eventtype.json"
+    for text in [json.dumps(objects), json.dumps(objects, indent=4), "\n [ ]"]:
+        path.write_text(text)
+        to_line_layout(path)
+        expected = objects if text.strip() != "[ ]" else []
+        assert list(iter_objects(path, whole=False)) == expected
 
 
 def test_a_change_and_a_deletion_at_the_remote_arrive(changing_remote):

@@ -11,16 +11,26 @@ known; a run after a change to the current layout is full). There are no schema
 fingerprints to compare: an object with a field the local model does not have is
 refused by the install (``install.spec.check_object``), as a dumpdata file's is.
 
-The records come from ``/api/tsdata/<id>/`` (``legacy_records``); files are not
+A server of 2010 wrote a listing as Django's serializer does, all on one line (or
+indented); each fetched listing is rewritten, as a stream, in the dumps' line layout
+(``to_line_layout``), which the install reads with flat memory and a cap per object.
+
+The records come from ``/api/tsdata/<id>/`` (``records.legacy``); files are not
 synced (the 2010 layout serves none).
 
 Whether a remote is legacy is what it was registered as (``Database.api_layout``),
 never guessed from its answers.
 """
 
+import json
+import os
+
+import ijson
+from django.conf import settings
+
 from protocol.legacy import LAYOUT_CURRENT, LAYOUT_LEGACY, legacy_name
 
-from .errors import PlanError
+from .errors import PayloadError, PlanError
 from .remote import check_api_path
 
 
@@ -47,5 +57,43 @@ def legacy_entries(database, plan):
             )
         path = listing_path(database, name)
         check_api_path(path, database)
-        entries[model_label] = {"model": model_label, "url": path}
+        entries[model_label] = {"model": model_label, "url": path, "layout": LAYOUT_LEGACY}
     return entries
+
+
+def to_line_layout(path):
+    """Rewrite the fetched listing at ``path`` one object a line between ``[`` and
+    ``]`` lines (``engine.dumps``), reading it as a stream: any layout of a JSON list
+    of objects will do; anything else, or an object longer than
+    DBSYNC_MAX_OBJECT_BYTES, is a PayloadError, and ``path`` is left as it came."""
+    name = os.path.basename(path)
+    limit = settings.DBSYNC_MAX_OBJECT_BYTES
+    tmp = f"{path}.layout"
+    try:
+        with open(path, "rb") as src, open(tmp, "w", encoding="utf-8") as out:
+            first = src.read(1)
+            while first.isspace():
+                first = src.read(1)
+            if first != b"[":
+                raise PayloadError(f"{name}: a listing must be a JSON list of objects")
+            src.seek(0)
+            out.write("[\n")
+            separator = ""
+            for number, obj in enumerate(ijson.items(src, "item", use_float=True), 1):
+                line = json.dumps(obj, ensure_ascii=False)
+                if len(line.encode()) > limit:
+                    raise PayloadError(
+                        f"{name} object {number}: more than {limit} bytes; refused "
+                        f"(DBSYNC_MAX_OBJECT_BYTES)"
+                    )
+                out.write(separator + line)
+                separator = ",\n"
+            out.write("\n]\n" if separator else "]\n")
+    except ijson.JSONError as exc:
+        os.unlink(tmp)
+        raise PayloadError(f"{name}: malformed JSON: {exc}") from exc
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    os.replace(tmp, path)

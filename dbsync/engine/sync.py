@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from protocol.legacy import LAYOUT_LEGACY
+
 from .backup import take_backup
 from .dumps import dump_name, read_key_set
 from .errors import DanglingReferences, SyncError
@@ -35,7 +37,7 @@ from .fetch import (
 )
 from .files import sync_files
 from .install import Installer
-from .legacy import is_legacy, legacy_entries
+from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import quiet
 from .records import SummaryPrefetch, sync_legacy_records, sync_records
@@ -290,6 +292,8 @@ def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
     try:
         if kind == DUMP:
             meta = fetch_model(client, entry, dest_dir, fetch_plan.since)
+            if entry.get("layout") == LAYOUT_LEGACY:
+                to_line_layout(meta["path"])
             return Path(meta["path"]), meta["bytes"]
         path = Path(fetch_keys(client, entry, dest_dir))
         return path, path.stat().st_size
