@@ -22,11 +22,13 @@ from dbsync.engine.dumps import iter_objects
 from dbsync.engine.errors import PayloadError
 from dbsync.engine.legacy import to_line_layout
 from dbsync.models import Database, SyncRun
+from dbsync.runs.tasks import sync_remote
 from hcore.models import Gentity, Record, Station, Timeseries, Variable
 from protocol.legacy import LEGACY_MODELS, TSDATA
 from tests.faultproxy import FaultProxy
 from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
 from tests.instance import Instance
+from tests.test_tasks import cluster, storage_root, wait_for_run, workers  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -311,3 +313,20 @@ def test_the_admin_form_shows_and_sets_the_layout(admin_client):
     listing = admin_client.get("/admin/dbsync/database/", {"api_layout__exact": "legacy"})
     assert listing.status_code == 200
     assert b">older<" in listing.content and b">old<" not in listing.content
+
+
+@pytest.mark.usefixtures("workers")
+def test_celery_syncs_a_legacy_remote_through_the_same_tasks(legacy_remote):
+    """The Celery pipeline (real workers, tests/celery_helpers.py): a fetch task per
+    listing, then the install and the records, as for a current remote."""
+    instance, front = legacy_remote
+    database = register(instance, front)
+    sync_remote.delay(database.pk).get(timeout=60)
+    run = wait_for_run(database)
+    assert run.status == SyncRun.SUCCEEDED, run.message
+    assert_same_graph(remote_graph(instance), local_graph(database))
+    assert local_records(database) == remote_records(instance)
+    assert run.full and run.remote_time is None and run.fetch_plan["server_time"] is None
+    fetched = run.fetch_plan["fetched"]
+    assert sorted(m["model"] for m in fetched) == sorted(LEGACY_MODELS.values())
+    assert {m["kind"] for m in fetched} == {"dump"}
