@@ -330,3 +330,31 @@ def test_celery_syncs_a_legacy_remote_through_the_same_tasks(legacy_remote):
     fetched = run.fetch_plan["fetched"]
     assert sorted(m["model"] for m in fetched) == sorted(LEGACY_MODELS.values())
     assert {m["kind"] for m in fetched} == {"dump"}
+
+
+def test_malformed_records_are_refused_naming_the_series_and_line(legacy_remote):
+    """The front rewrites a date of one series' records (a real remote's database
+    cannot hold a bad date): the run fails naming the series and the line of its
+    body; the objects are installed and say so, no record is. With --skip, that
+    series is left out and the others arrive."""
+    instance, front = legacy_remote
+    (first,) = instance.sql("SELECT min(id) FROM hcore_timeseries")[0]
+
+    def bad_date(path, status, headers, body):
+        lines = body.split(b"\n")
+        lines[1] = b"2010-13-45 00:00" + lines[1][16:]
+        return status, headers, b"\n".join(lines)
+
+    front.on(lambda path: path == f"/api/tsdata/{first}/", bad_date)
+    database = register(instance, front)
+    with pytest.raises(CommandError) as failure:
+        sync(database)
+    message = str(failure.value)
+    assert f"records of hcore.timeseries(pk={first}), line 2: bad date '2010-13-45" in message
+    assert "the objects of this run were installed" in message
+    assert Station.objects.filter(original_db=database).exists()
+    assert not Record.objects.exists()
+    out, _ = sync(database, "--skip")
+    assert "1 skipped" in out
+    expected = [r for r in remote_records(instance) if r[0] != first]
+    assert expected and local_records(database) == expected

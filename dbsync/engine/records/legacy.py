@@ -119,6 +119,9 @@ class LegacyRecordsSync:
             ) from None
         finally:
             block.unlink(missing_ok=True)
+        for series in fetched.series:
+            if series.error is not None and series.error.line is not None:
+                series.error.line -= 1  # a line of the remote's body, not of our header's
         self.loader.install_batch(fetched)
 
 
