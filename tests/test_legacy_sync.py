@@ -184,6 +184,7 @@ def test_listings_as_a_server_of_2010_wrote_them(legacy_remote):
         (b'{"error": "maintenance"}', "must be a JSON list of objects"),
         (b"", "must be a JSON list of objects"),
         (b'[{"model": "hcore.eventtype", "pk": 1, "fields": {}}, ', "malformed JSON"),
+        (b'[{"model": "hcore.eventtype", "pk": 1, "fields": {}}] []', "trailing garbage$"),
         (b'[{"model": "hcore.eventtype", "pk": 1, "fields": {"descr": "x' + b"y" * 3000 + b'"}}]',
          "more than 2000 bytes"),
     ],

@@ -28,6 +28,15 @@ import os
 import ijson
 from django.conf import settings
 
+try:  # an order of magnitude faster than the standard library's json on this path
+    from orjson import JSONEncodeError, dumps
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    JSONEncodeError = ValueError
+
+    def dumps(obj):
+        return json.dumps(obj, ensure_ascii=False).encode()
+
+
 from protocol.legacy import LAYOUT_CURRENT, LAYOUT_LEGACY, legacy_name
 
 from .errors import PayloadError, PlanError
@@ -70,28 +79,32 @@ def to_line_layout(path):
     limit = settings.DBSYNC_MAX_OBJECT_BYTES
     tmp = f"{path}.layout"
     try:
-        with open(path, "rb") as src, open(tmp, "w", encoding="utf-8") as out:
+        with open(path, "rb") as src, open(tmp, "wb") as out:
             first = src.read(1)
             while first.isspace():
                 first = src.read(1)
             if first != b"[":
                 raise PayloadError(f"{name}: a listing must be a JSON list of objects")
             src.seek(0)
-            out.write("[\n")
-            separator = ""
+            out.write(b"[\n")
+            separator = b""
             for number, obj in enumerate(ijson.items(src, "item", use_float=True), 1):
-                line = json.dumps(obj, ensure_ascii=False)
-                if len(line.encode()) > limit:
+                try:
+                    line = dumps(obj)
+                except JSONEncodeError as exc:  # e.g. an integer of more than 64 bits
+                    raise PayloadError(f"{name} object {number}: {exc}") from exc
+                if len(line) > limit:
                     raise PayloadError(
                         f"{name} object {number}: more than {limit} bytes; refused "
                         f"(DBSYNC_MAX_OBJECT_BYTES)"
                     )
                 out.write(separator + line)
-                separator = ",\n"
-            out.write("\n]\n" if separator else "]\n")
+                separator = b",\n"
+            out.write(b"\n]\n" if separator else b"]\n")
     except ijson.JSONError as exc:
         os.unlink(tmp)
-        raise PayloadError(f"{name}: malformed JSON: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PayloadError(f"{name}: malformed JSON: {reason}") from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
