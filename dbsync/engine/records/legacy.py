@@ -6,7 +6,8 @@ with the count and checksum, ``api.records``). A series whose count and checksum
 equal those of the last sync is left as it is; any other is replaced whole, read by
 today's batch reader (as a batch of one) and installed by today's loader, all in one
 transaction. A series the remote no longer has (404) is left as it is: the next
-objects sync deletes it.
+objects sync deletes it. The requests go one after another (through the remote's
+request slots): a legacy remote is a fallback, and its API has no batches.
 """
 
 import logging
@@ -65,7 +66,9 @@ class LegacyRecordsSync:
             self.work = Path(tmp)
             with transaction.atomic():
                 self.loader.begin()
-                for remote_pk, local_pk, state in ReplicatedSeries(self.database):
+                # Read before the first write: no cursor stays open across the loads.
+                series = list(ReplicatedSeries(self.database))
+                for remote_pk, local_pk, state in series:
                     self.sync_series(remote_pk, local_pk, state)
                 self.loader.finish()
                 self.loader.install_empty(self.empty)
