@@ -359,3 +359,13 @@ def test_malformed_records_are_refused_naming_the_series_and_line(legacy_remote)
     assert "1 skipped" in out
     expected = [r for r in remote_records(instance) if r[0] != first]
     assert expected and local_records(database) == expected
+
+
+def test_a_listing_over_the_size_cap_is_refused_and_nothing_changes(legacy_remote, settings):
+    instance, front = legacy_remote
+    database = register(instance, front)
+    settings.DBSYNC_MAX_RESPONSE_BYTES = 2000
+    before = local_dump()
+    with pytest.raises(CommandError, match=r"GET /api/\w+/: response larger than the cap"):
+        sync(database)
+    assert local_dump() == before
