@@ -164,7 +164,7 @@ class DatabaseAdmin(admin.ModelAdmin):
         "fresh",
         "runs",
     )
-    list_filter = ("is_active", "scheme")
+    list_filter = ("is_active", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
     readonly_fields = ("last_sync", "sync_cursor", "records_cursor")
     actions = ("sync_now",)
@@ -172,7 +172,18 @@ class DatabaseAdmin(admin.ModelAdmin):
         Database,
         [
             (None, ("name", "descr", "is_active")),
-            ("Connection", ("scheme", "hostname", "ip_address", "port", "api_path", "verify_tls")),
+            (
+                "Connection",
+                (
+                    "scheme",
+                    "hostname",
+                    "ip_address",
+                    "port",
+                    "api_path",
+                    "api_layout",
+                    "verify_tls",
+                ),
+            ),
             (
                 "Authentication",
                 ("username", "password", "clear_password", "token", "clear_token"),

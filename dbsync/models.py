@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from protocol.legacy import LAYOUT_CURRENT, LAYOUT_LEGACY
+
 from .secrets import EncryptedTextField, UnreadableSecret
 
 
@@ -38,6 +40,11 @@ class Database(models.Model):
     """A remote Enhydris instance that this instance replicates (the seed's class)."""
 
     SCHEME_CHOICES = [("http", "http"), ("https", "https")]
+    LAYOUT_CURRENT, LAYOUT_LEGACY = LAYOUT_CURRENT, LAYOUT_LEGACY
+    LAYOUT_CHOICES = [
+        (LAYOUT_CURRENT, "current (manifest, keys, records, files)"),
+        (LAYOUT_LEGACY, "legacy 2010 (/api/<ModelName>/ only)"),
+    ]
 
     name = models.CharField(
         max_length=100,
@@ -73,6 +80,15 @@ class Database(models.Model):
         default="/api/",
         verbose_name="API path",
         help_text="Path of the remote's API manifest.",
+    )
+    api_layout = models.CharField(
+        max_length=10,
+        choices=LAYOUT_CHOICES,
+        default=LAYOUT_CURRENT,
+        verbose_name="API layout",
+        help_text="What the remote serves. 'legacy 2010': only /api/<ModelName>/ and "
+        "/api/tsdata/<id>/, no manifest; every run then fetches every object (under the "
+        "API path). Never guessed: a current remote that answers 404 is an error.",
     )
     verify_tls = models.BooleanField(
         default=True,

@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from protocol.legacy import LAYOUT_LEGACY
+
 from .backup import take_backup
 from .dumps import dump_name, read_key_set
 from .errors import DanglingReferences, SyncError
@@ -35,9 +37,10 @@ from .fetch import (
 )
 from .files import sync_files
 from .install import Installer
+from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import quiet
-from .records import SummaryPrefetch, sync_records
+from .records import SummaryPrefetch, sync_legacy_records, sync_records
 from .remote import RemoteClient
 from .workdir import load_for_resume, work_dir_for
 
@@ -86,7 +89,7 @@ class FetchPlan:
 
     full: bool
     since: datetime | None
-    server_time: datetime
+    server_time: datetime | None  # None: not known (a legacy remote has no manifest)
     entries: dict  # model label -> the manifest's entry (url, keys_url, ...)
     jobs: list  # [(model label, DUMP or KEYS)], in install order
 
@@ -94,7 +97,7 @@ class FetchPlan:
         return {
             "full": self.full,
             "since": self.since.isoformat() if self.since else None,
-            "server_time": self.server_time.isoformat(),
+            "server_time": self.server_time.isoformat() if self.server_time else None,
             "entries": self.entries,
             "jobs": [list(job) for job in self.jobs],
         }
@@ -104,7 +107,9 @@ class FetchPlan:
         return cls(
             full=data["full"],
             since=datetime.fromisoformat(data["since"]) if data["since"] else None,
-            server_time=datetime.fromisoformat(data["server_time"]),
+            server_time=(
+                datetime.fromisoformat(data["server_time"]) if data["server_time"] else None
+            ),
             entries=data["entries"],
             jobs=[tuple(job) for job in data["jobs"]],
         )
@@ -208,7 +213,9 @@ def fetch_all(database, plan, client, fetch_plan, work, log=quiet):
         {
             "remote": database.name,
             "full": fetch_plan.full,
-            "server_time": fetch_plan.server_time.isoformat(),
+            "server_time": (
+                fetch_plan.server_time.isoformat() if fetch_plan.server_time else None
+            ),
             "files": {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP},
             "keys": {m: str(p) for (m, kind), p in paths.items() if kind == KEYS},
         },
@@ -237,6 +244,8 @@ def clean(work, plan):
 
 def plan_fetch(database, plan, options, client, log=quiet):
     """Read the remote's manifest, check its schema, decide full or incremental."""
+    if is_legacy(database):
+        return plan_legacy_fetch(database, plan, client, log)
     log(f"Checking remote {client}", 1)
     manifest = client.manifest()
     log("Remote host is up. Continuing with the sync.", 1)
@@ -262,12 +271,29 @@ def plan_fetch(database, plan, options, client, log=quiet):
     )
 
 
+def plan_legacy_fetch(database, plan, client, log=quiet):
+    """A legacy remote's fetch (``engine.legacy``): every model's full listing, always."""
+    log(f"Remote {client} serves the 2010 layout: fetching every object", 1)
+    log(f"The following models will be synced: {[m.__name__ for m in plan.models]}", 1)
+    if plan.excluded:
+        log(f"The following models will be excluded {plan.excluded}", 1)
+    return FetchPlan(
+        full=True,
+        since=None,
+        server_time=None,
+        entries=legacy_entries(database, plan),
+        jobs=[(label(model), DUMP) for model in plan.models],
+    )
+
+
 def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
     """Fetch one job of the plan into ``dest_dir``; return (path, bytes)."""
     entry = fetch_plan.entries[model_label]
     try:
         if kind == DUMP:
             meta = fetch_model(client, entry, dest_dir, fetch_plan.since)
+            if entry.get("layout") == LAYOUT_LEGACY:
+                to_line_layout(meta["path"])
             return Path(meta["path"]), meta["bytes"]
         path = Path(fetch_keys(client, entry, dest_dir))
         return path, path.stat().st_size
@@ -298,7 +324,11 @@ def install_dumps(database, plan, options, result, fetch_plan, paths, work, clie
     ``work``, from inside the transaction (``fetch.make_refetcher``): which ones are
     missing is known only as the install resolves each reference against the local
     key maps, and they are few (the remote changed during the fetch)."""
-    refetch = make_refetcher(client, fetch_plan.entries, plan, work)
+    # A legacy remote cannot be asked for given keys: dangling references fail the
+    # fetch, and the command fetches everything again (FETCH_ATTEMPTS).
+    refetch = (
+        None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
+    )
     fetched = assemble(fetch_plan, paths)
     return install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
 
@@ -312,7 +342,12 @@ def install_fetched(
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
-    if options.records and client is not None and "hcore.timeseries" in plan.labels:
+    if (
+        options.records
+        and client is not None
+        and "hcore.timeseries" in plan.labels
+        and not is_legacy(database)
+    ):
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     started = time.monotonic()
@@ -376,6 +411,9 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
     record cannot outlive its series: the foreign key sees to it). Each in its own
     transaction; a failure leaves the objects installed and says so."""
     try:
+        if is_legacy(database):
+            sync_legacy_data(database, plan, client, options, result, log)
+            return
         if "hcore.timeseries" in plan.labels:
             log("Syncing time-series records", 1)
             records = sync_records(
@@ -396,3 +434,18 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
             f"{exc} (the objects of this run were installed; records and files were not "
             f"all synced)"
         ) from exc
+
+
+def sync_legacy_data(database, plan, client, options, result, log=quiet):
+    """A legacy remote's records, a series a request (``records.legacy``); no files:
+    the 2010 layout serves none."""
+    if "hcore.timeseries" in plan.labels:
+        log("Syncing time-series records (from /tsdata/, a series a request)", 1)
+        records = sync_legacy_records(
+            database, client, skip=options.skip, dry_run=options.dry_run, log=log
+        )
+        records.add_to(result)
+    if "hcore.gentityfile" in plan.labels:
+        note = f"{database} serves the 2010 layout, which has no files: files not synced"
+        result.notes.append(note)
+        log(note, 1)

@@ -4,6 +4,7 @@ the install."""
 
 from django.db import models
 
+from protocol.legacy import DROPPED_2010_FIELDS
 from protocol.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
 
 from ..convert import converter_for
@@ -53,11 +54,16 @@ class ModelSpec:
             )
         self.known = {f.name for f in served_fields(model)} | {f.name for f in self.m2m}
         # Fields a dumpdata file has that we deliberately ignore: the remote's own
-        # bookkeeping and its keys to user accounts.
+        # bookkeeping, its keys to user accounts, and the fields of 2010 that today's
+        # models left out (a legacy remote's listings have them).
         local = {f.name for f in model._meta.local_fields} | {
             f.name for f in model._meta.local_many_to_many
         }
-        self.ignored = (local - self.known) | (BOOKKEEPING_FIELDS & local)
+        self.ignored = (
+            (local - self.known)
+            | (BOOKKEEPING_FIELDS & local)
+            | DROPPED_2010_FIELDS.get(self.label, frozenset())
+        )
         self.accepted = frozenset(self.known | self.ignored)
         self.user_fields = {
             f.name

@@ -19,9 +19,13 @@ A malformed CSV (a bad date, a value that is not a number, a body cut short) sto
 run with an error naming the remote, the series (its remote pk) and the line, and
 nothing of this run's records is installed. With ``skip``, that series keeps the
 records it had and is reported; the others are installed.
+
+A legacy remote (the 2010 layout) has no summary: ``legacy`` reads each series whole
+from ``/api/tsdata/<id>/`` and hands it to the same reader and loader.
 """
 
 from .batches import SeriesError
+from .legacy import sync_legacy_records
 from .loader import RecordsError
 from .plan import RecordsPlan, plan_jobs
 from .summary import Entry, Summary, SummaryPrefetch, read_summary
@@ -37,5 +41,6 @@ __all__ = [
     "SummaryPrefetch",
     "plan_jobs",
     "read_summary",
+    "sync_legacy_records",
     "sync_records",
 ]

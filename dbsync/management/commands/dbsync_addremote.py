@@ -55,6 +55,18 @@ class Command(BaseCommand):
         tls.add_argument(
             "--verify-tls", action="store_true", help="Verify it again (the default)."
         )
+        layout = parser.add_mutually_exclusive_group()
+        layout.add_argument(
+            "--legacy",
+            action="store_true",
+            help="The remote serves only the 2010 layout (/api/<ModelName>/, "
+            "/api/tsdata/<id>/; no manifest): every sync fetches everything.",
+        )
+        layout.add_argument(
+            "--current",
+            action="store_true",
+            help="The remote serves today's API, with its manifest (the default).",
+        )
         parser.add_argument(
             "--username", help="Username for HTTP basic authentication ('' to clear it)."
         )
@@ -93,9 +105,11 @@ class Command(BaseCommand):
                 raise CommandError(describe(exc)) from None
             database.save()
         verb = "Registered" if created else "Updated"
+        legacy = database.api_layout == Database.LAYOUT_LEGACY
         self.stdout.write(
-            f"{verb} remote {database.name} ({database.scheme}://"
-            f"{database.address}:{database.port}, Host: {database.hostname})."
+            f"{verb} {'legacy (2010 layout) ' if legacy else ''}remote {database.name} "
+            f"({database.scheme}://{database.address}:{database.port}, Host: "
+            f"{database.hostname})."
         )
         for name, (_value, source) in secrets.items():
             self.stdout.write(f"Stored its {name} (encrypted), read from {source}.")
@@ -136,6 +150,10 @@ class Command(BaseCommand):
             database.verify_tls = True
         if options["username"] is not None:
             database.username = options["username"]
+        if options["legacy"]:
+            database.api_layout = Database.LAYOUT_LEGACY
+        elif options["current"]:
+            database.api_layout = Database.LAYOUT_CURRENT
 
     def read_secrets(self, options):
         """{name: (value, where it came from)} of the secrets given, read before any change."""
