@@ -128,9 +128,16 @@ def check_allowance(impact, gone, max_delete, approval, database):
         f"(--max-delete / DBSYNC_MAX_DELETE={max_delete}, of this remote's replicated "
         f"objects of each model): {'; '.join(lines)}; with them {totals['records']} "
         f"records, {totals['links']} many-to-many links and {totals['files']} files "
-        f"({totals['objects']} objects in all). Nothing was changed. {APPROVE_HINT}",
+        f"({totals['objects']} objects in all){unlinked(impact)}. Nothing was changed. "
+        f"{APPROVE_HINT}",
         deletions={"objects": keys, "counts": counts},
     )
+
+
+def unlinked(impact):
+    """The objects that stay but lose a key, as a clause of the refusal."""
+    kept = [f"{name} emptied in {n}" for name, n in sorted(impact.unlinked.items()) if n]
+    return f"; objects kept but unlinked: {', '.join(kept)}" if kept else ""
 
 
 def delete(impact, gone, planned, result):

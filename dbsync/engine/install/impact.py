@@ -124,7 +124,7 @@ class Impact:
                 self.counted[label(related)] += referrers.count()
             return None
         if on_delete is not models.CASCADE:
-            kept = referrers.exclude(pk__in=self.rows[related])
+            kept = referrers.exclude(pk__in=self.rows.get(related, ()))
             if on_delete in (models.PROTECT, models.RESTRICT):
                 self.outsiders.extend(
                     f"{label(related)}(pk={pk}) protects it"
