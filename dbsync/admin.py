@@ -387,7 +387,9 @@ class SyncRunAdmin(admin.ModelAdmin):
             return None
         items = format_html_join("", "<li>{}: {}</li>", sorted(counts.items()))
         if obj.approval_used_at is not None:
+            applied = obj.deletions.get("applied")
             state = f"approved by {obj.approved_by}; spent by run #{obj.approval_used_by_id}"
+            state += f": {applied}" if applied else ""
         elif obj.approved_at is not None:
             state = f"approved by {obj.approved_by}; the next run of the remote may delete these"
         else:

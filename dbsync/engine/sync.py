@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from .backup import take_backup
 from .dumps import dump_name, read_key_set
-from .errors import DanglingReferences, SyncError
+from .errors import DanglingReferences, InconsistentRemote, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -156,18 +156,19 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, appr
                 database, plan, options, result, log, client, work, on_fetch_planned, approval
             )
             return
-        except DanglingReferences as exc:
+        except (DanglingReferences, InconsistentRemote) as exc:
             # The remote may have deleted an object between the fetch of its referrers
-            # and its own (nothing was installed: the transaction rolled back). A fresh
-            # fetch sees the remote as it is now; the same error twice is bad data.
+            # and its own, or of its key listing and its referrers' (nothing was
+            # installed: the transaction rolled back). A fresh fetch sees the remote as
+            # it is now; the same error twice is bad data.
             if attempt == FETCH_ATTEMPTS:
                 raise
             logger.warning("%s; fetching everything again", exc)
             log(f"{exc}\nThe remote may have changed during the fetch: fetching again.", 1)
             result.reset()
             result.notes.append(
-                "fetched twice: references dangled after the first fetch (the remote "
-                "changed during it)"
+                "fetched twice: references dangled or contradicted the key listings after "
+                "the first fetch (the remote changed during it)"
             )
 
 

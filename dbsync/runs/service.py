@@ -364,10 +364,13 @@ def approval_in_hand(run, result):
                 )
                 if used
             ]
+            applied = f"applied ({' and '.join(what)})" if what else "not needed"
+            SyncRun.objects.filter(pk=approved.pk).update(
+                deletions=dict(approved.deletions, applied=applied)
+            )
             result.notes.append(
-                f"the deletions of run #{approved.pk} approved by {approved.approved_by} "
-                + (f"were applied ({' and '.join(what)})" if what else "were not needed")
-                + "; the approval is spent"
+                f"the deletions of run #{approved.pk} approved by {approved.approved_by}: "
+                f"{applied}; the approval is spent"
             )
             logger.info("Run %s: %s", run.pk, result.notes[-1])
 
