@@ -56,7 +56,7 @@ class RecordsSync:
         log=quiet,
         summary=None,
         full=False,
-        max_delete="all",
+        max_delete=None,
         approval=None,
     ):
         self.database = database
@@ -68,6 +68,8 @@ class RecordsSync:
         self.result = SyncResult.of_part(RECORDS_LABEL, str(database), dry_run)
         self.empty = 0  # series empty at both ends, recorded in bulk
         self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
+        if max_delete is None:
+            max_delete = settings.DBSYNC_MAX_RECORDS_DELETE
         self.guard = RecordsGuard(database, max_delete, approval)
         self.loader = Loader(
             database,
@@ -205,7 +207,7 @@ def sync_records(
     log=quiet,
     summary=None,
     full=False,
-    max_delete="all",
+    max_delete=None,
     approval=None,
 ):
     """Sync the records of the time series replicated from ``database``.
@@ -217,7 +219,8 @@ def sync_records(
     A failure of the remote (unreachable, HTTP errors) raises RemoteError either way.
     ``summary``: a SummaryPrefetch started before the objects' install. ``full``: ask
     for the summary of every series, not only of those changed since the records
-    cursor. ``max_delete`` and ``approval``: the records guard's (``records.guard``);
+    cursor. ``max_delete`` (default DBSYNC_MAX_RECORDS_DELETE) and ``approval``: the
+    records guard's (``records.guard``);
     a series over it raises DeleteGuardError, and nothing of the records is installed.
     """
     sync = RecordsSync(
