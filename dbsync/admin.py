@@ -5,7 +5,9 @@ are blank on every form and a blank field keeps the stored value, unless the
 endpoint (scheme, hostname, IP address, port) changes, which clears them (the
 model does; the page says so). A stored secret that cannot be decrypted is
 reported on the remote's page, which still opens and takes a new one. Runs are a
-record, so they are view-only. "Sync now" (a button on a remote's page and an
+record, so they are view-only, but for one action: a run refused by a deletion guard
+may have its deletions approved once ("Approve these deletions once",
+``runs.service.approve_deletions``). "Sync now" (a button on a remote's page and an
 action on the list) queues the same Celery sync as the schedules, through
 ``start_sync``.
 """
@@ -27,7 +29,7 @@ from django.views.decorators.http import require_POST
 from .engine.errors import AlreadyRunning, SyncError
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import tasks
+from .runs import service, tasks
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -324,8 +326,14 @@ class SyncRunAdmin(admin.ModelAdmin):
     list_select_related = ("database",)
     search_fields = ("database__name", "started_by", "message")
     date_hierarchy = "started_at"
-    actions = ()
-    readonly_fields = ("run_duration", "run_totals", "counts_table", "error_list")
+    actions = ("approve_deletions",)
+    readonly_fields = (
+        "run_duration",
+        "run_totals",
+        "counts_table",
+        "error_list",
+        "deletions_listing",
+    )
     fieldsets = fieldsets_for(
         SyncRun,
         [
@@ -335,7 +343,20 @@ class SyncRunAdmin(admin.ModelAdmin):
                 ("started_at", "finished_at", "run_duration", "heartbeat", "remote_time"),
             ),
             ("Result", ("run_totals", "counts_table", "error_list", "message", "progress")),
-            ("Details", ("options", "backup_path", "fetch_plan", "task_id", "notified_at")),
+            (
+                "Refused deletions",
+                (
+                    "deletions_listing",
+                    "approved_by",
+                    "approved_at",
+                    "approval_used_by",
+                    "approval_used_at",
+                ),
+            ),
+            (
+                "Details",
+                ("options", "backup_path", "fetch_plan", "task_id", "notified_at", "deletions"),
+            ),
         ],
         extra=readonly_fields,
     )
@@ -354,6 +375,37 @@ class SyncRunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def has_approve_permission(self, request):
+        """Whoever may start a sync may approve a refused run's deletions once."""
+        return request.user.has_perm(sync_permission())
+
+    @admin.action(description="Approve these deletions once", permissions=["approve"])
+    def approve_deletions(self, request, queryset):
+        for run in queryset.select_related("database"):
+            try:
+                message = service.approve_deletions(run, request.user.get_username())
+            except SyncError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                self.message_user(request, message, messages.SUCCESS)
+
+    @admin.display(description="would have removed")
+    def deletions_listing(self, obj):
+        """What a guard refused, in counts, and where the approval stands."""
+        counts = (obj.deletions or {}).get("counts")
+        if not counts:
+            return None
+        items = format_html_join("", "<li>{}: {}</li>", sorted(counts.items()))
+        if obj.approval_used_at is not None:
+            applied = obj.deletions.get("applied")
+            state = f"approved by {obj.approved_by}; spent by run #{obj.approval_used_by_id}"
+            state += f": {applied}" if applied else ""
+        elif obj.approved_at is not None:
+            state = f"approved by {obj.approved_by}; the next run of the remote may delete these"
+        else:
+            state = 'not approved (action "Approve these deletions once" on the list of runs)'
+        return format_html("<ul>{}</ul><p>{}</p>", items, state)
 
     @admin.display(description="duration")
     def run_duration(self, obj):

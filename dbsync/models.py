@@ -456,6 +456,41 @@ class SyncRun(models.Model):
         blank=True,
         help_text="When the admins were mailed about this failure (once per failure streak).",
     )
+    deletions = models.JSONField(
+        default=dict,
+        blank=True,
+        verbose_name="refused deletions",
+        help_text="A run refused by a deletion guard: what it would have removed (the "
+        "remote pks of the objects per model, the records each series would be left "
+        "with, and the counts).",
+    )
+    approved_by = models.CharField(
+        max_length=150,
+        blank=True,
+        verbose_name="deletions approved by",
+        help_text="The user who approved this run's refused deletions once.",
+    )
+    approved_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="deletions approved at",
+        help_text="When this run's refused deletions were approved.",
+    )
+    approval_used_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="approvals_used",
+        verbose_name="approval used by",
+        help_text="The run that had this approval in hand (it is spent then).",
+    )
+    approval_used_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="approval used at",
+        help_text="When a later run had this approval in hand.",
+    )
 
     class Meta:
         ordering = ("-started_at",)
@@ -474,6 +509,15 @@ class SyncRun(models.Model):
         if self.finished_at is None:
             return None
         return self.finished_at - self.started_at
+
+    @property
+    def can_be_approved(self):
+        """A failed run refused by a guard, whose deletions are not approved yet."""
+        return self.status == self.FAILED and bool(self.deletions) and self.approved_at is None
+
+    @property
+    def approval_pending(self):
+        return self.approved_at is not None and self.approval_used_at is None
 
     def totals(self):
         """Of the objects; records and files are in ``model_counts`` on their own."""

@@ -174,8 +174,13 @@ API_MAX_KEYS_PER_REQUEST = env_int("API_MAX_KEYS_PER_REQUEST", 1_000)
 DBSYNC_WORK_DIR = Path(env_str("DBSYNC_WORK_DIR", str(VAR_DIR / "dbsync-work")))
 DBSYNC_BACKUP_DIR = Path(env_str("DBSYNC_BACKUP_DIR", str(VAR_DIR / "backups")))
 DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)
+# The deletion guards: the most replicated objects of a model (with their cascades),
+# and the most records of a series, one run may remove; a count, a share or "all".
 DBSYNC_MAX_DELETE = env_str("DBSYNC_MAX_DELETE", "50%")
-DBSYNC_MAX_DELETE_MIN = env_int("DBSYNC_MAX_DELETE_MIN", 10)
+DBSYNC_MAX_RECORDS_DELETE = env_str("DBSYNC_MAX_RECORDS_DELETE", "50%")
+# Retired (it let a remote empty a small table): still accepted, ignored, and warned
+# about by `manage.py check` (dbsync.checks).
+DBSYNC_MAX_DELETE_MIN = env_str("DBSYNC_MAX_DELETE_MIN", "")
 DBSYNC_HTTP_TIMEOUT = env_float("DBSYNC_HTTP_TIMEOUT", 60.0)
 DBSYNC_HTTP_RETRIES = env_int("DBSYNC_HTTP_RETRIES", 4)
 DBSYNC_HTTP_BACKOFF = env_float("DBSYNC_HTTP_BACKOFF", 1.0)

@@ -66,18 +66,20 @@ def test_unknown_app_and_model():
     "setting, existing, allowed",
     [
         ("50%", 100, 50),
-        ("50%", 4, 10),
+        # No floor: half of a small table is small, and the last object of a table
+        # cannot go without an explicit allowance.
+        ("50%", 4, 2),
+        ("50%", 1, 0),
         ("10", 1000, 10),
         ("all", 5, float("inf")),
-        ("0%", 1000, 10),
+        ("0%", 1000, 0),
     ],
 )
-def test_deletion_allowance(setting, existing, allowed, settings):
-    settings.DBSYNC_MAX_DELETE_MIN = 10
+def test_deletion_allowance(setting, existing, allowed):
     assert deletion_allowance(setting, existing) == allowed
 
 
-@pytest.mark.parametrize("value", ["x", "-1", "%", "ten%"])
+@pytest.mark.parametrize("value", ["x", "-1", "%", "ten%", "2.5"])
 def test_bad_max_delete_values_are_refused(value):
     with pytest.raises(ValueError, match="not a number of objects"):
         validate_max_delete(value)

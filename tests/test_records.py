@@ -40,9 +40,12 @@ LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d(\.\d+)?)?,")
 
 
 def sync_data(database, skip=False):
-    """The records and the files alone, with their results (per series, per file)."""
+    """The records and the files alone, with their results (per series, per file).
+    Without the records guard: series emptied at the remote are part of the mechanics
+    tested here (the guard's scenarios are in tests/reliability/test_deletion.py)."""
     client = RemoteClient(database)
-    return sync_records(database, client, skip=skip), sync_files(database, client)
+    records = sync_records(database, client, skip=skip, max_delete="all")
+    return records, sync_files(database, client)
 
 
 def sync_all(database, skip=False):

@@ -20,7 +20,7 @@ from dbsync.models import SyncRun
 from dbsync.runs import queues, schedules, service, storage, tasks
 from dbsync.runs.locking import keep_alive
 from dbsync.runs.tasks import fetch_dump, install_run, sync_remote
-from hcore.models import Gentity, Station
+from hcore.models import Gentity, Station, Timeseries
 from tests.celery_helpers import (
     FAST_RETRIES,
     Cluster,
@@ -275,6 +275,52 @@ def test_embedded_default_runs_the_pipeline_in_process(remote, settings, tmp_pat
     run = SyncRun.objects.get(database=database)
     assert run.status == SyncRun.SUCCEEDED, run.message
     assert_same_graph(remote_graph(remote), local_graph(database))
+
+
+def test_a_refused_scheduled_run_is_approved_once_and_the_next_run_deletes(
+    remote, settings, tmp_path
+):
+    """The pipeline (eager: CELERY_TASK_ALWAYS_EAGER runs the same tasks in the caller)
+    refused by the delete guard keeps what it would delete with the run; approved once
+    (the admin action's helper), the next run deletes exactly that and spends the
+    approval; the one after is refused again."""
+    from project.celery import app
+
+    settings.DBSYNC_STORAGE_ROOT = tmp_path / "storage"
+    settings.DBSYNC_WORK_DIR = tmp_path / "work"
+    settings.DBSYNC_TASK_BACKUP = False
+    settings.DBSYNC_HTTP_RETRIES = 1
+    proxy = FaultProxy(remote.url)
+    database = register(remote, port=proxy.port)
+    app.conf.task_always_eager = True
+    try:
+        tasks.enqueue_sync(database)
+        series = Timeseries.objects.filter(original_db=database)
+        n_series = series.count()
+        assert n_series
+        proxy.on(model_path("timeseries"), replace_body(lambda body: b"[\n]\n"))
+        tasks.enqueue_sync(database, full=True)
+        refused = SyncRun.objects.filter(database=database).latest("pk")
+        assert refused.status == SyncRun.FAILED
+        assert f"hcore.timeseries: {n_series} of {n_series}" in refused.message
+        assert len(refused.deletions["objects"]["hcore.timeseries"]) == n_series
+        assert series.count() == n_series
+
+        service.approve_deletions(refused, "alice")
+        tasks.enqueue_sync(database, full=True)
+        applied = SyncRun.objects.filter(database=database).latest("pk")
+        assert applied.status == SyncRun.SUCCEEDED, applied.message
+        assert not series.exists()
+        refused.refresh_from_db()
+        assert refused.approved_by == "alice" and refused.approval_used_by == applied
+
+        proxy.on(model_path("instrument"), replace_body(lambda body: b"[\n]\n"))
+        tasks.enqueue_sync(database, full=True)
+        again = SyncRun.objects.filter(database=database).latest("pk")
+        assert again.status == SyncRun.FAILED and "hcore.instrument" in again.message
+    finally:
+        app.conf.task_always_eager = False
+        proxy.close()
 
 
 # --- storage, schedules, notifications, reaping (no worker needed) --------------------------

@@ -38,8 +38,21 @@ class DanglingReferences(ObjectError):
     data, or the remote changed during the fetch (a fresh fetch tells which)."""
 
 
+class InconsistentRemote(PayloadError):
+    """The remote's key listing lacks objects that the rest of its data still refers
+    to (a cut or wrong listing): a contradiction, not a deletion."""
+
+
 class DeleteGuardError(SyncError):
-    """The run would delete more replicated objects than allowed."""
+    """The run would delete more than allowed: replicated objects (with what cascades
+    from them) or records. ``deletions`` is what it would have removed, as JSON
+    (``{"objects": {root label: [remote pks]}, "records": {series remote pk: records
+    left}, "counts": {...}}``), kept with the run so that an operator may approve it
+    once."""
+
+    def __init__(self, message, deletions=None):
+        super().__init__(message)
+        self.deletions = deletions or {}
 
 
 class AlreadyRunning(SyncError):

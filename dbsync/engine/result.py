@@ -73,9 +73,13 @@ class SyncResult:
         return problem
 
     def add_to(self, result):
-        """Report into ``result`` (a run's): the counts of the labels, the problems and
-        the notes (of the records or the files, into the run's)."""
-        result.counts.update((label, dict(c)) for label, c in self.counts.items())
+        """Report into ``result`` (a run's): the counts of the labels (added to what it
+        has: the records of series the objects' deletions took are counted there), the
+        problems and the notes (of the records or the files, into the run's)."""
+        for label, counts in self.counts.items():
+            into = result.model(label)
+            for key, n in counts.items():
+                into[key] = into.get(key, 0) + n
         result.problems.extend(self.problems)
         result.notes.extend(self.notes)
 

@@ -27,7 +27,7 @@ from protocol.legacy import LAYOUT_LEGACY
 
 from .backup import take_backup
 from .dumps import dump_name, read_key_set
-from .errors import DanglingReferences, SyncError
+from .errors import DanglingReferences, InconsistentRemote, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -62,6 +62,7 @@ class SyncOptions:
     skip: bool = False
     full: bool = False
     max_delete: str | None = None
+    max_records_delete: str | None = None
     dry_run: bool = False
     records: bool = True  # the time-series records and files, after the objects
     trigger: str = "command"
@@ -127,11 +128,12 @@ class Fetched:
 # --- the command: everything in one process ------------------------------------------
 
 
-def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
+def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, approval=None):
     """Fetch ``database``'s dumps into its work folder and install them (or, with
     ``options.resume``, install those a failed run left there), then the records and
     files; counts go to ``result``. ``on_fetch_planned(server_time, full)`` is told
-    the run's cursor and kind once they are known."""
+    the run's cursor and kind once they are known; ``approval``: deletions an operator
+    approved once (``guard.Approval``)."""
     on_fetch_planned = on_fetch_planned or (lambda server_time, full: None)
     work = work_dir_for(database, options.work_dir)
     if options.resume:
@@ -142,32 +144,42 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
         result.full = keys == "present"
         on_fetch_planned(server_time, result.full)
         install_fetched(
-            database, plan, options, result, Fetched(files, keys, server_time), None, log
+            database,
+            plan,
+            options,
+            result,
+            Fetched(files, keys, server_time),
+            None,
+            log,
+            approval=approval,
         )
         return
     client = RemoteClient(database, port=options.port)
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
             _fetch_and_install(
-                database, plan, options, result, log, client, work, on_fetch_planned
+                database, plan, options, result, log, client, work, on_fetch_planned, approval
             )
             return
-        except DanglingReferences as exc:
+        except (DanglingReferences, InconsistentRemote) as exc:
             # The remote may have deleted an object between the fetch of its referrers
-            # and its own (nothing was installed: the transaction rolled back). A fresh
-            # fetch sees the remote as it is now; the same error twice is bad data.
+            # and its own, or of its key listing and its referrers' (nothing was
+            # installed: the transaction rolled back). A fresh fetch sees the remote as
+            # it is now; the same error twice is bad data.
             if attempt == FETCH_ATTEMPTS:
                 raise
             logger.warning("%s; fetching everything again", exc)
             log(f"{exc}\nThe remote may have changed during the fetch: fetching again.", 1)
             result.reset()
             result.notes.append(
-                "fetched twice: references dangled after the first fetch (the remote "
-                "changed during it)"
+                "fetched twice: references dangled or contradicted the key listings after "
+                "the first fetch (the remote changed during it)"
             )
 
 
-def _fetch_and_install(database, plan, options, result, log, client, work, on_fetch_planned):
+def _fetch_and_install(
+    database, plan, options, result, log, client, work, on_fetch_planned, approval
+):
     fetch_plan = plan_fetch(database, plan, options, client, log)
     result.full = fetch_plan.full
     on_fetch_planned(fetch_plan.server_time, result.full)
@@ -179,7 +191,7 @@ def _fetch_and_install(database, plan, options, result, log, client, work, on_fe
         )
         result.notes.append(f"fetch only: dumps kept in {work}")
         return
-    install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
+    install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log, approval)
     if not options.dry_run:
         clean(work, plan)
 
@@ -315,7 +327,9 @@ def assemble(fetch_plan, paths):
     return Fetched(files, keys, fetch_plan.server_time)
 
 
-def install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log=quiet):
+def install_dumps(
+    database, plan, options, result, fetch_plan, paths, work, client, log=quiet, approval=None
+):
     """The install half, the same for the command and the Celery install task: the
     dumps of ``fetch_plan``, on local disk at ``paths`` ({(model label, kind): path}),
     installed in one transaction; then the records and files from ``client``.
@@ -330,14 +344,17 @@ def install_dumps(database, plan, options, result, fetch_plan, paths, work, clie
         None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
     )
     fetched = assemble(fetch_plan, paths)
-    return install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
+    return install_fetched(
+        database, plan, options, result, fetched, refetch, log, client=client, approval=approval
+    )
 
 
 def install_fetched(
-    database, plan, options, result, fetched, refetch=None, log=quiet, client=None
+    database, plan, options, result, fetched, refetch=None, log=quiet, client=None, approval=None
 ):
     """Back up, then install the dumps and move the cursor in one transaction; then,
-    given the remote's ``client``, sync the records and files (see ``sync_data``)."""
+    given the remote's ``client``, sync the records and files (see ``sync_data``).
+    ``approval`` (``guard.Approval``) may allow deletions beyond the guards'."""
     if options.backup and not options.dry_run:
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
@@ -360,6 +377,7 @@ def install_fetched(
             remote_keys=fetched.keys,
             skip=options.skip,
             max_delete=max_delete,
+            approval=approval,
             refetch=refetch,
             log=log,
         )
@@ -375,6 +393,8 @@ def install_fetched(
             database.save(update_fields=update)
     committed = time.monotonic()
     if not options.dry_run:
+        if approval is not None:
+            approval.installed = True
         installer.analyze_grown_tables()
     log(
         f"Install phase: {committed - started:.2f} s in the objects' transaction, "
@@ -385,7 +405,7 @@ def install_fetched(
         if client is None:
             result.notes.append("records and files not synced: they need the remote's API")
         else:
-            sync_data(database, plan, client, options, result, log, summary)
+            sync_data(database, plan, client, options, result, log, summary, approval)
     return result
 
 
@@ -406,7 +426,7 @@ def _connection_loss_reported():
         ) from exc
 
 
-def sync_data(database, plan, client, options, result, log=quiet, summary=None):
+def sync_data(database, plan, client, options, result, log=quiet, summary=None, approval=None):
     """The records and the files, after the objects' transaction has committed (a
     record cannot outlive its series: the foreign key sees to it). Each in its own
     transaction; a failure leaves the objects installed and says so."""
@@ -424,16 +444,20 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None):
                 log=log,
                 summary=summary,
                 full=options.full,
+                max_delete=options.max_records_delete or settings.DBSYNC_MAX_RECORDS_DELETE,
+                approval=approval,
             )
             records.add_to(result)
         if "hcore.gentityfile" in plan.labels:
             log("Syncing files", 1)
             sync_files(database, client, dry_run=options.dry_run, log=log).add_to(result)
     except SyncError as exc:
-        raise type(exc)(
+        again = type(exc)(
             f"{exc} (the objects of this run were installed; records and files were not "
             f"all synced)"
-        ) from exc
+        )
+        again.__dict__.update(exc.__dict__)  # e.g. a guard's list of deletions
+        raise again from exc
 
 
 def sync_legacy_data(database, plan, client, options, result, log=quiet):

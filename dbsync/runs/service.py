@@ -20,7 +20,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from dbsync.engine.errors import SyncError
+from dbsync.engine.errors import DeleteGuardError, SyncError
+from dbsync.engine.guard import Approval
 from dbsync.engine.planner import make_plan
 from dbsync.engine.progress import quiet
 from dbsync.engine.remote import RemoteClient
@@ -68,7 +69,7 @@ def run_sync(database, options, log=quiet):
             started_by=options.started_by,
         )
         result = SyncResult(remote=str(database), dry_run=options.dry_run)
-        with recorded(run, result):
+        with recorded(run, result), approval_in_hand(run, result) as approval:
             sync(
                 database,
                 plan,
@@ -76,6 +77,7 @@ def run_sync(database, options, log=quiet):
                 result,
                 log,
                 on_fetch_planned=lambda server_time, full: _record_fetch(run, server_time, full),
+                approval=approval,
             )
         return result
 
@@ -100,6 +102,8 @@ def failures_recorded(run, result):
     try:
         yield
     except SyncError as exc:
+        if isinstance(exc, DeleteGuardError):
+            run.deletions = exc.deletions  # an operator may approve them once
         finish(run, SyncRun.FAILED, result, str(exc))
         logger.error("Sync of %s failed: %s", run.database, exc)
         raise
@@ -296,7 +300,10 @@ def _install_run(run, fetched, log):
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
             client = RemoteClient(database, port=options.port)
-            install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
+            with approval_in_hand(run, result) as approval:
+                install_dumps(
+                    database, plan, options, result, fetch_plan, paths, work, client, log, approval
+                )
     return result
 
 
@@ -316,6 +323,83 @@ def _temp_dir(prefix):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- deletions approved once -----------------------------------------------------------------
+
+
+def pending_approval(database):
+    """The newest approved run of ``database`` whose approval no run has had yet."""
+    return (
+        SyncRun.objects.filter(
+            database=database, approved_at__isnull=False, approval_used_at__isnull=True
+        )
+        .order_by("-approved_at", "-pk")
+        .first()
+    )
+
+
+@contextmanager
+def approval_in_hand(run, result):
+    """The approval (``Approval``) a run of the remote may use, or None; spent by this
+    run once its objects are installed, whether or not it needed it (it was for the
+    next run only)."""
+    approved = pending_approval(run.database)
+    approval = Approval.from_json(approved.deletions) if approved else None
+    try:
+        yield approval
+    finally:
+        if approval is not None and approval.installed:
+            # This one, and any older one it superseded: none is left for a later run.
+            SyncRun.objects.filter(
+                database=run.database,
+                approved_at__lte=approved.approved_at,
+                approval_used_at__isnull=True,
+            ).update(approval_used_at=timezone.now(), approval_used_by=run)
+            what = [
+                part
+                for part, used in (
+                    ("objects", approval.used_objects),
+                    ("records", approval.used_records),
+                )
+                if used
+            ]
+            applied = f"applied ({' and '.join(what)})" if what else "not needed"
+            SyncRun.objects.filter(pk=approved.pk).update(
+                deletions=dict(approved.deletions, applied=applied)
+            )
+            result.notes.append(
+                f"the deletions of run #{approved.pk} approved by {approved.approved_by}: "
+                f"{applied}; the approval is spent"
+            )
+            logger.info("Run %s: %s", run.pk, result.notes[-1])
+
+
+def approve_deletions(run, user):
+    """Approve once the deletions a guard refused ``run`` (as it listed them): the next
+    run of its remote may remove those and no more. Returns a sentence for the user;
+    raises SyncError if the run has no refused deletions or was approved already."""
+    with transaction.atomic():
+        run = SyncRun.objects.select_for_update().select_related("database").get(pk=run.pk)
+        if not run.deletions or run.status != SyncRun.FAILED:
+            raise SyncError(
+                f"Run #{run.pk} was not refused by a deletion guard: nothing to approve."
+            )
+        if run.approved_at is not None:
+            raise SyncError(
+                f"The deletions of run #{run.pk} were already approved by {run.approved_by} "
+                f"on {run.approved_at:%Y-%m-%d %H:%M}."
+            )
+        run.approved_by = user
+        run.approved_at = timezone.now()
+        run.save(update_fields=["approved_by", "approved_at"])
+    counts = run.deletions.get("counts", {})
+    listed = ", ".join(f"{name}: {n}" for name, n in counts.items() if n) or "nothing"
+    logger.warning("%s approved the deletions of run %s of %s", user, run.pk, run.database)
+    return (
+        f"Approved once the deletions of run #{run.pk} of {run.database} ({listed}): the "
+        f"next run of {run.database} may delete them, and no more."
+    )
 
 
 def reap_stale_runs():

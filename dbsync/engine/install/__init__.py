@@ -28,7 +28,8 @@ The parts, each with its own state (the modules' docstrings say more):
   what the dumps hold, what was referred to unknown, what is skipped (``--skip``).
 - ``writers``: SQL only; local pks and converted rows in, rows written and the pks
   that changed out.
-- ``deletions``: what the remote no longer has, deleted under the guard.
+- ``impact``: what deleting some objects would remove, walking the relations.
+- ``deletions``: what the remote no longer has, counted whole, deleted under the guard.
 - ``installer.Installer``: runs them in order and holds ``written`` and ``grown``.
 
 Invariants between them:
@@ -53,10 +54,11 @@ Invariants between them:
 - At COMMIT: every reference written points at an object of this run or an earlier
   one (``References.resolve_after`` raised otherwise), the foreign keys of the rows
   written with triggers off are checked (``KeyChecks.check``), and deletions, last,
-  stayed within ``deletion_allowance`` and this remote's own objects.
+  stayed within ``deletion_allowance`` (or an approval) and this remote's own
+  objects, and took no object the remote still lists.
 """
 
-from .deletions import deletion_allowance, validate_max_delete
+from ..guard import deletion_allowance, validate_max_delete
 from .installer import Installer
 from .spec import ModelSpec, without_file_name
 

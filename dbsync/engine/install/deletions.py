@@ -1,126 +1,164 @@
 """The deletions: objects this remote no longer has, deleted under a guard.
 
-Runs last, after every model is written. Only objects whose key map says they came
-from this remote are deleted (``KeyMaps``); a deletion that would cascade to, or
-change, an object of another origin is refused whole. One run may delete at most
-``deletion_allowance(max_delete, objects replicated before the run)`` objects of a
-root model, or it raises ``DeleteGuardError`` and deletes nothing.
+Runs last, after every model is written, in the install's transaction. What would go
+is counted first, whole (``impact.Impact``: the unlisted objects, what cascades from
+them through every relation, the many-to-many links, the records, the files), and
+then, in this order, the deletion is refused, changing nothing:
+
+1. if the remote contradicts itself: an object it still lists would go in a cascade
+   from one its listing lacks (``InconsistentRemote``: a cut or wrong listing is not
+   a deletion);
+2. if it would reach or change an object of another origin (``ObjectError``);
+3. if it would delete, of any model, more than ``deletion_allowance(max_delete, this
+   remote's replicated rows of that model)`` (``DeleteGuardError``, listing what
+   would go), unless an approval covers every object that would go.
+
+Only then is it done, by Django's deletion, whose counts must match the guard's.
 """
 
-import math
-
-from django.conf import settings
 from django.db import connection
 from django.db.models.deletion import Collector
 
-from ..errors import DeleteGuardError, ObjectError
+from ..errors import DeleteGuardError, InconsistentRemote, ObjectError, SyncError
+from ..guard import deletion_allowance
 from ..planner import label
+from ..result import RECORDS_LABEL
+from .impact import MAX_LISTED, Impact
 
-MAX_LISTED_PROBLEMS = 20
+APPROVE_HINT = (
+    "If the remote really deleted them, run the command again with --max-delete=all "
+    '(or a larger --max-delete), or approve these deletions once in the admin ("Sync '
+    'runs", select this run, action "Approve these deletions once"): the next run may '
+    "then delete exactly these, and no more."
+)
 
 
 def delete_missing(
-    roots, remote_keys, keys, written, *, max_delete, planned, database, result, log
+    roots,
+    remote_keys,
+    keys,
+    written,
+    *,
+    max_delete,
+    planned,
+    database,
+    result,
+    log,
+    approval=None,
 ):
-    """Delete, per root model (children first: ``roots`` in reverse plan order), the
-    objects of this remote that ``remote_keys`` (root label -> remote pks, or no entry:
-    not known, delete nothing) no longer lists.
+    """Delete the objects of this remote that ``remote_keys`` (root label -> remote
+    pks, or no entry: not known, delete nothing) no longer lists, with what goes with
+    them, unless a guard refuses (see the module's docstring).
 
     ``keys``: the run's ``KeyMaps``; ``written``: model label -> local pks written in
     this run; ``planned``: the labels of the plan's models (the deletions counted in
-    ``result``).
+    ``result``); ``approval``: an ``Approval`` or None. Returns whether the deletion
+    needed the approval.
     """
-    for root in reversed(roots):
+    gone = missing_objects(roots, remote_keys, keys, written)
+    if not gone:
+        return False
+    impact = Impact(database, remote_keys)
+    for root, (_remote, local) in gone.items():
+        impact.add(root, local)
+    if impact.contradictions:
+        raise InconsistentRemote(
+            f"{database}: the remote contradicts itself, so nothing was deleted or "
+            f"changed: {'; '.join(str(c) for c in impact.contradictions)}. Its key "
+            f"listing is probably cut or wrong; the next run will ask again."
+        )
+    if impact.outsiders:
+        count = sum(len(remote) for remote, _local in gone.values())
+        raise ObjectError(
+            f"{database}: deleting {count} object(s) that the remote no longer has "
+            f"would also change objects that do not come from this remote: "
+            f"{'; '.join(impact.outsiders[:MAX_LISTED])}"
+        )
+    used = check_allowance(impact, gone, max_delete, approval, database)
+    delete(impact, gone, planned, result)
+    for root, (remote, _local) in gone.items():
+        log(f"Deleted {len(remote)} {label(root)} object(s) the remote no longer has", 2)
+    return used
+
+
+def missing_objects(roots, remote_keys, keys, written):
+    """Root model -> (remote pks, local pks) of the objects the remote no longer lists:
+    installed before and no longer listed, or installed in this run (an object
+    re-fetched as a reference) and not listed either."""
+    gone = {}
+    for root in roots:
         root_label = label(root)
         remote = remote_keys.get(root_label)
         if remote is None:
             continue
-        # Installed before and no longer listed, or installed in this run (an object
-        # re-fetched as a reference) and not listed either.
         loaded, allocated = keys.loaded[root_label], keys.allocated[root_label]
         mine = written[root_label]
-        gone = loaded.keys().difference(remote)
-        gone += [pk for pk in allocated.keys().difference(remote) if allocated[pk] in mine]
-        if not gone:
-            continue
-        gone.sort()
-        allowed = deletion_allowance(max_delete, len(loaded))
-        if len(gone) > allowed:
-            raise DeleteGuardError(
-                f"{database}: the sync would delete {len(gone)} of "
-                f"{len(loaded)} replicated {root_label} objects, more "
-                f"than allowed ({allowed}; --max-delete / DBSYNC_MAX_DELETE="
-                f"{max_delete}). If the remote really deleted them, run again with "
-                f"--max-delete=all."
-            )
-        local = [keys.known_local_pk(root_label, pk) for pk in gone]
-        delete_objects(root, root_label, local, len(gone), planned, database, result, log)
+        missing = loaded.keys().difference(remote)
+        missing += [pk for pk in allocated.keys().difference(remote) if allocated[pk] in mine]
+        if missing:
+            missing.sort()
+            gone[root] = (missing, [keys.known_local_pk(root_label, pk) for pk in missing])
+    return gone
 
 
-def delete_objects(root, root_label, local, count, planned, database, result, log):
-    """Delete the ``root`` objects of local pks ``local`` and what cascades from them,
-    unless that reaches objects of another origin."""
-    queryset = root._base_manager.filter(pk__in=local)
+def check_allowance(impact, gone, max_delete, approval, database):
+    """Raise DeleteGuardError if any model would lose more than allowed and no approval
+    covers the whole deletion; return whether the approval was needed."""
+    lines, over = [], False
+    for model, pks in sorted(impact.rows.items(), key=lambda item: label(item[0])):
+        held = model._base_manager.filter(original_db=database).count()
+        allowed = deletion_allowance(max_delete, held)
+        direct = len(gone.get(model, ((), ()))[1])
+        how = "" if direct == len(pks) else f" ({len(pks) - direct} by cascade)"
+        line = f"{label(model)}: {len(pks)} of {held}{how}"
+        if len(pks) > allowed:
+            over = True
+            line += f", more than allowed ({allowed})"
+        lines.append(line)
+    if not over:
+        return False
+    keys = impact.root_remote_pks()
+    if approval is not None and all(approval.covers_objects(n, pks) for n, pks in keys.items()):
+        approval.used_objects = True
+        return True
+    totals = impact.totals()
+    counts = {**impact.objects(), **totals}
+    raise DeleteGuardError(
+        f"{database}: refused: the sync would delete more than allowed "
+        f"(--max-delete / DBSYNC_MAX_DELETE={max_delete}, of this remote's replicated "
+        f"objects of each model): {'; '.join(lines)}; with them {totals['records']} "
+        f"records, {totals['links']} many-to-many links and {totals['files']} files "
+        f"({totals['objects']} objects in all){unlinked(impact)}. Nothing was changed. "
+        f"{APPROVE_HINT}",
+        deletions={"objects": keys, "counts": counts},
+    )
+
+
+def unlinked(impact):
+    """The objects that stay but lose a key, as a clause of the refusal."""
+    kept = [f"{name} emptied in {n}" for name, n in sorted(impact.unlinked.items()) if n]
+    return f"; objects kept but unlinked: {', '.join(kept)}" if kept else ""
+
+
+def delete(impact, gone, planned, result):
+    """Delete the objects of ``gone`` and what goes with them (Django's deletion, the
+    same walk), and count it; its counts must be the guard's."""
     collector = Collector(using=connection.alias)
-    collector.collect(queryset)
-    outsiders = outside_objects(collector, database)
-    if outsiders:
-        raise ObjectError(
-            f"{database}: deleting {count} {root_label} object(s) that the remote "
-            f"no longer has would also change objects that do not come from this remote: "
-            f"{'; '.join(outsiders[:MAX_LISTED_PROBLEMS])}"
-        )
+    for root, (_remote, local) in gone.items():
+        collector.collect(root._base_manager.filter(pk__in=local))
     _total, per_model = collector.delete()
-    for model_label, n in per_model.items():
-        if model_label.lower() in planned:
-            result.add(model_label.lower(), "deleted", n)
-    log(f"Deleted {count} {root_label} object(s) the remote no longer has", 2)
-
-
-def outside_objects(collector, database):
-    """Objects a deletion would reach that are not this remote's own."""
-    found = []
-    for model, instances in collector.data.items():
-        for obj in instances:
-            if hasattr(obj, "original_db_id") and obj.original_db_id != database.pk:
-                found.append(f"{label(model)}(pk={obj.pk})")
-    for qs in collector.fast_deletes:
-        if hasattr(qs, "model") and hasattr(qs.model, "original_db_id"):
-            outside = qs.exclude(original_db_id=database.pk).values_list("pk", flat=True)
-            found.extend(f"{label(qs.model)}(pk={pk})" for pk in outside[:MAX_LISTED_PROBLEMS])
-    for (field, _value), instances in collector.field_updates.items():
-        for obj in instances:
-            if getattr(obj, "original_db_id", database.pk) != database.pk:
-                found.append(f"{label(field.model)}(pk={obj.pk}).{field.name}")
-    return found
-
-
-def deletion_allowance(max_delete, existing):
-    """How many of ``existing`` replicated objects one run may delete.
-
-    ``max_delete`` is "all", a count ("100") or a share ("50%"); a share always
-    allows DBSYNC_MAX_DELETE_MIN objects, so that a small table can lose its last few.
-    """
-    text = str(max_delete).strip().lower()
-    if text in {"all", "any", "unlimited"}:
-        return math.inf
-    if text.endswith("%"):
-        share = math.floor(existing * float(text[:-1]) / 100)
-        return max(share, settings.DBSYNC_MAX_DELETE_MIN)
-    return int(text)
-
-
-def validate_max_delete(value):
-    """Raise ValueError unless ``value`` is "all", a count or a percentage."""
-    text = str(value).strip().lower()
-    if text in {"all", "any", "unlimited"}:
-        return text
-    number = text[:-1] if text.endswith("%") else text
-    try:
-        if float(number) < 0:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not a number of objects, a percentage (e.g. 10%) or 'all'"
-        ) from None
-    return text
+    deleted = {name.lower(): n for name, n in per_model.items()}
+    expected = impact.expected_counts()
+    differ = sorted(
+        f"{name}: counted {expected.get(name, 0)}, deleted {deleted.get(name, 0)}"
+        for name in set(expected) | {n for n in deleted if n in planned}
+        if expected.get(name, 0) != deleted.get(name, 0)
+    )
+    if differ:
+        # Rolled back with the transaction: what was counted is what may go.
+        raise SyncError(f"The deletion reached more than the guard counted: {'; '.join(differ)}")
+    for name, n in deleted.items():
+        if name in planned:
+            result.add(name, "deleted", n)
+    if impact.records:
+        result.add(RECORDS_LABEL, "deleted", impact.records)

@@ -30,18 +30,20 @@ class Installer:
         remote_keys=None,
         skip=False,
         max_delete="50%",
+        approval=None,
         refetch=None,
         log=None,
     ):
         """``files``: model label -> list of dump paths; ``remote_keys``: root label ->
         set of remote pks, "present" (the dumps are complete) or None (no deletions);
         ``refetch(model_label, pks)`` returns {model label: [paths]} of re-fetched
-        objects."""
+        objects; ``approval``: deletions an operator approved once (``guard.Approval``)."""
         self.database = database
         self.plan = plan
         self.result = result
         self.skip = skip
         self.max_delete = max_delete
+        self.approval = approval
         self.log = log or (lambda message, level=1: None)
         self.specs = {label(m): ModelSpec(m, plan) for m in plan.models}
         self.now = timezone.now()
@@ -126,6 +128,7 @@ class Installer:
                 self.keys,
                 self.written,
                 max_delete=self.max_delete,
+                approval=self.approval,
                 planned=self.specs,
                 database=self.database,
                 result=self.result,

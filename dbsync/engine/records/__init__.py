@@ -11,6 +11,7 @@ here (``hcore.RecordsSyncState``), and only what changed is fetched. One job eac
 - ``batches``: a batch of series fetched in one request, checked line by line, and
   written out in COPY's text format;
 - ``loader``: the batches into the records table, then the new sync states;
+- ``guard``: no series loses more than a share of its records (``RecordsGuard``);
 - ``sync``: the run of them all (``sync_records``), in one transaction, after the
   objects' install has committed (a record cannot outlive its series: the foreign key
   sees to it; a series the remote deleted loses its records with it).

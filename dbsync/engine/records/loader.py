@@ -76,8 +76,9 @@ STATE_UPSERT = (
 class Loader:
     """Installs the batches of one records sync of ``database`` into ``result``."""
 
-    def __init__(self, database, result, *, now, skip=False, log=quiet):
+    def __init__(self, database, result, *, now, skip=False, log=quiet, guard=None):
         self.database = database
+        self.guard = guard  # the records guard (records.guard), told what each series loses
         self.result = result
         self.now = now
         self.skip = skip
@@ -168,6 +169,8 @@ class Loader:
             "removed": removed,
             "skipped": False,
         }
+        if self.guard is not None and fetched.mode != APPEND:
+            self.guard.check(job, removed, fetched.count)
         self.states.append((job.local_pk, new_state(fetched)))
         self.log(f"\t- timeseries {job.remote_pk}: {fetched.mode} {fetched.count} records", 3)
 

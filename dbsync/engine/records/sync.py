@@ -20,6 +20,7 @@ from django.utils import timezone as django_timezone
 from ..progress import quiet
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
+from .guard import RecordsGuard
 from .loader import Loader
 from .plan import APPEND, CLEAR, REPLACE, ReplicatedSeries, make_batches, plan_jobs
 from .summary import fetch_summary, records_endpoints, summary_params
@@ -55,6 +56,8 @@ class RecordsSync:
         log=quiet,
         summary=None,
         full=False,
+        max_delete=None,
+        approval=None,
     ):
         self.database = database
         self.client = client
@@ -65,7 +68,17 @@ class RecordsSync:
         self.result = SyncResult.of_part(RECORDS_LABEL, str(database), dry_run)
         self.empty = 0  # series empty at both ends, recorded in bulk
         self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
-        self.loader = Loader(database, self.result, now=django_timezone.now(), skip=skip, log=log)
+        if max_delete is None:
+            max_delete = settings.DBSYNC_MAX_RECORDS_DELETE
+        self.guard = RecordsGuard(database, max_delete, approval)
+        self.loader = Loader(
+            database,
+            self.result,
+            now=django_timezone.now(),
+            skip=skip,
+            log=log,
+            guard=self.guard,
+        )
         self.batches = 0
 
     def run(self):
@@ -105,9 +118,11 @@ class RecordsSync:
             else:
                 self.log(f"\t- the summary: {waited:.1f} s", 2)
             self.log(f"\t- the plan: {time.monotonic() - started:.1f} s", 2)
+            self.guard.check_plan(plan.jobs)
             started = time.monotonic()
             with transaction.atomic():
                 self.install(plan.jobs)
+                self.guard.raise_if_refused()
                 self.loader.install_empty(plan.empty)
                 self.move_cursor()
                 if self.dry_run:
@@ -184,7 +199,16 @@ class RecordsSync:
 
 
 def sync_records(
-    database, client, *, skip=False, dry_run=False, log=quiet, summary=None, full=False
+    database,
+    client,
+    *,
+    skip=False,
+    dry_run=False,
+    log=quiet,
+    summary=None,
+    full=False,
+    max_delete=None,
+    approval=None,
 ):
     """Sync the records of the time series replicated from ``database``.
 
@@ -195,9 +219,19 @@ def sync_records(
     A failure of the remote (unreachable, HTTP errors) raises RemoteError either way.
     ``summary``: a SummaryPrefetch started before the objects' install. ``full``: ask
     for the summary of every series, not only of those changed since the records
-    cursor.
+    cursor. ``max_delete`` (default DBSYNC_MAX_RECORDS_DELETE) and ``approval``: the
+    records guard's (``records.guard``);
+    a series over it raises DeleteGuardError, and nothing of the records is installed.
     """
     sync = RecordsSync(
-        database, client, skip=skip, dry_run=dry_run, log=log, summary=summary, full=full
+        database,
+        client,
+        skip=skip,
+        dry_run=dry_run,
+        log=log,
+        summary=summary,
+        full=full,
+        max_delete=max_delete,
+        approval=approval,
     )
     return sync.run()

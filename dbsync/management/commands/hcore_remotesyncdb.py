@@ -93,8 +93,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-delete",
             default=None,
-            help="Most replicated objects of a model one run may delete: a count, a "
-            "percentage (10%%) or 'all'. Default: DBSYNC_MAX_DELETE.",
+            help="Most of this remote's replicated objects of a model one run may delete, "
+            "cascades included: a count, a percentage (10%%) or 'all'. Default: "
+            "DBSYNC_MAX_DELETE.",
+        )
+        parser.add_argument(
+            "--max-records-delete",
+            default=None,
+            help="Most records of a time series one run may remove (a series cleared or "
+            "shortened at the remote): a count, a percentage (10%%) of its records or "
+            "'all'. Default: DBSYNC_MAX_RECORDS_DELETE.",
         )
         parser.add_argument(
             "--no-records",
@@ -114,11 +122,12 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         if options["fetch_only"] and options["resume"]:
             raise CommandError("--fetch-only and --resume exclude each other.")
-        if options["max_delete"] is not None:
-            try:
-                validate_max_delete(options["max_delete"])
-            except ValueError as exc:
-                raise CommandError(f"--max-delete: {exc}") from exc
+        for name in ("max_delete", "max_records_delete"):
+            if options[name] is not None:
+                try:
+                    validate_max_delete(options[name])
+                except ValueError as exc:
+                    raise CommandError(f"--{name.replace('_', '-')}: {exc}") from exc
         database = self.find_remote(options["remote"])
         # Empty names ("-e ''") are dropped here, so that make_plan sees real ones only.
         sync_options = SyncOptions(
@@ -134,6 +143,7 @@ class Command(BaseCommand):
             skip=options["skip"],
             full=options["full"],
             max_delete=options["max_delete"],
+            max_records_delete=options["max_records_delete"],
             dry_run=options["dry_run"],
             records=not options["no_records"],
             trigger="command",
