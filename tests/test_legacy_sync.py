@@ -238,7 +238,7 @@ def test_a_change_and_a_deletion_at_the_remote_arrive(changing_remote):
     assert not Variable.objects.filter(descr="Snow depth").exists()
 
 
-def test_an_empty_listing_is_refused_by_the_delete_guard(legacy_remote, settings):
+def test_an_empty_listing_is_refused_by_the_delete_guard(legacy_remote):
     """Every listing answers ``[]`` (a wiped or broken 2010 server): the guard refuses
     the run, and nothing here changes. The front empties the answers: the real remote
     would have to lose every row for it, which the front gives in one line."""
@@ -246,11 +246,11 @@ def test_an_empty_listing_is_refused_by_the_delete_guard(legacy_remote, settings
     database = register(instance, front)
     sync(database)
     before = local_dump()
-    # Only the share (DBSYNC_MAX_DELETE, 50%) decides, not the floor of 10 objects
-    # that lets a small table lose its last few: this data set is small.
-    settings.DBSYNC_MAX_DELETE_MIN = 0
     front.on(lambda path: True, lambda path, status, headers, body: (200, headers, b"[\n]\n"))
-    with pytest.raises(CommandError, match=r"would delete (\d+) of \1 replicated .* objects"):
+    with pytest.raises(
+        CommandError,
+        match=r"refused: the sync would delete more than allowed .*: hcore\.\w+: (\d+) of \1",
+    ):
         sync(database)
     assert local_dump() == before
     assert last_run(database).status == SyncRun.FAILED
