@@ -1,0 +1,142 @@
+"""hcore.chart on its own: points in, SVG out, read back with xml.etree."""
+
+import datetime as dt
+import math
+import xml.etree.ElementTree as ET
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hcore.chart import Point, render, runs, time_ticks
+
+SVG = "{http://www.w3.org/2000/svg}"
+UTC = dt.UTC
+START = dt.datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+
+
+def records(values, step=600, start=START):
+    """A Point a value every ``step`` seconds; None stays None (a missing value)."""
+    return [
+        None if v is None else Point(start + k * step, start + k * step, v, v)
+        for k, v in enumerate(values)
+    ]
+
+
+def parse(svg):
+    return ET.fromstring(svg)
+
+
+def texts(root, group):
+    return [
+        t.text
+        for t in root.iter(f"{SVG}text")
+        if t.get("class") == "tick" and t in list(root.find(f"{SVG}g[@class='{group}']"))
+    ]
+
+
+def stretches(root):
+    return root.findall(f".//{SVG}g[@class='series']/{SVG}path")
+
+
+def test_a_chart_has_a_time_axis_a_value_axis_with_the_unit_and_one_line():
+    points = records([1.0 + k * 0.5 for k in range(145)])  # a day of 10-minute values
+    root = parse(
+        render(points, start=points[0].first, end=points[-1].last, max_gap=600, label="°C")
+    )
+    dates = texts(root, "time-axis")
+    assert dates[:2] == ["2020-01-01 00:00", "2020-01-01 06:00"]
+    values = [float(v) for v in texts(root, "value-axis")]
+    assert values == sorted(values) and values[0] <= 1.0 and values[-1] >= 73.0
+    labels = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "axis-label"]
+    assert labels == ["°C", "time (UTC+00:00)"]
+    (line,) = stretches(root)
+    assert line.get("d").count("L") == 144
+
+
+def test_missing_values_and_spacing_beyond_the_time_step_break_the_line():
+    values = [1.0] * 10 + [None] * 3 + [2.0] * 10
+    points = records(values)
+    # and a record two hours after the last: beyond the 10-minute step
+    points.append(Point(points[-1].last + 7200, points[-1].last + 7200, 3.0, 3.0))
+    points.append(Point(points[-1].last + 600, points[-1].last + 600, 3.5, 3.5))
+    root = parse(render(points, start=points[0].first, end=points[-1].last, max_gap=600))
+    assert len(stretches(root)) == 3
+
+
+def test_a_lone_value_between_gaps_is_a_dot():
+    points = records([1.0, 2.0, None, 5.0, None, 3.0, 4.0])
+    root = parse(render(points, start=points[0].first, end=points[-1].last, max_gap=600))
+    assert len(stretches(root)) == 2
+    assert len(root.findall(f".//{SVG}circle")) == 1
+
+
+def test_runs_cut_only_where_values_are_missing_when_there_is_no_max_gap():
+    points = records([1.0, 2.0], step=10**6) + [None] + records([3.0], start=START + 10**8)
+    assert [len(run) for run in runs(points, None)] == [2, 1]
+    assert [len(run) for run in runs(points, 10)] == [1, 1, 1]
+
+
+def test_downsampled_columns_draw_their_range():
+    columns = [Point(START + k * 3600, START + k * 3600 + 3000, -k, k) for k in range(50)]
+    root = parse(render(columns, start=START, end=columns[-1].last, max_gap=3600))
+    (line,) = stretches(root)
+    # a column: its low and its high, one above the other
+    assert line.get("d").count("L") == 2 * 50 - 1 - 1  # the first column has no spread
+
+
+def test_text_is_escaped_and_what_xml_cannot_hold_is_replaced():
+    label = "<b>\"m³/s\" & 'co'</b>\x01\x1f\r\n\u202eאבג"
+    root = parse(
+        render(records([1.0, 2.0]), start=START, end=START + 600, label=label, title=label)
+    )
+    (axis_label,) = [
+        t
+        for t in root.iter(f"{SVG}text")
+        if t.get("class") == "axis-label" and t.text != "time (UTC+00:00)"
+    ]
+    assert axis_label.text == "<b>\"m³/s\" & 'co'</b>\ufffd\ufffd\n\n\u202eאבג".replace(
+        "\n\n", "\n"
+    )
+    assert root.find(f"{SVG}title").text.startswith("<b>")
+
+
+def test_dates_are_in_the_series_time_zone_and_round():
+    start = dt.datetime(2020, 1, 1, 0, 0, tzinfo=UTC).timestamp()
+    ticks = time_ticks(start, start + 86400, utc_offset=120)
+    assert [label for _, label in ticks][:2] == ["2020-01-01 06:00", "2020-01-01 12:00"]
+    assert ticks[0][0] == start + 4 * 3600  # 06:00 at UTC+2 is 04:00 UTC
+    years = time_ticks(start, start + 30 * 365 * 86400, utc_offset=0)
+    assert [label for _, label in years][:2] == ["2020", "2025"]
+    months = time_ticks(start, start + 200 * 86400, utc_offset=0)
+    assert [label for _, label in months][:2] == ["2020-01", "2020-02"]
+
+
+def test_an_empty_a_flat_and_a_one_record_series_draw():
+    for points, end in (([], START), (records([5.0] * 3), START + 1200), (records([5.0]), START)):
+        root = parse(render(points, start=START, end=end, max_gap=600))
+        assert texts(root, "value-axis") and texts(root, "time-axis")
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), finite), max_size=60),
+    step=st.integers(1, 10**8),
+    offset=st.integers(-32768, 32767),  # what a SmallIntegerField holds
+    label=st.text(),
+)
+def test_any_values_and_any_label_draw_a_chart_that_parses(values, step, offset, label):
+    points = records(values, step=step)
+    end = START + step * max(len(values) - 1, 0)
+    root = parse(
+        render(points, start=START, end=end, utc_offset=offset, max_gap=step, label=label)
+    )
+    drawn = sum(1 for v in values if v is not None)
+    marks = stretches(root) + root.findall(f".//{SVG}circle")
+    assert (len(marks) > 0) == (drawn > 0)
+    for mark in marks:
+        numbers = (mark.get("d") or f"{mark.get('cx')},{mark.get('cy')}").replace("M", "")
+        for pair in numbers.split(" L"):
+            assert all(math.isfinite(float(n)) for n in pair.split(","))
