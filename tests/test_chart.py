@@ -1,13 +1,20 @@
-"""hcore.chart on its own: points in, SVG out, read back with xml.etree."""
+"""The chart of a time series: hcore.chart on its own (points in, SVG out, read back
+with xml.etree), fed from the database by hcore.records, and its admin page."""
 
 import datetime as dt
 import math
 import xml.etree.ElementTree as ET
 
+import pytest
+from django.db import connection
+from django.urls import reverse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hcore import models as m
+from hcore import records as hrecords
 from hcore.chart import Point, render, runs, time_ticks
+from tests.test_records import make_local_series
 
 SVG = "{http://www.w3.org/2000/svg}"
 UTC = dt.UTC
@@ -140,3 +147,97 @@ def test_any_values_and_any_label_draw_a_chart_that_parses(values, step, offset,
         numbers = (mark.get("d") or f"{mark.get('cx')},{mark.get('cy')}").replace("M", "")
         for pair in numbers.split(" L"):
             assert all(math.isfinite(float(n)) for n in pair.split(","))
+
+
+# --- fed from the database (hcore.records) ------------------------------------------------
+
+
+def insert_records(series, count, step_minutes=10, start="2020-01-01"):
+    """``count`` records a step apart, in SQL (a large series in a second)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO hcore_record (timeseries_id, timestamp, value, flags) "
+            "SELECT %s, %s::timestamptz + k * %s * interval '1 minute', sin(k / 500.0), '' "
+            "FROM generate_series(0, %s - 1) AS k",
+            [series.pk, start, step_minutes, count],
+        )
+
+
+def with_time_step(series, minutes):
+    step = m.TimeStep.objects.create(descr=f"{minutes} min", length_minutes=minutes)
+    m.Timeseries.objects.filter(pk=series.pk).update(
+        time_step=step, actual_offset_minutes=0, actual_offset_months=0
+    )
+    series.refresh_from_db()
+    return series
+
+
+@pytest.mark.django_db
+def test_a_large_series_is_drawn_per_pixel_column_with_its_gaps():
+    series = with_time_step(make_local_series(), 10)
+    insert_records(series, 20_000)  # 139 days of 10-minute values
+    gap_start = dt.datetime(2020, 2, 1, tzinfo=UTC)
+    m.Record.objects.filter(
+        timeseries=series, timestamp__gte=gap_start, timestamp__lt=gap_start + dt.timedelta(days=5)
+    ).delete()
+    # Missing, and not finite (PostgreSQL keeps NaN and infinities): none of them drawn.
+    later = dt.datetime(2020, 3, 1, tzinfo=UTC)
+    for k, value in enumerate((None, float("nan"), float("inf"), float("-inf"))):
+        m.Record.objects.filter(
+            timeseries=series, timestamp=later + dt.timedelta(minutes=10 * k)
+        ).update(value=value)
+    result = hrecords.overview(series, columns=200)
+    assert 150 < len(result.points) <= 200
+    assert [len(run) for run in runs(result.points, result.max_gap)][0] > 20
+    assert len(runs(result.points, result.max_gap)) == 2  # the five days; 40 minutes is sub-pixel
+    assert -1.0 <= result.low < -0.99 and 0.99 < result.high <= 1.0
+    root = parse(hrecords.render(series, result))
+    assert len(stretches(root)) == 2
+
+
+@pytest.mark.django_db
+def test_a_small_series_is_drawn_record_by_record_and_breaks_at_a_missing_value():
+    series = with_time_step(make_local_series(), 10)
+    insert_records(series, 300)
+    moment = dt.datetime(2020, 1, 2, tzinfo=UTC)
+    m.Record.objects.filter(timeseries=series, timestamp=moment).update(value=float("nan"))
+    result = hrecords.overview(series)
+    assert len(result.points) == 300 and result.points.count(None) == 1
+    root = parse(hrecords.render(series, result))
+    assert len(stretches(root)) == 2
+    unit = series.unit_of_measurement
+    labels = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "axis-label"]
+    assert labels[0] == f"{series.variable.descr} ({unit.symbol})"
+
+
+@pytest.mark.django_db
+def test_without_a_time_step_a_gap_is_a_clear_multiple_of_the_usual_spacing():
+    series = make_local_series()
+    m.Timeseries.objects.filter(pk=series.pk).update(
+        time_step=None, actual_offset_minutes=None, actual_offset_months=None
+    )
+    series.refresh_from_db()
+    insert_records(series, 100, step_minutes=60)
+    insert_records(series, 100, step_minutes=60, start="2020-01-05 06:00")  # 2 h later: no gap
+    insert_records(series, 100, step_minutes=60, start="2020-01-10")  # 16 h later: a gap
+    result = hrecords.overview(series)
+    assert result.max_gap == 3 * 3600
+    assert [len(run) for run in runs(result.points, result.max_gap)] == [200, 100]
+
+
+@pytest.mark.django_db
+def test_the_chart_page_shows_the_chart_of_the_series(admin_client, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    series = with_time_step(make_local_series(), 10)
+    insert_records(series, 500)
+    page = admin_client.get(reverse("admin:hcore_timeseries_change", args=(series.pk,)))
+    chart_url = reverse("admin:hcore_timeseries_chart", args=(series.pk,))
+    assert chart_url in page.content.decode()
+    page = admin_client.get(chart_url).content.decode()
+    start = page.index('<svg xmlns="http://www.w3.org/2000/svg" class="timeseries-chart"')
+    svg = page[start : page.index("</svg>", start) + 6]
+    root = parse(svg)
+    assert root.get("width") == "1100" and len(stretches(root)) == 1
+    assert (
+        admin_client.get(reverse("admin:hcore_timeseries_chart", args=(10**9,))).status_code == 404
+    )
