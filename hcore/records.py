@@ -13,7 +13,6 @@ narrower than a pixel column of a downsampled series is not drawn.
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
 
 from django.db import connection
 from django.db.models import Count, Max, Min
@@ -39,19 +38,20 @@ class Overview:
     points: list = field(default_factory=list)
     max_gap: float | None = None
 
-    @property
-    def zone(self):
-        return timezone(timedelta(minutes=self.utc_offset))
-
     # Dates in the series' own time zone, as text: the date filter would show them in
-    # the site's.
+    # the site's. Any stored offset, even one beyond the ±24 h a tzinfo allows.
     @property
     def local_start(self):
-        return f"{self.start.astimezone(self.zone):%Y-%m-%d %H:%M}" if self.start else ""
+        return self.local(self.start)
 
     @property
     def local_end(self):
-        return f"{self.end.astimezone(self.zone):%Y-%m-%d %H:%M}" if self.end else ""
+        return self.local(self.end)
+
+    def local(self, moment):
+        if moment is None:
+            return ""
+        return f"{chart.local_time(moment.timestamp(), self.utc_offset):%Y-%m-%d %H:%M}"
 
     @property
     def zone_name(self):
