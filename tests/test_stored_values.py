@@ -33,6 +33,8 @@ from dbsync.models import Database, SyncRun
 from hcore import models as m
 from protocol.schema import served_models
 from tests.api_helpers import create_sample_data
+from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.test_sync import register, sync
 
 APPS = ("hcore", "dbsync")
 NASTY = (
@@ -348,3 +350,45 @@ def test_no_stored_value_makes_an_admin_page_answer_500(admin_client, world, set
             check(admin_client.get(url, query), url)
 
     pages_answer()
+
+
+# --- a sync of such objects between two real instances -------------------------------------
+
+REMOTE_FILE = 'new\nline "q" ε.txt'
+REMOTE_SETUP = f"""
+import datetime as dt
+from django.conf import settings
+from hcore import models as m
+from tests.api_helpers import create_sample_data
+from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.test_sync import register, sync
+from tests.test_stored_values import NASTY, nasty_values, write, write_file
+create_sample_data()
+write(nasty_values())
+write_file({REMOTE_FILE!r}, settings.MEDIA_ROOT)
+series = m.Timeseries.objects.order_by("pk").first()
+start = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+m.Record.objects.bulk_create(
+    m.Record(timeseries=series, timestamp=start + dt.timedelta(minutes=10 * k), value=k, flags=f)
+    for k, f in enumerate(NASTY)
+)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_copies_objects_holding_such_text_exactly(make_instance, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    remote = make_instance(hostname="stored-values.example.org")
+    remote.shell(REMOTE_SETUP)
+    remote.start()
+    database = register(remote)
+    out, err = sync(database)
+    run = SyncRun.objects.get(database=database)
+    assert run.status == SyncRun.SUCCEEDED, (out, err, run.errors)
+    assert_same_graph(remote_graph(remote), local_graph(database))
+    flags = remote.sql("SELECT flags FROM hcore_record ORDER BY timeseries_id, timestamp", None)
+    local = m.Record.objects.filter(timeseries__original_db=database).order_by("timestamp")
+    assert list(local.values_list("flags", flat=True)) == [f for (f,) in flags] == list(NASTY)
+    (copied,) = m.GentityFile.objects.filter(original_db=database).exclude(content="")
+    with copied.content.open("rb") as fh:
+        assert fh.read() == b"the contents of " + REMOTE_FILE.encode()
