@@ -222,7 +222,8 @@ def render(
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeseries-chart" role="img" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'style="max-width: 100%; height: auto">',
         f"<title>{text(title)}</title>",
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" '
         f'stroke="{AXIS_COLOUR}" stroke-width="1"/>',

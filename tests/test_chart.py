@@ -4,8 +4,10 @@ with xml.etree), fed from the database by hcore.records, and its admin page."""
 import datetime as dt
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
 from django.urls import reverse
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from hcore import models as m
 from hcore import records as hrecords
 from hcore.chart import Point, render, runs, time_ticks
+from tests import browser as b
 from tests.test_records import make_local_series
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -241,3 +244,59 @@ def test_the_chart_page_shows_the_chart_of_the_series(admin_client, settings):
     assert (
         admin_client.get(reverse("admin:hcore_timeseries_chart", args=(10**9,))).status_code == 404
     )
+
+
+# --- in a real browser --------------------------------------------------------------------
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "series-chart.png"
+
+
+@pytest.fixture
+def chromium():
+    browser = b.browser_or_skip()
+    yield browser
+    browser.quit()
+
+
+def temperature_series():
+    """Two weeks of 10-minute air temperatures with a day and a half missing."""
+    series = with_time_step(make_local_series(), 10)
+    m.Variable.objects.filter(pk=series.variable_id).update(descr="Air temperature")
+    m.UnitOfMeasurement.objects.filter(pk=series.unit_of_measurement_id).update(symbol="°C")
+    m.Timeseries.objects.filter(pk=series.pk).update(name="Athens, air temperature")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO hcore_record (timeseries_id, timestamp, value, flags) "
+            "SELECT %s, t, 14 + 6 * sin(2 * pi() * (extract(epoch FROM t) / 86400 - 0.375)) "
+            "+ 3 * sin(extract(epoch FROM t) / 400000.0), '' "
+            "FROM generate_series('2024-03-01'::timestamptz, '2024-03-14 23:50', "
+            "interval '10 minutes') AS t "
+            "WHERE NOT t BETWEEN '2024-03-06 08:00' AND '2024-03-07 20:00'",
+            [series.pk],
+        )
+    series.refresh_from_db()
+    return series
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_the_chart_shows_axes_the_unit_and_the_gap(live_server, chromium, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    User.objects.create_superuser("charts", password="a-long-test-password")
+    series = temperature_series()
+    b.login(chromium, live_server.url, "charts", "a-long-test-password")
+    chromium.get(live_server.url + reverse("admin:hcore_timeseries_chart", args=(series.pk,)))
+    (svg,) = b.by_css(chromium, "svg.timeseries-chart")
+    dates = [e.text for e in b.by_css(chromium, "svg .time-axis text.tick")]
+    assert len(dates) >= 5 and dates[0].startswith("2024-03-0"), dates
+    values = [float(e.text) for e in b.by_css(chromium, "svg .value-axis text.tick")]
+    assert values[0] <= 5 and values[-1] >= 20, values
+    labels = [e.text for e in b.by_css(chromium, "svg text.axis-label")]
+    assert labels == ["Air temperature (°C)", "time (UTC+02:00)"]
+    stretches_ = b.by_css(chromium, "svg .series path.stretch")
+    assert len(stretches_) == 2  # the day and a half without values
+    # drawn side by side, the gap between them
+    first, second = sorted(stretches_, key=lambda e: e.rect["x"])
+    assert first.rect["width"] > 100 and second.rect["width"] > 100
+    assert second.rect["x"] - (first.rect["x"] + first.rect["width"]) > 40
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    b.by_css(chromium, "#content")[0].screenshot(str(SCREENSHOT))
