@@ -29,6 +29,8 @@ from hypothesis import HealthCheck, example, given, reject
 from hypothesis import strategies as st
 
 from api import urls as api_urls
+from dbsync.engine.records import sync_records
+from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
 from hcore import models as m
 from protocol.schema import served_models
@@ -392,3 +394,36 @@ def test_a_sync_copies_objects_holding_such_text_exactly(make_instance, settings
     (copied,) = m.GentityFile.objects.filter(original_db=database).exclude(content="")
     with copied.content.open("rb") as fh:
         assert fh.read() == b"the contents of " + REMOTE_FILE.encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_remote_series_in_an_offset_postgresql_cannot_read_is_that_series_error(
+    make_instance, settings, tmp_path
+):
+    """An offset of 1000 minutes (16:40) is storable but no time zone: PostgreSQL refuses
+    it in a timestamp, so the syncer reports the series instead of failing its COPY."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    remote = make_instance(hostname="odd-offset.example.org")
+    remote.shell(
+        "import datetime as dt\n"
+        "from hcore import models as m\n"
+        "from tests.api_helpers import create_sample_data\n"
+        "create_sample_data()\n"
+        "good, odd = m.Timeseries.objects.order_by('pk')\n"
+        "odd.time_zone = m.TimeZone.objects.create(code='ODD', utc_offset=1000)\n"
+        "odd.save()\n"
+        "start = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)\n"
+        "for series in (good, odd):\n"
+        "    m.Record.objects.bulk_create(m.Record(timeseries=series, value=k, flags='',\n"
+        "        timestamp=start + dt.timedelta(minutes=10 * k)) for k in range(5))\n"
+    )
+    remote.start()
+    database = register(remote)
+    sync(database, "--no-records")
+    good, odd = remote.sql("SELECT id FROM hcore_timeseries ORDER BY id")
+    result = sync_records(database, RemoteClient(database), skip=True)
+    (problem,) = result.problems
+    assert problem.pk == odd[0] and "utc_offset=1000 minutes" in problem.message
+    arrived = m.Record.objects.filter(timeseries__original_db=database)
+    assert set(arrived.values_list("timeseries__original_id", flat=True)) == {good[0]}
+    assert arrived.count() == 5
