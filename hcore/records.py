@@ -18,7 +18,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min
 
 from . import chart
-from .models import Record
+from .models import Record, RecordsSummary
 
 DETAIL_LIMIT = 5000
 SPACING_SAMPLE = 1000
@@ -70,10 +70,7 @@ class Overview:
 
 def overview(series, columns=chart.WIDTH - chart.PLOT_MARGIN):
     """The Overview of a Timeseries' records, with points for ``columns`` pixel columns."""
-    stats = Record.objects.filter(timeseries=series).aggregate(
-        count=Count("timestamp"), start=Min("timestamp"), end=Max("timestamp")
-    )
-    result = Overview(utc_offset=series.time_zone.utc_offset, **stats)
+    result = Overview(utc_offset=series.time_zone.utc_offset, **counts(series))
     if not result.count:
         return result
     if result.count <= DETAIL_LIMIT:
@@ -85,6 +82,19 @@ def overview(series, columns=chart.WIDTH - chart.PLOT_MARGIN):
         result.points = column_points(series.pk, start, step, columns)
         result.max_gap = max(max_gap(series, sample_times(series)) or 0, step)
     return result
+
+
+def counts(series):
+    """{count, start, end} of the records: kept by PostgreSQL's triggers in the series'
+    RecordsSummary (a count of millions of records would cost a pass over them), or
+    counted where there is none (SQLite)."""
+    if connection.vendor == "postgresql":
+        kept = RecordsSummary.objects.filter(timeseries=series).values("count", "start", "end")
+        if kept:
+            return kept[0]
+    return Record.objects.filter(timeseries=series).aggregate(
+        count=Count("timestamp"), start=Min("timestamp"), end=Max("timestamp")
+    )
 
 
 def render(series, result, **size):
