@@ -317,6 +317,11 @@ def test_no_stored_value_makes_an_api_endpoint_answer_500(client, world, setting
         write_all(world, settings.MEDIA_ROOT, **stored)
         for url in urls:
             check(client.get(url), url)
+        # The file under its odd name is served, the name in Content-Disposition.
+        served = client.get(reverse("api:file-content", args=(file_pks()[0],)))
+        assert served.status_code == 200
+        assert body_of(served) == b"the contents of " + stored["file_name"].encode()
+        assert "attachment; filename" in served["Content-Disposition"]
 
     endpoints_answer()
 
