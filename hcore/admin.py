@@ -301,13 +301,6 @@ class TimeseriesAdmin(ReplicatedAdmin):
     autocomplete_fields = ("gentity", "instrument")
     readonly_fields = ("records",)
 
-    def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("variable", "unit_of_measurement", "time_zone", "time_step")
-        )
-
     def get_urls(self):
         view = self.admin_site.admin_view(self.chart_view)
         opts = self.model._meta
@@ -323,7 +316,12 @@ class TimeseriesAdmin(ReplicatedAdmin):
 
     def chart_view(self, request, object_id):
         """The chart of a series on a page of its own, larger."""
-        series = get_object_or_404(self.get_queryset(request), pk=object_id)
+        series = get_object_or_404(
+            self.get_queryset(request).select_related(
+                "variable", "unit_of_measurement", "time_zone", "time_step"
+            ),
+            pk=object_id,
+        )
         if not self.has_view_or_change_permission(request, series):
             raise PermissionDenied
         context = {
