@@ -147,7 +147,7 @@ def column_points(series_pk, start, step, columns):
     """A Point a pixel column that holds values, in order (columns without are skipped:
     the gap between their neighbours breaks the line)."""
     if connection.vendor == "postgresql":
-        epoch = 'EXTRACT(EPOCH FROM "timestamp")::float8'
+        epoch = "date_part('epoch', \"timestamp\")"  # float8; EXTRACT's numeric is slower
         column = "LEAST(FLOOR((t - %s) / %s), %s)"
     else:  # SQLite stores datetimes as text that julianday() reads
         epoch = '(julianday("timestamp") - 2440587.5) * 86400.0'
