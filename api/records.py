@@ -152,8 +152,11 @@ def parse_bound(name, value, utc_offset, end):
             f"series' time zone) or ISO 8601 with an offset such as "
             f"2025-12-31T21:50:00+00:00 (escape '+' as %2B), not {value!r}.",
         )
-    if parsed.tzinfo is None:  # a wall-clock time of the series
-        parsed = parsed.replace(tzinfo=dt.UTC) - dt.timedelta(minutes=utc_offset)
+    if parsed.tzinfo is None:  # a wall-clock time of the series: any stored offset
+        try:
+            return parsed.replace(tzinfo=dt.UTC) - dt.timedelta(minutes=utc_offset)
+        except OverflowError:  # as in_utc: nothing lies beyond the range's end
+            return (dt.datetime.max if parsed.year > 1 else dt.datetime.min).replace(tzinfo=dt.UTC)
     return in_utc(parsed)
 
 
