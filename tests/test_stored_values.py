@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, example, given, reject
 from hypothesis import strategies as st
 
 from api import urls as api_urls
+from api.files import media_type
 from dbsync.engine.records import sync_records
 from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
@@ -432,3 +433,10 @@ def test_a_remote_series_in_an_offset_postgresql_cannot_read_is_that_series_erro
     arrived = m.Record.objects.filter(timeseries__original_db=database)
     assert set(arrived.values_list("timeseries__original_id", flat=True)) == {good[0]}
     assert arrived.count() == 5
+
+
+def test_a_stored_mime_type_is_sent_only_if_it_is_a_media_type():
+    assert media_type("image/png") == "image/png"
+    assert media_type("application/vnd.ms-excel") == "application/vnd.ms-excel"
+    for stored in ("", "\n", "image/png\r\nX-Forged: 1", "image/png ", "png", "a/b/c", "ε/ψ"):
+        assert media_type(stored) is None, stored
