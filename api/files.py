@@ -19,6 +19,7 @@ import hashlib
 import logging
 import mimetypes
 import posixpath
+import re
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import FileResponse, HttpResponse
@@ -32,6 +33,8 @@ from .errors import ApiError
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}")
 STORAGE_ERRORS = (OSError, SuspiciousFileOperation)
 
 
@@ -71,6 +74,13 @@ def stream_listing():
     yield b"\n]\n" if separator else b"]\n"
 
 
+def media_type(value):
+    """``value`` if it is a media type (``type/subtype``, RFC 9110 tokens), else None: a
+    stored description is sent in a header, where a line break or a stray character
+    would be refused or would forge another header."""
+    return value if MEDIA_TYPE.fullmatch(value) else None
+
+
 def file_response(pk, head=False):
     obj = None
     if pk <= MAX_KEY:
@@ -90,7 +100,9 @@ def file_response(pk, head=False):
         ) from exc
     basename = posixpath.basename(name)
     content_type = (
-        obj.file_type.mime_type or mimetypes.guess_type(basename)[0] or "application/octet-stream"
+        media_type(obj.file_type.mime_type)
+        or mimetypes.guess_type(basename)[0]
+        or "application/octet-stream"
     )
     if head:
         response = HttpResponse(content_type=content_type)

@@ -105,8 +105,10 @@ SPECIAL_FLOATS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 RECORD_HASH_SQL = f'hash_record_extended(row("timestamp", value, flags), {HASH_SEED})'
 
 
-def zone_of(offset_minutes):
-    return dt.timezone(dt.timedelta(minutes=offset_minutes))
+def local_time(moment, offset_minutes):
+    """The wall-clock time (naive) of ``moment`` at ``offset_minutes`` from UTC: any stored
+    offset, even one beyond the ±24 h that a ``datetime.timezone`` takes."""
+    return moment.astimezone(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=offset_minutes)
 
 
 def format_date(moment):
@@ -153,8 +155,11 @@ def parse_bound(name, value, utc_offset, end):
             f"series' time zone) or ISO 8601 with an offset such as "
             f"2025-12-31T21:50:00+00:00 (escape '+' as %2B), not {value!r}.",
         )
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone_of(utc_offset))
+    if parsed.tzinfo is None:  # a wall-clock time of the series: any stored offset
+        try:
+            return parsed.replace(tzinfo=dt.UTC) - dt.timedelta(minutes=utc_offset)
+        except OverflowError:  # as in_utc: nothing lies beyond the range's end
+            return (dt.datetime.max if parsed.year > 1 else dt.datetime.min).replace(tzinfo=dt.UTC)
     return in_utc(parsed)
 
 
@@ -358,7 +363,6 @@ def python_record_hash(timestamp, value, flags):
 def python_block(pk, utc_offset, start, end, buffer):
     """One series' records and trailer, appended to ``buffer`` record by record in
     Python (SQLite: small instances); yields the buffer whenever it is full."""
-    zone = zone_of(utc_offset)
     queryset = Record.objects.filter(timeseries_id=pk)
     if start is not None:
         queryset = queryset.filter(timestamp__gte=start)
@@ -371,7 +375,7 @@ def python_block(pk, utc_offset, start, end, buffer):
     for timestamp, value, flags in rows.iterator(chunk_size=CHUNK_ROWS):
         writer.writerow(
             (
-                format_date(timestamp.astimezone(zone)),
+                format_date(local_time(timestamp, utc_offset)),
                 "" if value is None else format_float(value),
                 flags or None,
             )

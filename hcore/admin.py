@@ -8,12 +8,18 @@ widgets; lists fetch what they show in one query.
 """
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.safestring import mark_safe
 
 from dbsync.models import Database
 
+from . import chart
 from . import models as m
-from .records import overview as records_overview
+from . import records as r
 
 REPLICATION_FIELDS = ("origin", "original_id", "last_modified")
 
@@ -295,16 +301,59 @@ class TimeseriesAdmin(ReplicatedAdmin):
     autocomplete_fields = ("gentity", "instrument")
     readonly_fields = ("records",)
 
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.chart_view)
+        opts = self.model._meta
+        name = f"{opts.app_label}_{opts.model_name}_chart"
+        return [path("<int:object_id>/chart/", view, name=name), *super().get_urls()]
+
     @admin.display(description="records")
     def records(self, obj):
-        """Count, period and a small plot of the values (an inline SVG)."""
+        """Count, period and a chart of the values (an inline SVG)."""
         if obj is None or obj.pk is None:
             return "—"
-        state = m.RecordsSyncState.objects.filter(timeseries=obj).first()
-        return render_to_string(
-            "admin/hcore/timeseries/records.html",
-            {"overview": records_overview(obj), "series": obj, "state": state},
+        return records_summary(obj, chart_url=chart_url(obj))
+
+    def chart_view(self, request, object_id):
+        """The chart of a series on a page of its own, larger."""
+        series = get_object_or_404(
+            self.get_queryset(request).select_related(
+                "variable", "unit_of_measurement", "time_zone", "time_step"
+            ),
+            pk=object_id,
         )
+        if not self.has_view_or_change_permission(request, series):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": series,
+            "title": f"Chart of {series}",
+            "summary": records_summary(series, width=1100, height=440),
+        }
+        return TemplateResponse(request, "admin/hcore/timeseries/chart.html", context)
+
+
+def chart_url(series):
+    return reverse("admin:hcore_timeseries_chart", args=(series.pk,))
+
+
+def records_summary(series, chart_url=None, **size):
+    overview = r.overview(series, columns=size.get("width", chart.WIDTH) - chart.PLOT_MARGIN)
+    svg = r.render(series, overview, **size) if overview.count else ""
+    state = m.RecordsSyncState.objects.filter(timeseries=series).first()
+    return render_to_string(
+        "admin/hcore/timeseries/records.html",
+        {
+            "overview": overview,
+            "series": series,
+            "state": state,
+            # hcore.chart escapes every text it writes.
+            "svg": mark_safe(svg),
+            "chart_url": chart_url,
+            "gap_factor": r.USUAL_SPACING_FACTOR,
+        },
+    )
 
 
 @admin.register(m.GentityAltCode)

@@ -1,21 +1,32 @@
-"""An overview of a time series' records for people: count, period and a small plot.
+"""An overview of a time series' records for people: count, period and a chart.
 
-The plot is an inline SVG drawn on the server from a downsampled query: the period
-is cut into at most PLOT_BUCKETS equal spans, and the database gives the lowest,
-highest and mean value of each, so that a series of millions of records costs one
-grouped query and a few kilobytes of markup.
+The chart (``hcore.chart`` draws it) is fed from the database at the resolution of
+the drawing: a series of up to ``DETAIL_LIMIT`` records is read record by record;
+a larger one is cut into one span of time a pixel column, and one grouped query
+gives the lowest and highest value of each and the times of its first and last
+value, so that a series of ten million records costs one pass over its index and
+a few kilobytes of markup. Missing values (empty, or not finite) are left out of
+the lines; where consecutive values are further apart than the series' time step
+(or, without one, a clear multiple of its usual spacing) the line breaks. A gap
+narrower than a pixel column of a downsampled series is not drawn.
 """
 
+import statistics
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
 
 from django.db import connection
 from django.db.models import Count, Max, Min
 
-from .models import Record
+from . import chart
+from .models import Record, RecordsSummary
 
-PLOT_BUCKETS = 300
-WIDTH, HEIGHT, MARGIN = 600, 150, 4
+DETAIL_LIMIT = 5000
+SPACING_SAMPLE = 1000
+# Without a time step, values further apart than this many times the usual spacing
+# are a gap; with one, any spacing beyond the step (a month counts 31 days).
+USUAL_SPACING_FACTOR = 3
+MONTH_MINUTES = 31 * 24 * 60
+INF = float("inf")
 
 
 @dataclass
@@ -24,110 +35,131 @@ class Overview:
     start: object = None
     end: object = None
     utc_offset: int = 0
-    low: float | None = None
-    high: float | None = None
-    bands: list = field(default_factory=list)  # SVG polygon points, min to max
-    lines: list = field(default_factory=list)  # SVG polyline points, the means
-    width: int = WIDTH
-    height: int = HEIGHT
-
-    @property
-    def zone(self):
-        return timezone(timedelta(minutes=self.utc_offset))
+    points: list = field(default_factory=list)
+    max_gap: float | None = None
 
     # Dates in the series' own time zone, as text: the date filter would show them in
-    # the site's.
+    # the site's. Any stored offset, even one beyond the ±24 h a tzinfo allows.
     @property
     def local_start(self):
-        return f"{self.start.astimezone(self.zone):%Y-%m-%d %H:%M}" if self.start else ""
+        return self.local(self.start)
 
     @property
     def local_end(self):
-        return f"{self.end.astimezone(self.zone):%Y-%m-%d %H:%M}" if self.end else ""
+        return self.local(self.end)
+
+    def local(self, moment):
+        if moment is None:
+            return ""
+        return f"{chart.local_time(moment.timestamp(), self.utc_offset):%Y-%m-%d %H:%M}"
 
     @property
     def zone_name(self):
-        sign = "+" if self.utc_offset >= 0 else "-"
-        hours, minutes = divmod(abs(self.utc_offset), 60)
-        return f"UTC{sign}{hours:02d}:{minutes:02d}"
+        return chart.zone_name(self.utc_offset)
+
+    @property
+    def low(self):
+        values = [p.low for p in self.points if p is not None]
+        return min(values) if values else None
+
+    @property
+    def high(self):
+        values = [p.high for p in self.points if p is not None]
+        return max(values) if values else None
 
 
-def overview(series, buckets=PLOT_BUCKETS):
-    """The Overview of a Timeseries' records."""
-    stats = Record.objects.filter(timeseries=series).aggregate(
-        count=Count("timestamp"), start=Min("timestamp"), end=Max("timestamp")
-    )
-    result = Overview(utc_offset=series.time_zone.utc_offset, **stats)
+def overview(series, columns=chart.WIDTH - chart.PLOT_MARGIN):
+    """The Overview of a Timeseries' records, with points for ``columns`` pixel columns."""
+    result = Overview(utc_offset=series.time_zone.utc_offset, **counts(series))
     if not result.count:
         return result
-    span = (result.end - result.start).total_seconds()
-    step = max(span / buckets, 1.0)
-    rows = bucket_rows(series.pk, result.start, step, buckets)
-    values = [v for _, low, high, _mean in rows for v in (low, high) if v is not None]
-    if not values:
-        return result
-    result.low, result.high = min(values), max(values)
-    draw(result, rows, buckets)
+    if result.count <= DETAIL_LIMIT:
+        result.points = detailed_points(series)
+        result.max_gap = max_gap(series, [p.first for p in result.points if p is not None])
+    else:
+        start, end = result.start.timestamp(), result.end.timestamp()
+        step = max((end - start) / columns, 1e-6)
+        result.points = column_points(series.pk, start, step, columns)
+        result.max_gap = max(max_gap(series, sample_times(series)) or 0, step)
     return result
 
 
-def bucket_rows(series_pk, start, step, buckets):
-    """[(bucket, min, max, mean)] of the values, by bucket, empty buckets left out."""
+def counts(series):
+    """{count, start, end} of the records: kept by PostgreSQL's triggers in the series'
+    RecordsSummary (a count of millions of records would cost a pass over them), or
+    counted where there is none (SQLite)."""
     if connection.vendor == "postgresql":
-        bucket = 'FLOOR(EXTRACT(EPOCH FROM ("timestamp" - %s)) / %s)::integer'
-    else:  # SQLite stores datetimes as text that julianday() reads; offsets are >= 0
-        bucket = 'CAST((julianday("timestamp") - julianday(%s)) * 86400.0 / %s AS INTEGER)'
+        kept = RecordsSummary.objects.filter(timeseries=series).values("count", "start", "end")
+        if kept:
+            return kept[0]
+    return Record.objects.filter(timeseries=series).aggregate(
+        count=Count("timestamp"), start=Min("timestamp"), end=Max("timestamp")
+    )
+
+
+def render(series, result, **size):
+    """The SVG chart of an Overview of ``series``."""
+    unit = series.unit_of_measurement
+    label = f"{series.variable.descr} ({unit.symbol})" if series.variable.descr else unit.symbol
+    return chart.render(
+        result.points,
+        start=result.start.timestamp(),
+        end=result.end.timestamp(),
+        utc_offset=result.utc_offset,
+        max_gap=result.max_gap,
+        label=label,
+        title=f"{series} from {result.local_start} to {result.local_end} ({result.zone_name})",
+        **size,
+    )
+
+
+def is_value(value):
+    return value is not None and -INF < value < INF
+
+
+def detailed_points(series):
+    """A Point a record, None for a missing value."""
+    rows = Record.objects.filter(timeseries=series).order_by("timestamp")
+    return [
+        chart.Point(t.timestamp(), t.timestamp(), v, v) if is_value(v) else None
+        for t, v in rows.values_list("timestamp", "value").iterator(chunk_size=DETAIL_LIMIT)
+    ]
+
+
+def sample_times(series):
+    """The times of the first values of the series, to learn its usual spacing."""
+    rows = Record.objects.filter(timeseries=series).order_by("timestamp")
+    return [t.timestamp() for t in rows.values_list("timestamp", flat=True)[:SPACING_SAMPLE]]
+
+
+def max_gap(series, times):
+    """Seconds between two values beyond which the line breaks; None: never."""
+    step = series.time_step
+    if step is not None and (step.length_minutes or step.length_months):
+        return 60 * (step.length_minutes or step.length_months * MONTH_MINUTES)
+    spacings = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    if not spacings:
+        return None
+    return USUAL_SPACING_FACTOR * statistics.median(spacings)
+
+
+def column_points(series_pk, start, step, columns):
+    """A Point a pixel column that holds values, in order (columns without are skipped:
+    the gap between their neighbours breaks the line)."""
+    if connection.vendor == "postgresql":
+        epoch = "date_part('epoch', \"timestamp\")"  # float8; EXTRACT's numeric is slower
+        column = "LEAST(FLOOR((t - %s) / %s), %s)"
+    else:  # SQLite stores datetimes as text that julianday() reads
+        epoch = '(julianday("timestamp") - 2440587.5) * 86400.0'
+        column = "MIN(CAST((t - %s) / %s AS INTEGER), %s)"
     table = Record._meta.db_table
     with connection.cursor() as cursor:
+        # Not finite values (PostgreSQL's NaN and infinities) are missing ones.
         cursor.execute(
-            f"SELECT b, min(value), max(value), avg(value) FROM (SELECT "
-            f"CASE WHEN {bucket} >= %s THEN %s - 1 ELSE {bucket} END AS b, value "
-            f"FROM {table} WHERE timeseries_id = %s) AS buckets GROUP BY b ORDER BY b",
-            [
-                *adapt(start, step),
-                buckets,
-                buckets,
-                *adapt(start, step),
-                series_pk,
-            ],
+            f"SELECT {column} AS c, min(t), max(t), min(value), max(value) "
+            f"FROM (SELECT {epoch} AS t, value FROM {table} "
+            f"WHERE timeseries_id = %s AND value > %s AND value < %s) AS v "
+            f"GROUP BY c ORDER BY c",
+            [start, step, columns - 1, series_pk, -INF, INF],
         )
-        return cursor.fetchall()
-
-
-def adapt(start, step):
-    if connection.vendor == "postgresql":
-        return [start, step]
-    return [connection.ops.adapt_datetimefield_value(start), step]
-
-
-def draw(result, rows, buckets):
-    """Fill ``result.bands`` and ``result.lines``: one run of points a gap-free stretch."""
-    width = result.width - 2 * MARGIN
-    height = result.height - 2 * MARGIN
-    spread = (result.high - result.low) or 1.0
-
-    def x(bucket):
-        return MARGIN + width * (bucket + 0.5) / buckets
-
-    def y(value):
-        return MARGIN + height * (1 - (value - result.low) / spread)
-
-    runs, run, previous = [], [], None
-    for bucket, low, high, mean in rows:
-        if mean is None or (previous is not None and bucket != previous + 1):
-            if run:
-                runs.append(run)
-            run = []
-        if mean is not None:
-            run.append((x(bucket), y(low), y(high), y(mean)))
-        previous = bucket
-    if run:
-        runs.append(run)
-    for run in runs:
-        if len(run) == 1:  # a lone point: give it some width
-            px, ylo, yhi, ym = run[0]
-            run = [(px - 1, ylo, yhi, ym), (px + 1, ylo, yhi, ym)]
-        upper = [f"{px:.1f},{yhi:.1f}" for px, _ylo, yhi, _ym in run]
-        lower = [f"{px:.1f},{ylo:.1f}" for px, ylo, _yhi, _ym in reversed(run)]
-        result.bands.append(" ".join(upper + lower))
-        result.lines.append(" ".join(f"{px:.1f},{ym:.1f}" for px, _ylo, _yhi, ym in run))
+        return [chart.Point(first, last, low, high) for _c, first, last, low, high in cursor]

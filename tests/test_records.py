@@ -1082,9 +1082,9 @@ def test_the_timeseries_page_shows_count_period_and_a_plot(admin_client, setting
     page = " ".join(admin_client.get(url).content.decode().split())
     assert "600 records" in page
     assert "from 2020-01-01 02:00 to 2020-01-05 05:50 (UTC+02:00" in page
-    start = page.index('<svg xmlns="http://www.w3.org/2000/svg" role="img"')
+    start = page.index('<svg xmlns="http://www.w3.org/2000/svg" class="timeseries-chart"')
     svg = page[start : page.index("</svg>", start)]
-    assert svg.count("<polyline") == 2  # the missing day splits the line in two
+    assert svg.count('<path class="stretch"') == 2  # the missing day splits the line in two
     # a series without records, and the add page
     empty = m.Timeseries.objects.create(
         gentity=series.gentity,
@@ -1110,7 +1110,8 @@ def test_the_page_of_a_replicated_series_shows_its_records(
     series = m.Timeseries.objects.filter(original_db=database).order_by("pk")[1]
     page = admin_client.get(reverse("admin:hcore_timeseries_change", args=(series.pk,)))
     text = page.content.decode()
-    assert "400 records" in text and "<polyline" in text and "installed by the sync" in text
+    assert "400 records" in text and '<path class="stretch"' in text
+    assert "installed by the sync" in text
 
 
 # --- resuming from the remote's own dumpdata ----------------------------------------------------

@@ -113,6 +113,10 @@ def adds_up(state, fetched, remote):
     return state.count + fetched.count == remote.count and total == remote.checksum
 
 
+# The largest offset PostgreSQL reads in a timestamp (15:59); the real ones end at 14:00.
+MAX_UTC_OFFSET = 15 * 60 + 59
+
+
 def offset_text(minutes):
     sign = "+" if minutes >= 0 else "-"
     hours, rest = divmod(abs(minutes), 60)
@@ -219,6 +223,13 @@ class BatchReader:
     def convert(self, job, reader, utc_offset):
         """The lines of one series, up to its ``# end`` line (the hot loop)."""
         remote_pk = job.remote_pk
+        if abs(utc_offset) > MAX_UTC_OFFSET:
+            raise SeriesError(
+                remote_pk,
+                f"utc_offset={utc_offset} minutes is beyond the ±{MAX_UTC_OFFSET} that a "
+                f"time zone can be",
+                reader.line_num,
+            )
         zone = timezone(timedelta(minutes=utc_offset))
         suffix = offset_text(utc_offset) + "\t"
         prefix = f"{job.local_pk}\t"
