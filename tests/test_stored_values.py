@@ -25,6 +25,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.db import IntegrityError, models, transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from htimeseries import HTimeseries
 from hypothesis import HealthCheck, example, given, reject
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from dbsync.engine.records import sync_records
 from dbsync.engine.remote import RemoteClient
 from dbsync.models import Database, SyncRun
 from hcore import models as m
+from protocol.legacy import legacy_model, served_legacy_names
 from protocol.schema import served_models
 from tests.api_helpers import create_sample_data
 from tests.graph import assert_same_graph, local_graph, remote_graph
@@ -176,7 +178,13 @@ API_URLS = {
     "records": lambda: [
         reverse("api:records", args=(pk,)) + query
         for pk in series_pks()
-        for query in ("", "?start_date=2020-01-01 00:10&end_date=2020-01-02")
+        for query in (
+            "",
+            "?start_date=2020-01-01 00:10&end_date=2020-01-02",
+            "?fmt=hts",
+            "?fmt=hts2",
+            "?fmt=csv",
+        )
     ],
     "file-listing": lambda: [reverse("api:file-listing")],
     "file-content": lambda: [reverse("api:file-content", args=(pk,)) for pk in file_pks()],
@@ -188,6 +196,15 @@ API_URLS = {
         reverse("api:keys", args=(model._meta.app_label, model._meta.model_name))
         for model in served_models()
     ],
+    "legacy-listing": lambda: [
+        reverse("api:legacy-listing", args=(name,)) for name in served_legacy_names()
+    ],
+    "legacy-detail": lambda: [
+        reverse("api:legacy-detail", args=(name, pk))
+        for name in served_legacy_names()
+        for pk in legacy_model(name).objects.order_by("pk").values_list("pk", flat=True)[:3]
+    ],
+    "legacy-tsdata": lambda: [reverse("api:legacy-tsdata", args=(pk,)) for pk in series_pks()],
     "not-found": lambda: [],  # reads no stored data
 }
 
@@ -243,8 +260,11 @@ def check(response, url):
         json.loads(body)
     elif content_type.startswith("text/csv"):
         lines = list(csv.reader(io.StringIO(body.decode(), newline="")))
-        if "/records/" in url and response.status_code == 200:
+        if "/records/" in url and "fmt=" not in url and response.status_code == 200:
             assert lines and lines[-1][0].startswith("# end count="), f"{url}: no trailer"
+    elif content_type.startswith("text/vnd.openmeteo.timeseries"):
+        if response.status_code == 200:
+            HTimeseries(io.StringIO(body.decode(), newline=""))
     elif content_type.startswith("text/html"):
         body.decode()
 
