@@ -9,6 +9,7 @@ otherwise (cron, a pipe, a file) no bar control characters are written, and with
 ``PLAIN_EVERY`` seconds on the way. ``--silent`` (verbosity 0) shows neither.
 """
 
+import shutil
 import time
 
 from tqdm import tqdm
@@ -69,7 +70,8 @@ class CommandProgress(Progress):
                 desc=PHASES.get(step, step),
                 unit=f" {UNITS.get(step, '')}",
                 file=RawStream(self.stdout),
-                dynamic_ncols=True,
+                # a terminal that reports no size (0 columns) would get empty bars
+                ncols=shutil.get_terminal_size((100, 24)).columns or 100,
                 mininterval=0.2,
             )
 
