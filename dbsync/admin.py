@@ -318,12 +318,13 @@ class SyncRunAdmin(admin.ModelAdmin):
     fieldsets = fieldsets_for(
         SyncRun,
         [
-            (None, ("database", "status", "trigger", "started_by", "full", "dry_run")),
+            # A running run's phase and counts (runs/progress.py) next to its status.
+            (None, ("database", "status", "progress", "trigger", "started_by", "full", "dry_run")),
             (
                 "Timing",
                 ("started_at", "finished_at", "run_duration", "heartbeat", "remote_time"),
             ),
-            ("Result", ("run_totals", "counts_table", "error_list", "message", "progress")),
+            ("Result", ("run_totals", "counts_table", "error_list", "message")),
             ("Details", ("options", "backup_path", "fetch_plan", "task_id", "notified_at")),
         ],
         extra=readonly_fields,

@@ -20,6 +20,7 @@ import pytest
 
 from dbsync.models import SyncRun
 from hcore.models import Station
+from tests.faultproxy import FaultProxy
 from tests.instance import ROOT, Instance
 from tests.test_sync import _local_env, register
 
@@ -126,3 +127,96 @@ def test_on_a_terminal_the_fetch_and_the_records_have_bars(remote):
     assert "Installing fixtures from file hcore.station.json" in output
     assert Station.objects.filter(original_db=database).count() == 8
     assert SyncRun.objects.get(database=database).status == SyncRun.SUCCEEDED
+
+
+# --- a running run's page, in a browser ----------------------------------------------------
+
+PASSWORD = "a-long-test-password"
+SCREENSHOT = ROOT / "docs" / "img" / "running-run.png"
+
+
+@pytest.fixture(scope="module")
+def many_series(instance_template):
+    """Over BATCH_SERIES (100) time series: the records come in two batches."""
+    instance = Instance(instance_template, hostname="manyseries.example.org")
+    instance.generate(stations=60, seed=4, records_per_series=5, files_per_station=0)
+    instance.start()
+    yield instance
+    instance.drop()
+
+
+def slowed(remote, dump_delay, batch_delay):
+    """A front that answers each dump ``dump_delay`` s late and each records batch
+    ``batch_delay`` s late: what a slow remote does to a run."""
+    front = FaultProxy(remote.url)
+
+    def late(seconds):
+        def action(path, status, headers, body):
+            time.sleep(seconds)
+            return status, headers, body
+
+        return action
+
+    front.on(lambda path: path.startswith("/api/hcore/timeseries/records/"), late(batch_delay))
+    front.on(lambda path: re.match(r"/api/hcore/[a-z]+/(\?|$)", path), late(dump_delay))
+    return front
+
+
+def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
+    live_server, many_series, tmp_path, settings
+):
+    """The command runs as its own process against a slowed front of a real remote;
+    a staff user watches the run's page in headless Chromium while it works."""
+    from django.contrib.auth.models import Permission, User
+
+    from tests import browser as b
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    series = many_series.sql("SELECT count(*) FROM hcore_timeseries")[0][0]
+    assert series > 100
+    front = slowed(many_series, dump_delay=0.4, batch_delay=6)
+    database = register(many_series, port=front.port)
+    user = User.objects.create_user("watcher", password=PASSWORD, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename="view_syncrun"))
+    chromium = b.browser_or_skip()
+    env = dict(
+        _local_env(),
+        DBSYNC_FETCH_THREADS="1",
+        DBSYNC_RECORDS_WORKERS="1",
+        DBSYNC_PROGRESS_SECONDS="0.2",
+    )
+    process = subprocess.Popen(
+        command(database), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        b.login(chromium, live_server.url, "watcher", PASSWORD)
+        run = b.wait_for(lambda: SyncRun.objects.filter(database=database).first(), 60)
+        page = f"{live_server.url}/admin/dbsync/syncrun/{run.pk}/change/"
+        seen = []
+
+        def shown():
+            chromium.get(page)
+            status = b.by_css(chromium, ".field-status .readonly")[0].text
+            progress = b.by_css(chromium, ".field-progress .readonly")[0].text
+            if status == SyncRun.RUNNING and progress not in seen:
+                seen.append(progress)
+            return progress.startswith("installing records: 100 of ")
+
+        b.wait_for(shown, timeout=240, every=0.5, what="the records' first batch on the page")
+        chromium.save_screenshot(
+            str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "run.png")
+        )
+        assert process.wait(timeout=240) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        chromium.quit()
+        front.close()
+    fetching = [int(m[1]) for p in seen if (m := re.match(r"fetching: (\d+) of (\d+) dumps", p))]
+    assert len(fetching) >= 3 and fetching == sorted(fetching), seen
+    records = [p for p in seen if p.startswith("installing records: ")]
+    assert records[-1].startswith(f"installing records: 100 of {series} series, 500 records")
+    run.refresh_from_db()
+    assert (run.status, run.progress) == (SyncRun.SUCCEEDED, "")
+    assert Station.objects.filter(original_db=database).count() == 60
