@@ -348,6 +348,9 @@ class SyncRunAdmin(admin.ModelAdmin):
     @admin.display(description="duration")
     def run_duration(self, obj):
         duration = obj.duration
+        if duration is None and obj.is_active:
+            elapsed = round((timezone.now() - obj.started_at).total_seconds())
+            return f"{timedelta(seconds=elapsed)} so far"
         return None if duration is None else timedelta(seconds=round(duration.total_seconds()))
 
     @admin.display(description="totals")

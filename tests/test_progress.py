@@ -203,6 +203,7 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
             return progress.startswith("installing records: 100 of ")
 
         b.wait_for(shown, timeout=240, every=0.5, what="the records' first batch on the page")
+        assert b.by_css(chromium, ".field-run_duration .readonly")[0].text.endswith(" so far")
         chromium.save_screenshot(
             str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "run.png")
         )
