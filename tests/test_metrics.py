@@ -40,6 +40,14 @@ def token(settings):
 
 
 @pytest.fixture(autouse=True)
+def fresh_sums():
+    """Each test as a new process: no totals kept from another test's database."""
+    from dbsync.runs import metrics
+
+    metrics.settled_sums = metrics.SettledSums()
+
+
+@pytest.fixture(autouse=True)
 def eager():
     """No broker for the scrapes that do not test it (its figures are then left out)."""
     app.conf.task_always_eager = True
@@ -270,3 +278,33 @@ def test_a_staff_user_needs_the_permissions_to_view_remotes_and_runs(client):
     assert response.status_code == 200
     assert b"dbsync_active_runs" in response.content
     assert client.post("/-/metrics").status_code == 405
+
+
+def test_the_sums_are_the_same_whether_the_runs_have_settled_or_not():
+    """The totals of runs that ended long ago are kept in the process (SettledSums): a
+    later scrape, when every run has settled, and a repeated one, count each run once."""
+    from dbsync.runs.metrics import SettledSums
+
+    now = timezone.now()
+    database = Database.objects.create(name="history", hostname="history.example.org")
+    counts = {
+        "hcore.record": {"created": 10, "updated": 1, "deleted": 2},
+        "hcore.station": {"created": 1, "updated": 0, "deleted": 0},
+    }
+    for age in (timedelta(days=3), timedelta(days=2), timedelta(0)):
+        SyncRun.objects.create(
+            database=database,
+            status=SyncRun.SUCCEEDED,
+            started_at=now - age - timedelta(minutes=5),
+            finished_at=now - age,
+            model_counts=counts,
+        )
+    SyncRun.objects.create(
+        database=database, status=SyncRun.FAILED, finished_at=now, model_counts=counts
+    )
+    sums = SettledSums()
+    first = sums.totals(now)
+    assert first[(database.pk, "records")] == (33, 6)
+    assert first[(database.pk, "objects")] == (3, 0)
+    assert sums.totals(now + timedelta(hours=1)) == first
+    assert sums.totals(now + timedelta(hours=1)) == first

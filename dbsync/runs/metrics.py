@@ -16,7 +16,10 @@ remote does not exist yet: its figures will be one more family in ``collect``.
 """
 
 import logging
+import threading
+from datetime import UTC, datetime, timedelta
 
+from django.db import connection
 from django.db.models import Count, F, Max, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -31,7 +34,6 @@ from .freshness import NEVER, OVERDUE, SEVERITY, freshness
 logger = logging.getLogger(__name__)
 
 FINAL = (SyncRun.SUCCEEDED, SyncRun.FAILED, SyncRun.REFUSED)
-KINDS = ("objects", "records", "files")
 BROKER_TIMEOUT = 3  # seconds: a scrape must answer before its own timeout
 
 
@@ -181,30 +183,17 @@ class SyncCollector:
             "Objects, records and files the remote's last succeeded run created or updated.",
             labels=["remote", "kind"],
         )
-        totals, deletions, latest = {}, {}, {}
-        runs = (
-            SyncRun.objects.filter(status=SyncRun.SUCCEEDED, dry_run=False)
-            .order_by("pk")
-            .values_list("database__name", "model_counts")
-        )
-        for name, counts in runs.iterator(chunk_size=500):
-            this = dict.fromkeys(KINDS, 0)
-            for label, c in (counts or {}).items():
-                if not isinstance(c, dict):
-                    continue  # a stored value of another shape is no reason to fail a scrape
-                kind = kind_of(label)
-                this[kind] += _number(c.get("created")) + _number(c.get("updated"))
-                key = (name, kind)
-                deletions[key] = deletions.get(key, 0) + _number(c.get("deleted"))
-            for kind, n in this.items():
-                totals[(name, kind)] = totals.get((name, kind), 0) + n
-            latest[name] = this
-        for (name, kind), n in sorted(totals.items()):
-            installed.add_metric([name, kind], n)
-            deleted.add_metric([name, kind], deletions.get((name, kind), 0))
-        for name, this in sorted(latest.items()):
-            for kind, n in this.items():
-                last.add_metric([name, kind], n)
+        now = timezone.now()
+        names = dict(Database.objects.values_list("pk", "name"))
+        everything = datetime.min.replace(tzinfo=UTC)
+        for (remote, kind), (n, removed) in sorted(settled_sums.totals(now).items()):
+            if remote in names:  # not a remote deleted since its runs were summed
+                installed.add_metric([names[remote], kind], n)
+                deleted.add_metric([names[remote], kind], removed)
+        lasts = installed_counts(everything, now + SettledSums.SETTLED, last_only=True)
+        for (remote, kind), (n, _removed) in sorted(lasts.items()):
+            if remote in names:
+                last.add_metric([names[remote], kind], n)
         yield from (installed, deleted, last)
 
     # --- the workers -----------------------------------------------------------------
@@ -278,6 +267,98 @@ class SyncCollector:
             return
         up.add_metric([], 1)
         yield from (up, waiting)
+
+
+# The sums of the succeeded runs' counts, per remote and kind, in the database: a
+# history of years holds tens of thousands of runs, whose counts Python would decode one
+# by one at every scrape. Counts of another shape than {label: {key: number}} add nothing.
+INSTALLED_SQL = """
+    SELECT r.database_id,
+           CASE e.key WHEN %(records)s THEN 'records' WHEN %(files)s THEN 'files'
+                ELSE 'objects' END AS kind,
+           sum(CASE WHEN jsonb_typeof(e.value -> 'created') = 'number'
+                    THEN (e.value ->> 'created')::numeric ELSE 0 END
+               + CASE WHEN jsonb_typeof(e.value -> 'updated') = 'number'
+                      THEN (e.value ->> 'updated')::numeric ELSE 0 END),
+           sum(CASE WHEN jsonb_typeof(e.value -> 'deleted') = 'number'
+                    THEN (e.value ->> 'deleted')::numeric ELSE 0 END)
+    FROM {runs} r
+    CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.model_counts) = 'object'
+                                       THEN r.model_counts ELSE '{{}}'::jsonb END) e
+    WHERE r.status = %(succeeded)s AND NOT r.dry_run AND jsonb_typeof(e.value) = 'object'
+    AND r.finished_at > %(after)s AND r.finished_at <= %(until)s
+    {last_only}
+    GROUP BY 1, 2
+"""
+LAST_ONLY_SQL = """AND r.id IN (SELECT max(id) FROM {runs} WHERE status = %(succeeded)s
+                                  AND NOT dry_run GROUP BY database_id)"""
+
+
+def installed_counts(after, until, last_only=False):
+    """{(remote id, kind): (created + updated, deleted)} summed over the succeeded runs
+    that are not dry runs and finished in (``after``, ``until``] (``last_only``: each
+    remote's last one)."""
+    runs = SyncRun.objects.filter(status=SyncRun.SUCCEEDED, dry_run=False)
+    if connection.vendor == "postgresql":
+        tables = {"runs": SyncRun._meta.db_table}
+        last = LAST_ONLY_SQL.format(**tables) if last_only else ""
+        query = INSTALLED_SQL.format(last_only=last, **tables)
+        params = {
+            "records": RECORDS_LABEL,
+            "files": FILES_LABEL,
+            "succeeded": SyncRun.SUCCEEDED,
+            "after": after,
+            "until": until,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            return {(remote, kind): (int(n), int(d)) for remote, kind, n, d in cursor.fetchall()}
+    # SQLite (the embedded default, with a short history): the same sums in Python.
+    if last_only:
+        runs = runs.filter(pk__in=runs.values("database").annotate(last=Max("pk")).values("last"))
+    runs = runs.filter(finished_at__gt=after, finished_at__lte=until)
+    sums = {}
+    for remote, counts in runs.values_list("database_id", "model_counts").iterator():
+        for label, c in counts.items() if isinstance(counts, dict) else ():
+            if isinstance(c, dict):
+                n, d = sums.get((remote, kind_of(label)), (0, 0))
+                n += _number(c.get("created")) + _number(c.get("updated"))
+                sums[(remote, kind_of(label))] = (n, d + _number(c.get("deleted")))
+    return sums
+
+
+def add_sums(total, more):
+    for key, (n, d) in more.items():
+        was_n, was_d = total.get(key, (0, 0))
+        total[key] = (was_n + n, was_d + d)
+    return total
+
+
+class SettledSums:
+    """The sums of ``installed_counts`` over the whole history, kept in the process: the
+    runs that finished more than SETTLED ago are added once (an ended run's counts do
+    not change, and runs are deleted only with their remote), the later ones are
+    summed at each scrape. The first scrape of a process reads the whole history."""
+
+    SETTLED = timedelta(minutes=10)  # longer than any run's end takes to commit
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.until = datetime.min.replace(tzinfo=UTC)
+        self.sums = {}
+
+    def totals(self, now):
+        settle = now - self.SETTLED
+        with self.lock:
+            if settle > self.until:
+                add_sums(self.sums, installed_counts(self.until, settle))
+                self.until = settle
+            total = dict(self.sums)
+            until = self.until
+        return add_sums(total, installed_counts(until, now + self.SETTLED))
+
+
+settled_sums = SettledSums()
 
 
 def _number(value):
