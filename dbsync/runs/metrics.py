@@ -118,7 +118,8 @@ class SyncCollector:
                 due.add_metric([name], timestamp(found.due_by))
             run = last_finished.get(database.pk)
             if run is not None:
-                duration.add_metric([name, run.status], run.duration.total_seconds())
+                # clamped: started and ended may be two hosts' clocks
+                duration.add_metric([name, run.status], max(0.0, run.duration.total_seconds()))
                 finished.add_metric([name, run.status], timestamp(run.finished_at))
         yield from (success, overdue, state, due, duration, finished)
 
