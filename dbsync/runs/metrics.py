@@ -20,8 +20,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Count, F, Max, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Max
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -150,19 +149,12 @@ class SyncCollector:
             "Failed runs of the remote since its last successful one (0: the last ended well).",
             labels=["remote"],
         )
-        last_success = (
-            SyncRun.objects.filter(database=OuterRef("database"), status=SyncRun.SUCCEEDED)
-            .order_by("-pk")
-            .values("pk")[:1]
-        )
-        failing = dict(
-            SyncRun.objects.filter(status=SyncRun.FAILED)
-            .annotate(since=Coalesce(Subquery(last_success), 0))
-            .filter(pk__gt=F("since"))
-            .values_list("database_id")
-            .annotate(n=Count("pk"))
-            .order_by()
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                STREAK_SQL.format(runs=SyncRun._meta.db_table),
+                [SyncRun.SUCCEEDED, SyncRun.FAILED],
+            )
+            failing = dict(cursor.fetchall())
         for database_id, name in Database.objects.values_list("pk", "name"):
             streak.add_metric([name], failing.get(database_id, 0))
         yield from (runs, streak)
@@ -270,10 +262,26 @@ class SyncCollector:
         yield from (up, waiting)
 
 
+# Per remote, its failed runs after its last successful one: one pass, one join (a
+# subquery per failed run would be planned as one scan each).
+STREAK_SQL = """
+    SELECT f.database_id, count(*) FROM {runs} f
+    LEFT JOIN (SELECT database_id, max(id) AS ok FROM {runs} WHERE status = %s
+               GROUP BY database_id) s ON s.database_id = f.database_id
+    WHERE f.status = %s AND f.id > COALESCE(s.ok, 0)
+    GROUP BY f.database_id
+"""
+
 # The sums of the succeeded runs' counts, per remote and kind, in the database: a
 # history of years holds tens of thousands of runs, whose counts Python would decode one
 # by one at every scrape. Counts of another shape than {label: {key: number}} add nothing.
 INSTALLED_SQL = """
+    WITH r AS MATERIALIZED (  -- the runs first: each counts' entries are then read once
+        SELECT database_id, model_counts FROM {runs}
+        WHERE status = %(succeeded)s AND NOT dry_run
+        AND finished_at > %(after)s AND finished_at <= %(until)s
+        {last_only}
+    )
     SELECT r.database_id,
            CASE e.key WHEN %(records)s THEN 'records' WHEN %(files)s THEN 'files'
                 ELSE 'objects' END AS kind,
@@ -283,16 +291,14 @@ INSTALLED_SQL = """
                       THEN (e.value ->> 'updated')::numeric ELSE 0 END),
            sum(CASE WHEN jsonb_typeof(e.value -> 'deleted') = 'number'
                     THEN (e.value ->> 'deleted')::numeric ELSE 0 END)
-    FROM {runs} r
+    FROM r
     CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.model_counts) = 'object'
                                        THEN r.model_counts ELSE '{{}}'::jsonb END) e
-    WHERE r.status = %(succeeded)s AND NOT r.dry_run AND jsonb_typeof(e.value) = 'object'
-    AND r.finished_at > %(after)s AND r.finished_at <= %(until)s
-    {last_only}
+    WHERE jsonb_typeof(e.value) = 'object'
     GROUP BY 1, 2
 """
-LAST_ONLY_SQL = """AND r.id IN (SELECT max(id) FROM {runs} WHERE status = %(succeeded)s
-                                  AND NOT dry_run GROUP BY database_id)"""
+LAST_ONLY_SQL = """AND id IN (SELECT max(id) FROM {runs} WHERE status = %(succeeded)s
+                              AND NOT dry_run GROUP BY database_id)"""
 
 
 def installed_counts(after, until, last_only=False):
