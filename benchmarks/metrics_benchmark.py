@@ -4,8 +4,8 @@ and format every figure (``dbsync.runs.metrics.SyncCollector``, without the brok
 over a history of REMOTES remotes with RUNS runs each (each run's counts as a real
 run's: every model of hcore, the records and the files; one run in ten failed).
 
-The database of DATABASE_URL must be migrated; the history is made inside a
-transaction that is rolled back at the end: nothing is left behind.
+The database of DATABASE_URL must be migrated (use a scratch one); the history is
+committed and vacuumed, as a real one would be, and deleted at the end.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/dbsync DJANGO_DEBUG=1 \\
         .venv/bin/python benchmarks/metrics_benchmark.py [--remotes 50] [--runs 365,1460]
@@ -33,7 +33,7 @@ import django  # noqa: E402
 django.setup()
 
 from django.apps import apps  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
@@ -91,18 +91,19 @@ def main():
     args = parser.parse_args()
     print(f"{'remotes':>8} {'runs':>8} {'first s':>8} {'next s':>8} {'bytes':>8}")
     for runs in (int(n) for n in args.runs.split(",")):
-        with transaction.atomic():
+        try:
             add_history(args.remotes, runs)
-            if connection.vendor == "postgresql":  # statistics, as autovacuum would keep
+            if connection.vendor == "postgresql":  # as autovacuum would leave it
                 with connection.cursor() as cursor:
-                    cursor.execute(f"ANALYZE {SyncRun._meta.db_table}")
+                    cursor.execute(f"VACUUM ANALYZE {SyncRun._meta.db_table}")
             total = SyncRun.objects.count()
             taken, size = scrape_times()
             print(
                 f"{args.remotes:>8} {total:>8} {taken[0]:>8.3f} "
                 f"{statistics.median(taken[1:]):>8.3f} {size:>8}"
             )
-            transaction.set_rollback(True)
+        finally:
+            Database.objects.filter(name__startswith="bench-").delete()
 
 
 if __name__ == "__main__":
