@@ -3,17 +3,18 @@
 The engine counts its long steps (``dbsync.engine.progress``); ``recording`` passes
 them on to the caller's ``log`` and, from a thread of its own, writes the latest as
 one line in ``SyncRun.progress`` (and touches the heartbeat) at most once every
-``DBSYNC_PROGRESS_SECONDS``. The thread has its own database connection, in
-autocommit: the objects' install is one long transaction on the caller's
-connection, and what that transaction writes no other session sees before its
-COMMIT. A write that fails is logged and the next one tried: the progress line is
-never worth failing a run for. On SQLite (the embedded default) nothing is written
-while the run works: a second connection's write would wait on the install's lock of
-the whole file, and could hold up its COMMIT.
+``DBSYNC_PROGRESS_SECONDS``, and at least every ``DBSYNC_HEARTBEAT_SECONDS``. The
+thread has its own database connection, in autocommit: the objects' install is one
+long transaction on the caller's connection, and what that transaction writes no
+other session sees before its COMMIT. A write that fails is logged and the next one
+tried: the progress line is never worth failing a run for. On SQLite (the embedded
+default) nothing is written while the run works: a second connection's write would
+wait on the install's lock of the whole file, and could hold up its COMMIT.
 """
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -58,7 +59,7 @@ class RunProgress(Forward):
         super().__init__(log)
         self.run_id = run_id
         self.lock = threading.Lock()
-        self.line = ""
+        self.line = None  # nothing counted yet: the run's line is left as it is
         self.step = None
         self.done, self.total, self.amounts = 0, None, {}
 
@@ -83,16 +84,19 @@ class RunProgress(Forward):
 
 
 def write(run_id, line):
-    """The line on the run's record, if the run is still active (one UPDATE)."""
-    SyncRun.objects.filter(pk=run_id, status__in=SyncRun.ACTIVE).update(
-        progress=line, heartbeat=timezone.now()
-    )
+    """The line (None: only the heartbeat) on the run's record, if the run is still
+    active (one UPDATE)."""
+    fields = {"heartbeat": timezone.now()}
+    if line is not None:
+        fields["progress"] = line
+    SyncRun.objects.filter(pk=run_id, status__in=SyncRun.ACTIVE).update(**fields)
 
 
 @contextmanager
 def recording(run_id, log, every=None):
     """A RunProgress for the block, whose line a thread writes on the run as it changes."""
     every = every or settings.DBSYNC_PROGRESS_SECONDS
+    heartbeat = settings.DBSYNC_HEARTBEAT_SECONDS
     progress = RunProgress(run_id, log)
     if connection.vendor != "postgresql":
         yield progress
@@ -100,15 +104,16 @@ def recording(run_id, log, every=None):
     stop = threading.Event()
 
     def writer():
-        written = None
+        written, beaten = object(), time.monotonic()
         try:
             while not stop.wait(every):
                 line = progress.current()
-                if line == written:
+                # an unchanged line is written again as a heartbeat (a long step)
+                if line == written and time.monotonic() - beaten < heartbeat:
                     continue
                 try:
                     write(run_id, line)
-                    written = line
+                    written, beaten = line, time.monotonic()
                 except DatabaseError as exc:
                     logger.warning("Could not record the progress of run %s: %s", run_id, exc)
         finally:
