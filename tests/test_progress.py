@@ -17,8 +17,12 @@ import termios
 import time
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
-from dbsync.models import SyncRun
+from dbsync.engine.progress import RECORDS, quiet
+from dbsync.models import Database, SyncRun
+from dbsync.runs.progress import recording
 from hcore.models import Station
 from tests.faultproxy import FaultProxy
 from tests.instance import ROOT, Instance
@@ -221,3 +225,46 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
     run.refresh_from_db()
     assert (run.status, run.progress) == (SyncRun.SUCCEEDED, "")
     assert Station.objects.filter(original_db=database).count() == 60
+
+
+def test_a_runs_line_and_heartbeat_are_written_by_their_own_connection(settings):
+    """In the caller's open transaction, as during the install: another session sees
+    the line as it changes, and the heartbeat while nothing is counted."""
+    settings.DBSYNC_HEARTBEAT_SECONDS = 0.2
+    database = Database.objects.create(name="beats", hostname="beats.example.org")
+    run = SyncRun.objects.create(
+        database=database, status=SyncRun.RUNNING, progress="installing", heartbeat=None
+    )
+
+    def from_another_session():
+        import psycopg
+
+        db = settings.DATABASES["default"]
+        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT progress, heartbeat FROM dbsync_syncrun WHERE id = %s", [run.pk]
+            ).fetchone()
+
+    with transaction.atomic(), recording(run.pk, quiet, every=0.05) as progress:
+        # as the install does: the remote's row is locked until the COMMIT
+        Database.objects.filter(pk=database.pk).update(last_sync=timezone.now())
+        first = b_wait(lambda: from_another_session()[1])
+        assert from_another_session()[0] == "installing"
+        b_wait(lambda: from_another_session()[1] > first)
+        progress.begin(RECORDS, 3)
+        progress.advance(RECORDS, records=5)
+        b_wait(lambda: from_another_session()[0] == "installing records: 1 of 3 series, 5 records")
+    ended = from_another_session()[1]
+    time.sleep(0.5)
+    assert from_another_session()[1] == ended  # the writer stopped with the block
+
+
+def b_wait(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError("waited 30 s")
