@@ -337,12 +337,13 @@ class SyncRunAdmin(admin.ModelAdmin):
     fieldsets = fieldsets_for(
         SyncRun,
         [
-            (None, ("database", "status", "trigger", "started_by", "full", "dry_run")),
+            # A running run's phase and counts (runs/progress.py) next to its status.
+            (None, ("database", "status", "progress", "trigger", "started_by", "full", "dry_run")),
             (
                 "Timing",
                 ("started_at", "finished_at", "run_duration", "heartbeat", "remote_time"),
             ),
-            ("Result", ("run_totals", "counts_table", "error_list", "message", "progress")),
+            ("Result", ("run_totals", "counts_table", "error_list", "message")),
             (
                 "Refused deletions",
                 (
@@ -410,6 +411,9 @@ class SyncRunAdmin(admin.ModelAdmin):
     @admin.display(description="duration")
     def run_duration(self, obj):
         duration = obj.duration
+        if duration is None and obj.is_active:
+            elapsed = round((timezone.now() - obj.started_at).total_seconds())
+            return f"{timedelta(seconds=elapsed)} so far"
         return None if duration is None else timedelta(seconds=round(duration.total_seconds()))
 
     @admin.display(description="totals")

@@ -257,6 +257,15 @@ DBSYNC_TASK_MAX_RETRIES = env_int("DBSYNC_TASK_MAX_RETRIES", 3)
 DBSYNC_TASK_RETRY_BACKOFF = env_int("DBSYNC_TASK_RETRY_BACKOFF", 30)  # seconds, doubled each time
 DBSYNC_TASK_BACKUP = env_bool("DBSYNC_TASK_BACKUP", True)  # pg_dump before a task's install
 DBSYNC_HEARTBEAT_SECONDS = env_int("DBSYNC_HEARTBEAT_SECONDS", 60)
+# How often a running run's phase and counts are written on its record (dbsync/runs/progress.py).
+DBSYNC_PROGRESS_SECONDS = env_float("DBSYNC_PROGRESS_SECONDS", 1.0)
+# The bearer token Prometheus sends to /-/metrics (project/metrics.py); empty: none accepted.
+DBSYNC_METRICS_TOKEN = env_str("DBSYNC_METRICS_TOKEN", "").strip()
+if 0 < len(DBSYNC_METRICS_TOKEN) < 24:
+    raise ImproperlyConfigured(
+        "DBSYNC_METRICS_TOKEN is too short to be a secret (24 characters or more); make one "
+        "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )
 DBSYNC_LOCK_WAIT_SECONDS = env_int("DBSYNC_LOCK_WAIT_SECONDS", 30)
 DBSYNC_REAP_EVERY_SECONDS = env_int("DBSYNC_REAP_EVERY_SECONDS", 300)
 DBSYNC_STORAGE_KEEP_DAYS = env_int("DBSYNC_STORAGE_KEEP_DAYS", 7)  # dumps of failed runs

@@ -3,10 +3,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from hcore.media import media_file
+from project.metrics import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("api.urls")),
+    # Prometheus' scrape (project/metrics.py): a bearer token or a staff session.
+    path("-/metrics", metrics, name="metrics"),
     # Replicated files (GentityFile), for users allowed to see them (hcore/media.py).
     path(f"{settings.MEDIA_URL.strip('/')}/<path:name>", media_file, name="media"),
 ]

@@ -38,7 +38,7 @@ from hcore.models import GentityFile
 
 from .dumps import listing_entries
 from .errors import PayloadError, RemoteError
-from .progress import quiet
+from .progress import FILES, quiet, steps
 from .remote import check_api_path
 from .result import FILES_LABEL, SyncResult
 
@@ -139,9 +139,15 @@ class FilesSync:
             listing = self.fetch_listing(urls["listing_url"])
             self.url_template = urls["url"]
             todo = self.plan(listing)
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="files") as pool:
-                for job, outcome in zip(todo, pool.map(self.fetch, todo), strict=True):
-                    self.install(job, outcome)
+            progress = steps(self.log)
+            progress.begin(FILES, len(todo))
+            try:
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="files") as pool:
+                    for job, outcome in zip(todo, pool.map(self.fetch, todo), strict=True):
+                        self.install(job, outcome)
+                        progress.advance(FILES, bytes=job[2]["size"] if outcome[1] is None else 0)
+            finally:
+                progress.end(FILES)
         if not self.dry_run:
             self.remove_orphans()
         self.log(describe(self.result), 1)

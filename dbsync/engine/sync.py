@@ -39,7 +39,7 @@ from .files import sync_files
 from .install import Installer
 from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
-from .progress import quiet
+from .progress import FETCH, quiet, steps
 from .records import SummaryPrefetch, sync_legacy_records, sync_records
 from .remote import RemoteClient
 from .workdir import load_for_resume, work_dir_for
@@ -205,6 +205,8 @@ def fetch_all(database, plan, client, fetch_plan, work, log=quiet):
     started is cancelled."""
     started = time.monotonic()
     paths, total = {}, 0
+    progress = steps(log)
+    progress.begin(FETCH, len(fetch_plan.jobs))
     pool = ThreadPoolExecutor(max_workers=max(1, settings.DBSYNC_FETCH_THREADS))
     try:
         futures = {
@@ -214,12 +216,14 @@ def fetch_all(database, plan, client, fetch_plan, work, log=quiet):
             path, size = future.result()
             paths[(model_label, kind)] = path
             total += size
+            progress.advance(FETCH, bytes=size)
             if kind == DUMP:
                 name = plan_model_name(plan, model_label)
                 log(f"Syncing model {name}", 1)
                 log(f"\t- Downloading {name} fixtures : done ({size} bytes)", 2)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        progress.end(FETCH)
     write_fetch_record(
         work,
         {

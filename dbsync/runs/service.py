@@ -23,7 +23,7 @@ from django.utils import timezone
 from dbsync.engine.errors import DeleteGuardError, SyncError
 from dbsync.engine.guard import Approval
 from dbsync.engine.planner import make_plan
-from dbsync.engine.progress import quiet
+from dbsync.engine.progress import FETCH, quiet
 from dbsync.engine.remote import RemoteClient
 from dbsync.engine.result import SyncResult
 from dbsync.engine.sync import (
@@ -36,7 +36,7 @@ from dbsync.engine.sync import (
 )
 from dbsync.models import SyncRun
 
-from . import notify, storage
+from . import notify, progress, storage
 from .locking import (
     LockBusy,
     claim,
@@ -69,13 +69,18 @@ def run_sync(database, options, log=quiet):
             started_by=options.started_by,
         )
         result = SyncResult(remote=str(database), dry_run=options.dry_run)
-        with recorded(run, result), approval_in_hand(run, result) as approval:
+        # The progress writer stops before the run's end is recorded.
+        with (
+            recorded(run, result),
+            approval_in_hand(run, result) as approval,
+            progress.recording(run.pk, log) as run_log,
+        ):
             sync(
                 database,
                 plan,
                 options,
                 result,
-                log,
+                run_log,
                 on_fetch_planned=lambda server_time, full: _record_fetch(run, server_time, full),
                 approval=approval,
             )
@@ -191,7 +196,7 @@ def plan_run(run_id, log=quiet):
         fetch_plan = plan_fetch(database, plan, options, client, log)
     run.fetch_plan = fetch_plan.as_json()
     run.heartbeat = timezone.now()
-    run.progress = f"fetching {len(fetch_plan.jobs)} dumps"
+    run.progress = progress.describe(FETCH, 0, len(fetch_plan.jobs), {})
     run.save(update_fields=["fetch_plan", "heartbeat", "progress"])
     _record_fetch(run, fetch_plan.server_time, fetch_plan.full)
     return fetch_plan
@@ -237,7 +242,13 @@ def _record_stored(run_id, meta):
         key = (meta["model"], meta["kind"])
         stored = [m for m in run.fetch_plan.get("stored", []) if (m["model"], m["kind"]) != key]
         run.fetch_plan["stored"] = [*stored, meta]
-        run.save(update_fields=["fetch_plan"])
+        run.progress = progress.describe(
+            FETCH,
+            len(run.fetch_plan["stored"]),
+            len(run.fetch_plan.get("jobs", [])),
+            {"bytes": sum(m.get("bytes", 0) for m in run.fetch_plan["stored"])},
+        )
+        run.save(update_fields=["fetch_plan", "progress"])
 
 
 def install_for_run(run_id, fetched, log=quiet):
@@ -291,7 +302,7 @@ def _install_run(run, fetched, log):
     options = SyncOptions(**run.options)
     result = SyncResult(remote=str(database), dry_run=options.dry_run)
     run.fetch_plan = dict(run.fetch_plan, fetched=fetched)
-    with recorded(run, result):
+    with recorded(run, result), progress.recording(run.pk, log) as log:
         fetch_plan = FetchPlan.from_json(run.fetch_plan)
         result.full = fetch_plan.full
         _check_complete(fetch_plan, fetched)

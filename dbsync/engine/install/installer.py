@@ -9,6 +9,7 @@ from django.utils import timezone
 from ..keychecks import KeyChecks
 from ..keysets import KeySet
 from ..planner import label, root_of
+from ..progress import OBJECTS, steps
 from . import writers
 from .deletions import delete_missing
 from .keymap import KeyMaps
@@ -99,20 +100,13 @@ class Installer:
                 for pk in sorted(refs.present[spec.label]):
                     if (spec.root_label, pk) not in refs.bad:
                         self.keys.local_pk(spec.root_label, pk)
-        for model in self.plan.models:
-            spec = self.specs[label(model)]
-            paths = self.dumps.paths(spec.label)
-            if paths:
-                self.log(f"Installing fixtures from file {spec.label}.json", 1)
-                self.result.files += 1
-            started = time.monotonic()
-            self.install_model(spec, paths)
-            c = self.result.model(spec.label)
-            self.log(
-                f"\t- {c['created']} created, {c['updated']} updated, {c['unchanged']} "
-                f"unchanged in {time.monotonic() - started:.1f} s",
-                2,
-            )
+        progress = steps(self.log)
+        progress.begin(OBJECTS, len(self.plan.models))
+        try:
+            for model in self.plan.models:
+                self.install_model_logged(self.specs[label(model)], progress)
+        finally:
+            progress.end(OBJECTS)
         if not self.skip:
             refs.resolve_after(self.plan.models, self.install_model)
         self.log("Re-linking foreign keys and many-to-many relations: done", 1)
@@ -144,6 +138,21 @@ class Installer:
         return self.result
 
     # --- one model ---------------------------------------------------------------------
+
+    def install_model_logged(self, spec, progress):
+        paths = self.dumps.paths(spec.label)
+        if paths:
+            self.log(f"Installing fixtures from file {spec.label}.json", 1)
+            self.result.files += 1
+        started = time.monotonic()
+        self.install_model(spec, paths)
+        c = self.result.model(spec.label)
+        self.log(
+            f"\t- {c['created']} created, {c['updated']} updated, {c['unchanged']} "
+            f"unchanged in {time.monotonic() - started:.1f} s",
+            2,
+        )
+        progress.advance(OBJECTS, objects=c["created"] + c["updated"] + c["unchanged"])
 
     def install_model(self, spec, paths):
         """Insert the new objects of a model's dumps, merge the others, relink M2M."""

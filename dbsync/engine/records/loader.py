@@ -30,7 +30,7 @@ from hcore.models import Record, RecordsSyncState
 from protocol.formats import ZERO_CHECKSUM, add_checksums
 
 from ..errors import PayloadError
-from ..progress import quiet
+from ..progress import RECORDS, quiet, steps
 from ..result import RECORDS_LABEL
 from .batches import NULL, FetchedSeries
 from .plan import APPEND, CLEAR, REPLACE, SERIES_LABEL, State
@@ -83,6 +83,7 @@ class Loader:
         self.now = now
         self.skip = skip
         self.log = log
+        self.progress = steps(log)
         self.vendor = connection.vendor
         self.states = []  # (local pk, State) to write
 
@@ -173,6 +174,7 @@ class Loader:
             self.guard.check(job, removed, fetched.count)
         self.states.append((job.local_pk, new_state(fetched)))
         self.log(f"\t- timeseries {job.remote_pk}: {fetched.mode} {fetched.count} records", 3)
+        self.progress.advance(RECORDS, records=fetched.count)
 
     def skipped(self, error):
         """A malformed series left as it was (``skip``): reported, counted once."""

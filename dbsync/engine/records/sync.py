@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone as django_timezone
 
-from ..progress import quiet
+from ..progress import RECORDS, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
 from .guard import RecordsGuard
@@ -155,6 +155,14 @@ class RecordsSync:
     def install(self, jobs):
         """Fetch batches in the pool, load each here as it comes (in the order submitted);
         an append that did not add up is fetched again, whole."""
+        progress = steps(self.log)
+        progress.begin(RECORDS, len(jobs))
+        try:
+            self.install_jobs(jobs)
+        finally:
+            progress.end(RECORDS)
+
+    def install_jobs(self, jobs):
         self.loader.begin()
         self.loader.clear([job for job in jobs if job.mode == CLEAR])
         window = deque()

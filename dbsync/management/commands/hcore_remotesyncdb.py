@@ -6,6 +6,7 @@ from django.db.models import Q
 from dbsync.engine.errors import SyncError
 from dbsync.engine.install import validate_max_delete
 from dbsync.engine.sync import SyncOptions
+from dbsync.management.progress_bars import CommandProgress
 from dbsync.models import Database
 from dbsync.runs.service import run_sync
 
@@ -83,7 +84,8 @@ class Command(BaseCommand):
             "-S",
             "--silent",
             action="store_true",
-            help="Nothing on stdout; problems still go to stderr (for cron).",
+            help="Nothing on stdout (no progress bars either); problems still go to stderr "
+            "(for cron).",
         )
         parser.add_argument(
             "--full",
@@ -120,6 +122,8 @@ class Command(BaseCommand):
         if options["silent"]:
             options["verbosity"] = 0
         self.verbosity = options["verbosity"]
+        # Bars on a terminal, plain lines otherwise (progress_bars.py).
+        self.progress = CommandProgress(self.stdout, self.verbosity)
         if options["fetch_only"] and options["resume"]:
             raise CommandError("--fetch-only and --resume exclude each other.")
         for name in ("max_delete", "max_records_delete"):
@@ -149,7 +153,7 @@ class Command(BaseCommand):
             trigger="command",
         )
         try:
-            result = run_sync(database, sync_options, log=self.log)
+            result = run_sync(database, sync_options, log=self.progress)
         except SyncError as exc:
             message = str(exc)
             if database.name not in message and database.hostname not in message:
@@ -158,8 +162,7 @@ class Command(BaseCommand):
         self.report(result, sync_options)
 
     def log(self, message, level=1):
-        if self.verbosity >= level:
-            self.stdout.write(message)
+        self.progress(message, level)
 
     def find_remote(self, name):
         found = Database.objects.filter(Q(hostname=name) | Q(name=name))
