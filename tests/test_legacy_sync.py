@@ -369,3 +369,24 @@ def test_a_listing_over_the_size_cap_is_refused_and_nothing_changes(legacy_remot
     with pytest.raises(CommandError, match=r"GET /api/\w+/: response larger than the cap"):
         sync(database)
     assert local_dump() == before
+
+
+def test_a_series_cleared_at_a_legacy_remote_is_refused_by_the_records_guard(changing_remote):
+    """The records guard holds for a legacy remote too: a series that loses all its
+    records is refused, naming it, and nothing changes; allowed, the next run clears it."""
+    instance, front = changing_remote
+    database = register(instance, front)
+    sync(database)
+    before = local_records(database)
+    (second,) = instance.sql("SELECT max(timeseries_id) FROM hcore_record")[0]
+    instance.shell(
+        f"from hcore.models import Record; Record.objects.filter(timeseries={second}).delete()"
+    )
+    with pytest.raises(CommandError) as refused:
+        sync(database)
+    assert f"hcore.timeseries(pk={second}; here " in str(refused.value)
+    assert "-> 0 records" in str(refused.value)
+    assert local_records(database) == before
+    sync(database, "--max-records-delete=all")
+    assert local_records(database) == remote_records(instance)
+    assert not any(pk == second for pk, *_ in local_records(database))

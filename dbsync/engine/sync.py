@@ -436,7 +436,7 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
     transaction; a failure leaves the objects installed and says so."""
     try:
         if is_legacy(database):
-            sync_legacy_data(database, plan, client, options, result, log)
+            sync_legacy_data(database, plan, client, options, result, log, approval)
             return
         if "hcore.timeseries" in plan.labels:
             log("Syncing time-series records", 1)
@@ -464,13 +464,19 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
         raise again from exc
 
 
-def sync_legacy_data(database, plan, client, options, result, log=quiet):
+def sync_legacy_data(database, plan, client, options, result, log=quiet, approval=None):
     """A legacy remote's records, a series a request (``records.legacy``); no files:
     the 2010 layout serves none."""
     if "hcore.timeseries" in plan.labels:
         log("Syncing time-series records (from /tsdata/, a series a request)", 1)
         records = sync_legacy_records(
-            database, client, skip=options.skip, dry_run=options.dry_run, log=log
+            database,
+            client,
+            skip=options.skip,
+            dry_run=options.dry_run,
+            log=log,
+            max_delete=options.max_records_delete or settings.DBSYNC_MAX_RECORDS_DELETE,
+            approval=approval,
         )
         records.add_to(result)
     if "hcore.gentityfile" in plan.labels:

@@ -5,9 +5,12 @@ series each time (its historical ``date,value,flags`` lines and the ``# end`` li
 with the count and checksum, ``api.records``). A series whose count and checksum
 equal those of the last sync is left as it is; any other is replaced whole, read by
 today's batch reader (as a batch of one) and installed by today's loader, all in one
-transaction. A series the remote no longer has (404) is left as it is: the next
-objects sync deletes it. The requests go one after another (through the remote's
-request slots): a legacy remote is a fallback, and its API has no batches.
+transaction. Every series is downloaded to the work folder first, so that no
+transaction is open while the remote answers; the records guard (``records.guard``)
+then judges what each series would lose, before the transaction and again as each
+loads. A series the remote no longer has (404) is left as it is: the next objects
+sync deletes it. The requests go one after another (through the remote's request
+slots): a legacy remote is a fallback, and its API has no batches.
 """
 
 import logging
@@ -28,6 +31,7 @@ from ..legacy import listing_path
 from ..progress import quiet
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchReader, Truncated
+from .guard import RecordsGuard
 from .loader import Loader
 from .plan import CLEAR, REPLACE, Batch, Job, ReplicatedSeries
 from .summary import Entry
@@ -50,13 +54,21 @@ def trailer_of(path):
 class LegacyRecordsSync:
     """One records sync of a legacy remote; see the module's docstring."""
 
-    def __init__(self, database, client, *, skip=False, dry_run=False, log=quiet):
+    def __init__(
+        self, database, client, *, skip=False, dry_run=False, log=quiet, max_delete=None,
+        approval=None,
+    ):  # fmt: skip
         self.database = database
         self.client = client
         self.dry_run = dry_run
         self.log = log
         self.result = SyncResult.of_part(RECORDS_LABEL, str(database), dry_run)
-        self.loader = Loader(database, self.result, now=django_timezone.now(), skip=skip, log=log)
+        if max_delete is None:
+            max_delete = settings.DBSYNC_MAX_RECORDS_DELETE
+        self.guard = RecordsGuard(database, max_delete, approval)
+        self.loader = Loader(
+            database, self.result, now=django_timezone.now(), skip=skip, log=log, guard=self.guard
+        )
         self.empty = array("q")
 
     def run(self):
@@ -64,12 +76,22 @@ class LegacyRecordsSync:
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"tsdata-{self.database.pk}-", dir=work) as tmp:
             self.work = Path(tmp)
+            # Every series on disk before the transaction: none waits on the remote.
+            fetched = [
+                todo
+                for remote_pk, local_pk, state in list(ReplicatedSeries(self.database))
+                if (todo := self.fetch_series(remote_pk, local_pk, state)) is not None
+            ]
+            self.guard.check_plan([job for job, _source in fetched])
             with transaction.atomic():
                 self.loader.begin()
-                # Read before the first write: no cursor stays open across the loads.
-                series = list(ReplicatedSeries(self.database))
-                for remote_pk, local_pk, state in series:
-                    self.sync_series(remote_pk, local_pk, state)
+                for job, source in fetched:
+                    if job.mode == CLEAR:
+                        self.loader.clear([job])
+                    else:
+                        self.replace(job, source)
+                    source.unlink(missing_ok=True)
+                self.guard.raise_if_refused()
                 self.loader.finish()
                 self.loader.install_empty(self.empty)
                 if self.dry_run:
@@ -77,7 +99,8 @@ class LegacyRecordsSync:
         self.log(describe(self.result, len(self.empty)), 1)
         return self.result
 
-    def sync_series(self, remote_pk, local_pk, state):
+    def fetch_series(self, remote_pk, local_pk, state):
+        """Download a series; return its job and body, or None when nothing is to load."""
         source = self.work / f"tsdata-{remote_pk}.csv"
         try:
             self.client.download(
@@ -89,19 +112,22 @@ class LegacyRecordsSync:
             if getattr(exc, "status", None) != 404:
                 raise
             logger.info("%s: timeseries %s is gone; its records left", self.database, remote_pk)
-            return
+            return None
         trailer = trailer_of(source)
         count, checksum = int(trailer["count"]), trailer["checksum"]
         remote = Entry(count, None, None, checksum, int(trailer["utc_offset"]))
+        todo = None
         if state is not None and (state.count, state.checksum) == (count, checksum):
             self.result.add(RECORDS_LABEL, "unchanged", count)
         elif count == 0 and (state is None or state.count == 0):
             self.empty.append(local_pk)
         elif count == 0:
-            self.loader.clear([Job(remote_pk, local_pk, CLEAR, remote, state)])
+            todo = (Job(remote_pk, local_pk, CLEAR, remote, state), source)
         else:
-            self.replace(Job(remote_pk, local_pk, REPLACE, remote, state), source)
-        source.unlink(missing_ok=True)
+            todo = (Job(remote_pk, local_pk, REPLACE, remote, state), source)
+        if todo is None:
+            source.unlink(missing_ok=True)
+        return todo
 
     def replace(self, job, source):
         """The series whole: its body read as a batch of one (headed as a batch is)."""
@@ -128,8 +154,19 @@ class LegacyRecordsSync:
         self.loader.install_batch(fetched)
 
 
-def sync_legacy_records(database, client, *, skip=False, dry_run=False, log=quiet):
+def sync_legacy_records(
+    database, client, *, skip=False, dry_run=False, log=quiet, max_delete=None, approval=None
+):
     """Sync the records of the time series replicated from the legacy remote
     ``database``, after its objects' install has committed; returns a SyncResult as
-    ``records.sync_records`` does."""
-    return LegacyRecordsSync(database, client, skip=skip, dry_run=dry_run, log=log).run()
+    ``records.sync_records`` does. ``max_delete`` and ``approval``: the records
+    guard's, as for ``sync_records``."""
+    return LegacyRecordsSync(
+        database,
+        client,
+        skip=skip,
+        dry_run=dry_run,
+        log=log,
+        max_delete=max_delete,
+        approval=approval,
+    ).run()
