@@ -154,10 +154,13 @@ def age_remote(instance):
         conn.execute("UPDATE hcore_recordssummary SET changed = changed - interval '1 day'")
 
 
-FETCH_PHASE = re.compile(r"^Fetch phase: \d+ dumps, \d+ bytes in ([\d.]+) s$", re.M)
+FETCH_PHASE = re.compile(r"^Fetch phase: \d+ dumps, (\d+) bytes in ([\d.]+) s$", re.M)
 INSTALL_PHASE = re.compile(
     r"^Install phase: ([\d.]+) s in the objects' transaction, ([\d.]+) s analyzing$", re.M
 )
+
+
+FETCHED = {}  # sync name -> (bytes, seconds) of its fetch phase
 
 
 def phases(name, rows, out):
@@ -166,7 +169,8 @@ def phases(name, rows, out):
     fetch, install = FETCH_PHASE.search(out), INSTALL_PHASE.search(out)
     found = []
     if fetch:
-        found.append((f"  {name}: fetch phase", rows, float(fetch[1]), None))
+        FETCHED[name] = (int(fetch[1]), float(fetch[2]))
+        found.append((f"  {name}: fetch phase", rows, float(fetch[2]), None))
     if install:
         found.append((f"  {name}: install phase (transaction)", rows, float(install[1]), None))
         found.append((f"  {name}: ANALYZE after the COMMIT", rows, float(install[2]), None))
@@ -211,6 +215,7 @@ def main():
     local_env = instance_env(local_db, var / "local", DBSYNC_WORK_DIR=var / "work")
     results = Results()
     try:
+        print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
         print(f"Generating {options.stations} stations at the remote…", flush=True)
         t0 = time.perf_counter()
         remote.generate(
@@ -301,6 +306,8 @@ def main():
             template.drop()
 
     print()
+    # Figures taken on a busy machine must say so (docs/benchmarks.md).
+    print("load average (1, 5, 15 min) at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(f"{'step':42} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'peak MB':>8}")
     for row in results:
         report(*row)
@@ -315,9 +322,18 @@ def main():
     install = next(
         (r for r in results if r[0] == "  first sync: install phase (transaction)"), None
     )
+    if "first sync" in FETCHED:
+        size, seconds = FETCHED["first sync"]
+        print(
+            f"first sync's fetch phase: {results[0][1] / seconds:.0f} rows/s, "
+            f"{size / seconds / 1e6:.1f} MB/s ({size / 1e6:.1f} MB in {seconds:.1f} s)"
+        )
     if install:
         rate = install[1] / install[2]
-        print(f"first sync's install phase / raw COPY rate: {rate / (copy[1] / copy[2]):.2f}")
+        print(
+            f"first sync's install phase: {rate:.0f} rows/s; raw COPY {copy[1] / copy[2]:.0f} "
+            f"rows/s; install phase / raw COPY rate: {rate / (copy[1] / copy[2]):.2f}"
+        )
 
 
 if __name__ == "__main__":

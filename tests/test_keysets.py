@@ -39,6 +39,17 @@ def test_keyset_is_a_set(seed):
             assert set(union) == expected | other_set and len(union) == len(expected | other_set)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_add_new_says_whether_a_key_was_new(seed):
+    rng = random.Random(seed)
+    for keys in key_streams(rng):
+        compact, expected = KeySet(), set()
+        for key in keys + keys[: len(keys) // 3]:  # each stream, then some keys again
+            assert compact.add_new(key) == (key not in expected), key
+            expected.add(key)
+        assert set(compact) == expected and len(compact) == len(expected)
+
+
 def test_keyset_stays_small_for_ascending_keys():
     keys = KeySet(range(1, 1_000_001))
     assert len(keys.starts) == 1 and not keys.extra

@@ -108,6 +108,27 @@ class KeySet:
         elif not _runnable(key):
             self.extra.add(key)
 
+    def add_new(self, key):
+        """Add ``key``; return whether it was new (one call where the install asks
+        both, key after key: an ascending key is new without a lookup)."""
+        ends = self.ends
+        if ends and _runnable(key):
+            last = ends[-1]
+            # A runnable key in ``extra`` is below the last run: these are new.
+            if key == last:
+                ends[-1] = key + 1
+                self.count += 1
+                return True
+            if key > last:
+                self.starts.append(key)
+                ends.append(key + 1)
+                self.count += 1
+                return True
+        if key in self:
+            return False
+        self.add(key)
+        return True
+
     def _add_inside(self, key):
         """Put a key that is below the last run into the runs; False if that would
         shift too much (then it goes to the side set)."""

@@ -196,9 +196,8 @@ class Installer:
         for path in reversed(paths):
             for obj in self.dumps.objects(path):
                 pk = obj["pk"]
-                if pk in done:
+                if not done.add_new(pk):
                     continue
-                done.add(pk)
                 if not self.skip:
                     check_object(spec, obj, self.database)
                     refs.saw(spec, pk)
@@ -252,7 +251,8 @@ class Installer:
             self.references.object_problem(spec, pk, str(exc))
             return None
         self.written[spec.label].add(local)
-        owners.add(local)
+        if spec.planned_m2m:  # the owners of links, for replace_links only
+            owners.add(local)
         for f in spec.planned_m2m:
             self.collect_links(spec, pk, f, local, fields.get(f.name, []), links)
         row = [local, *values]

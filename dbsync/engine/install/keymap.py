@@ -92,7 +92,9 @@ class KeyMaps:
 
     def local_pk(self, root_label, remote_pk):
         """The local pk of a remote object; a new one is allocated on first sight."""
-        local = self.known_local_pk(root_label, remote_pk)
+        local = self.loaded[root_label].get(remote_pk)  # known_local_pk, inlined (hot)
+        if local is None:
+            local = self.allocated[root_label].get(remote_pk)
         if local is None:
             pool = self.pools[root_label]
             if not pool:

@@ -7,7 +7,7 @@ from django.db import models
 from protocol.legacy import DROPPED_2010_FIELDS
 from protocol.schema import BOOKKEEPING_FIELDS, served_fields, served_m2m_fields
 
-from ..convert import converter_for
+from ..convert import value_converter
 from ..errors import PayloadError, SchemaMismatch
 from ..planner import label, root_of
 
@@ -40,7 +40,8 @@ class ModelSpec:
         for f in self.fields:
             target = f.related_model if f.is_relation else None
             in_plan = target in planned
-            convert = converter_for(f.target_field if target else f)
+            # convert_row checks None itself: the converter sees values only.
+            convert = value_converter(f.target_field if target else f)
             if isinstance(f, models.FileField):
                 convert = without_file_name(convert)
             self.columns.append(
