@@ -184,6 +184,11 @@ DBSYNC_MAX_RESPONSE_BYTES = env_int("DBSYNC_MAX_RESPONSE_BYTES", 2 * 1024**3)
 # document read whole (the manifest); the many-to-many keys of one object.
 DBSYNC_MAX_OBJECT_BYTES = env_int("DBSYNC_MAX_OBJECT_BYTES", 64 * 1024**2)
 DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
+# What one JSON document read whole from a remote (the manifest, an object of a dump, an
+# entry of a listing) may hold: values (a container and each scalar count one) and
+# nesting levels; checked as it is parsed, before the memory grows (dbsync.engine.jsoncaps).
+DBSYNC_MAX_JSON_ITEMS = env_int("DBSYNC_MAX_JSON_ITEMS", 100_000)
+DBSYNC_MAX_JSON_DEPTH = env_int("DBSYNC_MAX_JSON_DEPTH", 32)
 # Check the foreign keys of a sync's new rows with one query per key instead of a
 # trigger per row (needs the right to set session_replication_role; see dbsync.engine.keychecks).
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)

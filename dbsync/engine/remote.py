@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from dbsync import __version__
 
+from . import jsoncaps
 from .errors import PayloadError, RemoteError, TransientRemoteError
 from .request_slots import request_slot
 
@@ -200,12 +201,7 @@ class RemoteClient:
         def attempt():
             response = self._get(url)
             body = self._read_capped(response)
-            try:
-                return json.loads(body)
-            except RecursionError:
-                raise PayloadError(f"{self}: {path}: malformed JSON: nested too deeply") from None
-            except ValueError as exc:
-                raise PayloadError(f"{self}: {path}: malformed JSON: {exc}") from exc
+            return jsoncaps.loads(body, f"{self}: {path}")
 
         return self._attempts(f"GET {path}", attempt)
 
