@@ -19,8 +19,9 @@ json_values = st.recursive(
     | st.integers(-(2**63) + 1, 2**63 - 1)  # yajl refuses -2**63 (the C long limit)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
