@@ -24,8 +24,9 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from .backup import take_backup
+from .diskbudget import DiskBudget
 from .dumps import dump_name, read_key_set
-from .errors import DanglingReferences, SyncError
+from .errors import DanglingReferences, DiskBudgetError, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -140,13 +141,17 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
             database, plan, options, result, Fetched(files, keys, server_time), None, log
         )
         return
-    client = RemoteClient(database, port=options.port)
+    client = RemoteClient(database, port=options.port, budget=DiskBudget())
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
             _fetch_and_install(
                 database, plan, options, result, log, client, work, on_fetch_planned
             )
             return
+        except DiskBudgetError:
+            # What was fetched is incomplete and of no use to --resume: it goes.
+            clean(work, plan)
+            raise
         except DanglingReferences as exc:
             # The remote may have deleted an object between the fetch of its referrers
             # and its own (nothing was installed: the transaction rolled back). A fresh

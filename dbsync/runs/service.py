@@ -20,6 +20,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from dbsync.engine import workdir
+from dbsync.engine.diskbudget import DiskBudget
 from dbsync.engine.errors import SyncError
 from dbsync.engine.planner import make_plan
 from dbsync.engine.progress import quiet
@@ -33,7 +35,8 @@ from dbsync.engine.sync import (
     plan_fetch,
     sync,
 )
-from dbsync.models import SyncRun
+from dbsync.engine.workdir import default_work_dir
+from dbsync.models import Database, SyncRun
 
 from . import notify, storage
 from .locking import (
@@ -68,15 +71,22 @@ def run_sync(database, options, log=quiet):
             started_by=options.started_by,
         )
         result = SyncResult(remote=str(database), dry_run=options.dry_run)
-        with recorded(run, result):
-            sync(
-                database,
-                plan,
-                options,
-                result,
-                log,
-                on_fetch_planned=lambda server_time, full: _record_fetch(run, server_time, full),
-            )
+        try:
+            with recorded(run, result):
+                sync(
+                    database,
+                    plan,
+                    options,
+                    result,
+                    log,
+                    on_fetch_planned=lambda server_time, full: _record_fetch(
+                        run, server_time, full
+                    ),
+                )
+        finally:
+            # A command has no reaper to do it (cron), and its failed run may have
+            # left dumps (for --resume): the retention is applied after every run.
+            prune_work_dirs()
         return result
 
 
@@ -205,7 +215,10 @@ def fetch_for_run(run_id, model_label, kind):
     fetch_plan = FetchPlan.from_json(run.fetch_plan)
     options = SyncOptions(**run.options)
     client = RemoteClient(
-        run.database, port=options.port, retries=settings.DBSYNC_TASK_HTTP_RETRIES
+        run.database,
+        port=options.port,
+        retries=settings.DBSYNC_TASK_HTTP_RETRIES,
+        budget=DiskBudget(spent=stored_bytes(run.fetch_plan.get("stored", []))),
     )
     started = timezone.now()
     with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
@@ -220,6 +233,13 @@ def fetch_for_run(run_id, model_label, kind):
     }
     _record_stored(run_id, meta)
     return meta
+
+
+def stored_bytes(metas):
+    """The bytes of a run's dumps stored so far: its disk budget's spending. (The
+    fetch tasks of a run run at once: each sees what the others had stored when it
+    began, so together they may go past the budget by what they fetch at once.)"""
+    return sum(meta.get("bytes", 0) for meta in metas)
 
 
 def _record_stored(run_id, meta):
@@ -295,7 +315,9 @@ def _install_run(run, fetched, log):
         with _temp_dir(f"run{run.pk}-install-") as work:
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
-            client = RemoteClient(database, port=options.port)
+            client = RemoteClient(
+                database, port=options.port, budget=DiskBudget(spent=stored_bytes(fetched))
+            )
             install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
     return result
 
@@ -322,5 +344,27 @@ def reap_stale_runs():
     """Mark failed the runs whose worker died (periodic task), and prune old dumps."""
     reaped = reap_all()
     active = set(SyncRun.objects.filter(status__in=SyncRun.ACTIVE).values_list("pk", flat=True))
-    pruned = storage.prune(timedelta(days=settings.DBSYNC_STORAGE_KEEP_DAYS), keep=active)
-    return {"reaped": reaped, "pruned": pruned}
+    pruned = storage.prune(
+        timedelta(days=settings.DBSYNC_STORAGE_KEEP_DAYS),
+        keep=active,
+        max_bytes=settings.DBSYNC_STORAGE_KEEP_BYTES,
+    )
+    return {"reaped": reaped, "pruned": pruned, "work_dirs": len(prune_work_dirs())}
+
+
+def prune_work_dirs():
+    """Keep the command's work folders (a failed run's dumps, for --resume) within
+    DBSYNC_STORAGE_KEEP_DAYS and DBSYNC_STORAGE_KEEP_BYTES; those of remotes with a run
+    in progress are left alone."""
+    busy = set(
+        SyncRun.objects.filter(status__in=SyncRun.ACTIVE).values_list("database_id", flat=True)
+    )
+    folders = [default_work_dir(db) for db in Database.objects.exclude(pk__in=busy)]
+    emptied = workdir.prune_work_dirs(
+        folders,
+        older_than=settings.DBSYNC_STORAGE_KEEP_DAYS * 86400,
+        max_bytes=settings.DBSYNC_STORAGE_KEEP_BYTES,
+    )
+    for path in emptied:
+        logger.info("Removed the dumps kept in %s (retention)", path)
+    return emptied
