@@ -11,13 +11,14 @@ records the run's end whatever it is, and hands the dumps from task to task thro
 import logging
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from dbsync.engine import workdir
@@ -52,6 +53,7 @@ from .locking import (
 logger = logging.getLogger(__name__)
 
 MAX_RECORDED_ERRORS = 1000
+RECORD_ATTEMPTS = 10  # seconds apart: a restart of the local database takes a few
 
 
 def run_sync(database, options, log=quiet):
@@ -86,7 +88,10 @@ def run_sync(database, options, log=quiet):
         finally:
             # A command has no reaper to do it (cron), and its failed run may have
             # left dumps (for --resume): the retention is applied after every run.
-            prune_work_dirs()
+            try:
+                prune_work_dirs()
+            except (DatabaseError, OSError) as exc:
+                logger.warning("Could not apply the retention to the work folders: %s", exc)
         return result
 
 
@@ -110,7 +115,7 @@ def failures_recorded(run, result):
     try:
         yield
     except SyncError as exc:
-        finish(run, SyncRun.FAILED, result, str(exc))
+        finish_failed(run, result, str(exc))
         logger.error("Sync of %s failed: %s", run.database, exc)
         raise
     except SoftTimeLimitExceeded:
@@ -124,9 +129,33 @@ def failures_recorded(run, result):
         logger.error("Sync of %s stopped at its time limit", run.database)
         raise
     except BaseException as exc:
-        finish(run, SyncRun.FAILED, result, f"Unexpected error: {exc!r}")
+        finish_failed(run, result, f"Unexpected error: {exc!r}")
         logger.exception("Sync of %s failed unexpectedly", run.database)
         raise
+
+
+def finish_failed(run, result, message):
+    """Record a run's failure. A failure may come from the local database itself (it
+    restarted, and may still be starting): the record is tried again for up to
+    RECORD_ATTEMPTS seconds, on a new connection; then the run is left as it is, for the
+    next run of the remote (or the reaper) to mark interrupted, and the original error
+    goes on, not this one."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            finish(run, SyncRun.FAILED, result, message)
+            return
+        except (OperationalError, InterfaceError) as exc:  # the connection, not the data
+            if connection.in_atomic_block or attempt == RECORD_ATTEMPTS:
+                logger.error(
+                    "Could not record the failure of run %s of %s: %s; the next run of the "
+                    "remote (or the reaper) will mark it interrupted",
+                    run.pk,
+                    run.database,
+                    exc,
+                )
+                return
+            connection.close()  # not reused: the next attempt connects again
+            time.sleep(1)
 
 
 def finish(run, status, result, message):

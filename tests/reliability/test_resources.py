@@ -373,7 +373,12 @@ def wait_for_install_blocked(cluster, timeout=120):
         if waiting:
             return
         time.sleep(0.05)
-    raise AssertionError("the sync never reached the locked table inside its install")
+    activity = cluster.execute(
+        "SELECT state, wait_event_type, backend_xid, left(query, 200) FROM pg_stat_activity "
+        "WHERE datname = %s",
+        [LOCAL_DB],
+    )
+    raise AssertionError(f"the sync never reached the locked table in its install: {activity}")
 
 
 @pytest.mark.slow
@@ -382,9 +387,10 @@ def test_a_postgresql_restart_during_the_install_fails_cleanly_and_the_next_run_
 ):
     """The local instance's PostgreSQL is a private cluster (initdb, pg_ctl). After a
     first sync the remote changes; during the next run's install (its transaction has
-    written, and waits for a lock this test holds on the time series table) the server
+    written, and waits to write the time series table, which this test locks) the server
     is restarted. The run exits non-zero with a message saying nothing was installed,
-    the local tables are exactly as before, and the next run installs the changes."""
+    the local tables are exactly as before, the run is recorded as failed once the server
+    is back, and the next run installs the changes."""
     cluster, env = private_local
     manage(env, "hcore_remotesyncdb", "-r", remote.hostname, "-N")
     remote.shell(
@@ -394,17 +400,13 @@ def test_a_postgresql_restart_during_the_install_fails_cleanly_and_the_next_run_
     )
     before = private_snapshot(cluster)
 
-    with psycopg.connect(cluster.url(LOCAL_DB)) as blocker:
-        blocker.execute("LOCK TABLE hcore_timeseries IN ACCESS EXCLUSIVE MODE")
+    blocker = psycopg.connect(cluster.url(LOCAL_DB))
+    try:
+        # EXCLUSIVE: the sync may read the table, not write it
+        blocker.execute("LOCK TABLE hcore_timeseries IN EXCLUSIVE MODE")
         syncing = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "manage.py"),
-                "hcore_remotesyncdb",
-                "-r",
-                remote.hostname,
-                "-N",
-            ],
+            [sys.executable, str(ROOT / "manage.py"), "hcore_remotesyncdb"]
+            + ["-r", remote.hostname, "-N"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -419,12 +421,19 @@ def test_a_postgresql_restart_during_the_install_fails_cleanly_and_the_next_run_
             if syncing.poll() is None:
                 syncing.kill()
                 syncing.wait()
+    finally:
+        blocker.close()  # the restart has ended its session (and released the lock)
     assert syncing.returncode != 0, out
     assert "Traceback" not in err, err
     assert "Nothing of this run was installed" in err, err
     assert private_snapshot(cluster) == before
+    # The failure is recorded once the server is back (the run is not left RUNNING).
+    last_status = "SELECT status, message FROM dbsync_syncrun ORDER BY id DESC LIMIT 1"
+    ((status, recorded),) = cluster.execute(last_status, db=LOCAL_DB)
+    assert status == SyncRun.FAILED and "Nothing of this run was installed" in recorded
 
     manage(env, "hcore_remotesyncdb", "-r", remote.hostname, "-N")
+    assert cluster.execute(last_status, db=LOCAL_DB)[0][0] == SyncRun.SUCCEEDED
     station_names = (
         "SELECT name FROM hcore_gentity WHERE id IN (SELECT gpoint_ptr_id FROM hcore_station)"
     )
