@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from dbsync.engine.workdir import default_work_dir
 from dbsync.models import Database, SyncRun
+from hcore import models as m
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.instance import PG_BASE, ROOT, Instance, instance_env, manage
 from tests.pgcluster import PrivateCluster
@@ -250,15 +251,15 @@ def test_a_run_over_its_disk_budget_stops_installs_nothing_and_removes_its_dumps
 
 # --- a remote whose clock is an hour off ---------------------------------------------------------
 
-CHANGES = [
-    # each round: a rename, a new station (a copy of the last), a deletion
+# A rename, a new station (a copy of the last), a deletion.
+CHANGE = (
     "from hcore.models import Station\n"
-    "first = Station.objects.order_by('pk').first(); first.name = 'Renamed {n}'; first.save()\n"
+    "first = Station.objects.order_by('pk').first(); first.name = 'Renamed'; first.save()\n"
     "new = Station.objects.order_by('pk').last(); new.pk = new.id = new.gentity_ptr_id = None\n"
     "new._state.adding = True\n"
-    "new.name = 'New {n}'; new.save()\n"
-    "Station.objects.order_by('pk')[1].delete()\n",
-]
+    "new.name = 'New'; new.save()\n"
+    "Station.objects.order_by('pk')[1].delete()\n"
+)
 
 
 @pytest.mark.parametrize("offset", [3600, -3600], ids=["ahead", "behind"])
@@ -268,9 +269,9 @@ def test_incremental_runs_of_a_remote_an_hour_off_get_every_change(
     """The remote's clock is an hour ahead, or behind (a fake: its Django's
     ``timezone.now`` is shifted, tests/fixtures/clock_offset; its PostgreSQL keeps the
     true time, so only the objects are compared, not the records, whose changes the
-    database stamps). A full run, then two rounds of changes at the remote (a rename, a
-    new station, a deletion), each followed by an incremental run: the local copy
-    equals the remote after each, because the cursor is the remote's own clock."""
+    database stamps). A full run, changes at the remote (a rename, a new station, a
+    deletion), an incremental run: the local copy equals the remote, because the cursor
+    is the remote's own clock (with the local clock, an hour behind would lose them)."""
     path = os.pathsep.join(filter(None, [str(CLOCK_DIR), os.environ.get("PYTHONPATH")]))
     instance = Instance(
         instance_template,
@@ -286,15 +287,12 @@ def test_incremental_runs_of_a_remote_an_hour_off_get_every_change(
         assert abs(skew - offset) < 120, f"the remote's clock is {skew:.0f} s off"
         database = register(instance, instance.port)
         sync(database)
+        instance.shell(CHANGE)
+        sync(database)
+        run = last_run(database)
+        assert run.status == SyncRun.SUCCEEDED and not run.full
+        assert abs((run.remote_time - run.started_at).total_seconds() - offset) < 120
         assert_same_graph(remote_graph(instance), local_graph(database))
-        for n in (1, 2):
-            time.sleep(1)  # the change comes after the run, on any clock
-            instance.shell(CHANGES[0].format(n=n))
-            sync(database)
-            run = last_run(database)
-            assert run.status == SyncRun.SUCCEEDED and not run.full
-            assert abs((run.remote_time - run.started_at).total_seconds() - offset) < 120
-            assert_same_graph(remote_graph(instance), local_graph(database))
     finally:
         instance.drop()
 
@@ -441,3 +439,45 @@ def test_a_postgresql_restart_during_the_install_fails_cleanly_and_the_next_run_
     series_names = "SELECT name FROM hcore_timeseries"
     assert names(cluster.execute(series_names, db=LOCAL_DB)) == names(remote.sql(series_names))
     assert all(name.endswith("(restart)") for name in names(remote.sql(series_names)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the records summary's changed_after comes from the cursor (the remote's "
+    "Django clock) while the remote's PostgreSQL stamps the summary's changes on its own "
+    "clock; with Django an hour ahead of its database, appended records are not listed",
+)
+def test_records_appended_at_a_remote_whose_django_runs_an_hour_ahead_of_its_database(
+    instance_template, folders
+):
+    """The remote's Django clock is an hour ahead and its PostgreSQL's is true (the two
+    on different hosts, clocks apart): records appended after a sync reach the next
+    incremental run."""
+    instance = Instance(
+        instance_template,
+        hostname="skewed.example.org",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(CLOCK_DIR), os.environ.get("PYTHONPATH")])),
+        DBSYNC_TEST_CLOCK_OFFSET=3600,
+    )
+    try:
+        instance.generate(stations=2, seed=52, records_per_series=5)
+        instance.start()
+        database = register(instance, instance.port)
+        sync(database)
+        ((series,),) = instance.sql("SELECT min(id) FROM hcore_timeseries")
+        instance.shell(
+            "import datetime as dt\n"
+            "from hcore.models import Record, Timeseries\n"
+            f"t = Timeseries.objects.get(pk={series})\n"
+            "Record.objects.bulk_create(Record(timeseries=t, value=k, timestamp=dt.datetime("
+            "2030, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=k)) for k in range(10))\n"
+        )
+        sync(database)
+        assert last_run(database).status == SyncRun.SUCCEEDED
+        ((remote_count,),) = instance.sql(
+            "SELECT count(*) FROM hcore_record WHERE timeseries_id = %s", [series]
+        )
+        local = m.Timeseries.objects.get(original_db=database, original_id=series)
+        assert local.record_set.count() == remote_count
+    finally:
+        instance.drop()
