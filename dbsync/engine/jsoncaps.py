@@ -1,8 +1,8 @@
 """JSON from a remote, parsed under caps on what it may make a sync hold.
 
 A cap on bytes does not bound memory: a few megabytes of tiny values (``{},{},...``)
-parse into hundreds of megabytes of Python objects, and a gzipped answer is a
-hundredth of that on the wire. So every JSON document read whole from a remote (the
+parse into hundreds of megabytes of Python objects, and gzipped they take far less
+on the wire. So every JSON document read whole from a remote (the
 manifest, one object of a dump, one entry of the records summary or of the file
 listing, a ``dumpdata`` file's objects) is parsed here as a stream of events (ijson)
 and refused, with a PayloadError naming the document, as soon as it has more than
