@@ -12,6 +12,8 @@ than DBSYNC_MAX_JSON_DEPTH: before the memory grows.
 A text that cannot break a cap (no longer than DBSYNC_MAX_JSON_ITEMS bytes, since a
 value takes at least one; with no more ``[`` and ``{`` than DBSYNC_MAX_JSON_DEPTH) is
 parsed by orjson at once, several times faster: the lines of a dump are such texts.
+A keys listing (millions of keys, legitimately) is not parsed here: ``dumps.key_pieces``
+reads it a bounded piece at a time, and takes nothing but flat integers.
 """
 
 import io
