@@ -36,6 +36,25 @@ def env_float(name, default):
     return float(value) if value not in (None, "") else default
 
 
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def env_bytes(name, default):
+    """A size in bytes: a number, optionally with a binary unit (``500M``, ``20G``,
+    ``1.5T``; ``KiB``/``MB`` spellings too)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    number = value.upper().removesuffix("IB").removesuffix("B").strip()
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    try:
+        return int(float(number.removesuffix(unit).strip()) * SIZE_UNITS[unit])
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a size: give bytes, or a number with K, M, G or T."
+        ) from None
+
+
 def env_list(name, default=""):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -189,10 +208,18 @@ DBSYNC_MAX_RESPONSE_BYTES = env_int("DBSYNC_MAX_RESPONSE_BYTES", 2 * 1024**3)
 # document read whole (the manifest); the many-to-many keys of one object.
 DBSYNC_MAX_OBJECT_BYTES = env_int("DBSYNC_MAX_OBJECT_BYTES", 64 * 1024**2)
 DBSYNC_MAX_LINKS_PER_OBJECT = env_int("DBSYNC_MAX_LINKS_PER_OBJECT", 10_000)
+# What one JSON document read whole from a remote (the manifest, an object of a dump, an
+# entry of a listing) may hold: values (a container and each scalar count one) and
+# nesting levels; checked as it is parsed, before the memory grows (dbsync.engine.jsoncaps).
+DBSYNC_MAX_JSON_ITEMS = env_int("DBSYNC_MAX_JSON_ITEMS", 100_000)
+DBSYNC_MAX_JSON_DEPTH = env_int("DBSYNC_MAX_JSON_DEPTH", 32)
 # Check the foreign keys of a sync's new rows with one query per key instead of a
 # trigger per row (needs the right to set session_replication_role; see dbsync.engine.keychecks).
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
+# The most a run may download into its folders (dumps, listings, records, files),
+# counted as written; over it the run stops (dbsync.engine.diskbudget). 0: no budget.
+DBSYNC_RUN_DISK_BUDGET = env_bytes("DBSYNC_RUN_DISK_BUDGET", 50 * 1024**3)
 # --- dbsync: remote credentials and politeness (dbsync.secrets, dbsync.engine.remote) ---
 # Fernet keys (comma-separated, newest first) that encrypt remotes' passwords and tokens
 # at rest; keys derived from DJANGO_SECRET_KEY and DJANGO_SECRET_KEY_FALLBACKS follow
@@ -268,7 +295,10 @@ if 0 < len(DBSYNC_METRICS_TOKEN) < 24:
     )
 DBSYNC_LOCK_WAIT_SECONDS = env_int("DBSYNC_LOCK_WAIT_SECONDS", 30)
 DBSYNC_REAP_EVERY_SECONDS = env_int("DBSYNC_REAP_EVERY_SECONDS", 300)
-DBSYNC_STORAGE_KEEP_DAYS = env_int("DBSYNC_STORAGE_KEEP_DAYS", 7)  # dumps of failed runs
+# The dumps of failed runs (in the storage, and in the command's work folders, for
+# --resume) are kept this long, and at most this much of them, the oldest removed first.
+DBSYNC_STORAGE_KEEP_DAYS = env_int("DBSYNC_STORAGE_KEEP_DAYS", 7)
+DBSYNC_STORAGE_KEEP_BYTES = env_bytes("DBSYNC_STORAGE_KEEP_BYTES", 20 * 1024**3)
 
 # --- Celery (project/celery.py reads the CELERY_ prefix) ---
 from kombu import Queue  # noqa: E402

@@ -43,7 +43,7 @@ def test_line_layout_and_dumpdata_layout_read_the_same(tmp_path):
         ("[\n" + json.dumps(dict(OBJ, pk=-3)) + "\n]\n", "invalid pk"),
         ("[\n" + json.dumps(dict(OBJ, pk="../x")) + "\n]\n", "invalid pk"),
         ("[\n" + json.dumps([1, 2]) + "\n]\n", "not a serialized object"),
-        ("[\n" + "[" * 100000 + "]" * 100000 + "\n]\n", "malformed"),
+        ("[\n" + "[" * 100000 + "]" * 100000 + "\n]\n", "nested deeper than 32"),
         (
             b'[\n{"model": "hcore.eventtype", "pk": 1, "fields": {"descr": "\xff"}}\n]\n',
             "malformed",

@@ -2,12 +2,13 @@
 
 The API writes one object per line between a ``[`` line and a ``]`` line, so a
 dump of any size is read with flat memory: a line (one object) longer than
-DBSYNC_MAX_OBJECT_BYTES is refused before it is read whole. A dump written by
+DBSYNC_MAX_OBJECT_BYTES is refused before it is read whole, and each line is parsed
+under the caps on JSON values and nesting (``jsoncaps``). A dump written by
 ``manage.py dumpdata`` (an air-gapped transfer) is any valid JSON list; it is read
-whole, but only when the caller allows it (never a dump fetched from a remote).
+as a stream of objects, each under the same caps, but only when the caller allows it
+(never a dump fetched from a remote).
 """
 
-import json
 import os
 import re
 
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
 
 from protocol.formats import MAX_KEY
 
+from . import jsoncaps
 from .errors import PayloadError
 from .keysets import KeySet
 
@@ -41,6 +43,7 @@ def iter_objects(path, skip=frozenset(), whole=True):
     in the line layout is read whole if ``whole``, else refused.
     """
     name = os.path.basename(path)
+    caps = jsoncaps.Caps()
     with open(path, "rb") as fh:
         numbered = capped_lines(fh, name)
         _lineno, first = next(numbered, (0, b""))
@@ -62,13 +65,13 @@ def iter_objects(path, skip=frozenset(), whole=True):
             if text.endswith(b","):
                 text = text[:-1]
             try:
-                obj = loads(text)
-            except (ValueError, RecursionError) as exc:
+                obj = jsoncaps.loads(text, f"{name} line {lineno}", caps)
+            except jsoncaps.MalformedJSON:
                 if lineno == 2 and whole:
-                    # Not our line layout (e.g. dumpdata --indent): read it whole.
+                    # Not our line layout (e.g. dumpdata --indent): read it as a stream.
                     yield from _iter_whole(path, skip)
                     return
-                raise PayloadError(f"{name} line {lineno}: malformed JSON: {exc}") from exc
+                raise
             if not _skipped(obj, skip):
                 yield _check_object(obj, name, f"line {lineno}")
         if not closed:
@@ -93,13 +96,15 @@ def listing_entries(path, what, check):
     """The entries of a JSON listing written one per line between ``[`` and ``]`` (the
     records summary, the file listing), each passed through ``check``; a line that is
     not a valid entry is a PayloadError naming ``what`` and the line."""
+    caps = jsoncaps.Caps()
     with open(path, "rb") as fh:
         for lineno, line in capped_lines(fh, f"{what},"):
             text = line.strip().rstrip(b",")
             if text in (b"[", b"]", b""):
                 continue
+            entry = jsoncaps.loads(text, f"{what}, line {lineno}", caps)
             try:
-                yield check(loads(text))
+                yield check(entry)
             except (ValueError, TypeError, KeyError) as exc:
                 raise PayloadError(f"{what}, line {lineno}: not a valid entry ({exc})") from exc
 
@@ -109,17 +114,12 @@ def _skipped(obj, skip):
 
 
 def _iter_whole(path, skip=frozenset()):
+    """A dump in any layout (``dumpdata``'s), as a stream of objects under the caps."""
     name = os.path.basename(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"{name}: malformed JSON (or truncated): {exc}") from exc
-    if not isinstance(data, list):
-        raise PayloadError(f"{name}: a dump must be a JSON list of objects")
-    for index, obj in enumerate(data):
-        if not _skipped(obj, skip):
-            yield _check_object(obj, name, f"object {index + 1}")
+    with open(path, "rb") as fh:
+        for index, obj in enumerate(jsoncaps.iter_array(fh, name), start=1):
+            if not _skipped(obj, skip):
+                yield _check_object(obj, name, f"object {index}")
 
 
 def _check_object(obj, name, where):

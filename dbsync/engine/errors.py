@@ -25,6 +25,14 @@ class PayloadError(SyncError):
     """The remote's data is malformed, truncated, or of the wrong model."""
 
 
+class LocalDatabaseLost(SyncError):
+    """The connection to the local database was lost (its transaction with it)."""
+
+
+class DiskBudgetError(SyncError):
+    """The run wrote more than its disk budget (DBSYNC_RUN_DISK_BUDGET)."""
+
+
 class SchemaMismatch(SyncError):
     """The remote's schema differs from the local one."""
 

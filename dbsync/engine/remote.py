@@ -22,7 +22,8 @@ from requests.adapters import HTTPAdapter
 
 from dbsync import __version__
 
-from .errors import PayloadError, RemoteError, TransientRemoteError
+from . import jsoncaps
+from .errors import DiskBudgetError, PayloadError, RemoteError, TransientRemoteError
 from .request_slots import request_slot
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,17 @@ class HostnameTLSAdapter(HTTPAdapter):
 
 class RemoteClient:
     def __init__(
-        self, database, port=None, timeout=None, retries=None, backoff=None, max_bytes=None
+        self,
+        database,
+        port=None,
+        timeout=None,
+        retries=None,
+        backoff=None,
+        max_bytes=None,
+        budget=None,
     ):
         self.database = database
+        self.budget = budget  # a DiskBudget shared by the clones, or None
         self.port = port or database.port
         self.timeout = timeout if timeout is not None else settings.DBSYNC_HTTP_TIMEOUT
         self.retries = retries if retries is not None else settings.DBSYNC_HTTP_RETRIES
@@ -110,6 +119,7 @@ class RemoteClient:
             "retries": self.retries,
             "backoff": self.backoff,
             "max_bytes": self.max_bytes,
+            "budget": self.budget,
         }
         return RemoteClient(self.database, **{**options, **changes})
 
@@ -200,12 +210,7 @@ class RemoteClient:
         def attempt():
             response = self._get(url)
             body = self._read_capped(response)
-            try:
-                return json.loads(body)
-            except RecursionError:
-                raise PayloadError(f"{self}: {path}: malformed JSON: nested too deeply") from None
-            except ValueError as exc:
-                raise PayloadError(f"{self}: {path}: malformed JSON: {exc}") from exc
+            return jsoncaps.loads(body, f"{self}: {path}")
 
         return self._attempts(f"GET {path}", attempt)
 
@@ -262,6 +267,8 @@ class RemoteClient:
                                 f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
                             )
                         out.write(chunk)
+                        if self.budget is not None:
+                            self.budget.spend(len(chunk), f"{self}: GET {path}")
             except (
                 requests.ConnectionError,
                 requests.exceptions.ChunkedEncodingError,
@@ -295,7 +302,7 @@ class RemoteClient:
         return data
 
 
-SyncErrorTypes = (RemoteError, PayloadError)
+SyncErrorTypes = (RemoteError, PayloadError, DiskBudgetError)
 
 
 def user_agent():

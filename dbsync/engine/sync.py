@@ -26,8 +26,15 @@ from django.utils import timezone
 from protocol.legacy import LAYOUT_LEGACY
 
 from .backup import take_backup
+from .diskbudget import DiskBudget
 from .dumps import dump_name, read_key_set
-from .errors import DanglingReferences, InconsistentRemote, SyncError
+from .errors import (
+    DanglingReferences,
+    DiskBudgetError,
+    InconsistentRemote,
+    LocalDatabaseLost,
+    SyncError,
+)
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -154,13 +161,17 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, appr
             approval=approval,
         )
         return
-    client = RemoteClient(database, port=options.port)
+    client = RemoteClient(database, port=options.port, budget=DiskBudget())
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
             _fetch_and_install(
                 database, plan, options, result, log, client, work, on_fetch_planned, approval
             )
             return
+        except DiskBudgetError:
+            # What was fetched is incomplete and of no use to --resume: it goes.
+            clean(work, plan)
+            raise
         except (DanglingReferences, InconsistentRemote) as exc:
             # The remote may have deleted an object between the fetch of its referrers
             # and its own, or of its key listing and its referrers' (nothing was
@@ -372,7 +383,7 @@ def install_fetched(
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
     max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     started = time.monotonic()
-    with transaction.atomic(), _connection_loss_reported():
+    with _install_transaction():
         installer = Installer(
             database,
             plan,
@@ -414,6 +425,23 @@ def install_fetched(
 
 
 @contextmanager
+def _install_transaction():
+    """The install's transaction, a lost connection reported as LocalDatabaseLost even
+    when the server is still down as the block is left: Django's rollback then
+    reconnects, fails too, and its error would hide the loss."""
+    try:
+        with transaction.atomic(), _connection_loss_reported():
+            yield
+    except DatabaseError as exc:
+        lost = exc.__context__
+        while lost is not None and not isinstance(lost, LocalDatabaseLost):
+            lost = lost.__context__
+        if lost is not None:
+            raise LocalDatabaseLost(str(lost)) from exc
+        raise
+
+
+@contextmanager
 def _connection_loss_reported():
     """Inside the install's transaction (before its COMMIT): a database error that lost
     the connection (the session was terminated, the server restarted) becomes a
@@ -424,7 +452,7 @@ def _connection_loss_reported():
         if not getattr(connection.connection, "closed", False):
             raise  # the connection is fine: an error of the install's own
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise SyncError(
+        raise LocalDatabaseLost(
             f"The connection to the local database was lost during the install ({reason}); "
             f"its transaction was not committed. Nothing of this run was installed."
         ) from exc

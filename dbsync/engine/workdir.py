@@ -1,6 +1,8 @@
 """The folder where a remote's dumps are fetched to and installed from."""
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -15,14 +17,45 @@ from .fetch import read_fetch_record
 
 def work_dir_for(database, explicit=None):
     """``-w DIR`` is used as given; by default each remote has its own subfolder."""
-    if explicit:
-        path = Path(explicit)
-    else:
-        path = (
-            Path(settings.DBSYNC_WORK_DIR) / f"{slugify(database.name) or 'remote'}-{database.pk}"
-        )
+    path = Path(explicit) if explicit else default_work_dir(database)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def default_work_dir(database):
+    return Path(settings.DBSYNC_WORK_DIR) / f"{slugify(database.name) or 'remote'}-{database.pk}"
+
+
+def folder_usage(path):
+    """(bytes, newest modification time) of the files under ``path``; (0, 0) if none."""
+    size, newest = 0, 0.0
+    for item in Path(path).rglob("*"):
+        try:
+            stat = item.lstat()
+        except FileNotFoundError:
+            continue
+        if item.is_file():
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime)
+    return size, newest
+
+
+def prune_work_dirs(folders, older_than, max_bytes):
+    """Empty the given work folders (of remotes not running: the caller knows which)
+    whose dumps, kept after a failed run for ``--resume``, were written more than
+    ``older_than`` seconds ago; then, oldest first, until they take ``max_bytes`` at
+    most together (0: no bound). Returns the folders emptied."""
+    usage = {path: folder_usage(path) for path in folders if Path(path).is_dir()}
+    usage = {path: used for path, used in usage.items() if used[0]}
+    total = sum(size for size, _mtime in usage.values())
+    cutoff = time.time() - older_than
+    emptied = []
+    for path, (size, mtime) in sorted(usage.items(), key=lambda item: item[1][1]):
+        if mtime < cutoff or (max_bytes and total > max_bytes):
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            emptied.append(path)
+    return emptied
 
 
 def load_for_resume(work, plan):

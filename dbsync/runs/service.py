@@ -11,15 +11,18 @@ records the run's end whatever it is, and hands the dumps from task to task thro
 import logging
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from dbsync.engine import workdir
+from dbsync.engine.diskbudget import DiskBudget
 from dbsync.engine.errors import DeleteGuardError, SyncError
 from dbsync.engine.guard import Approval
 from dbsync.engine.planner import make_plan
@@ -34,7 +37,8 @@ from dbsync.engine.sync import (
     plan_fetch,
     sync,
 )
-from dbsync.models import SyncRun
+from dbsync.engine.workdir import default_work_dir
+from dbsync.models import Database, SyncRun
 
 from . import notify, progress, storage
 from .locking import (
@@ -50,6 +54,7 @@ from .locking import (
 logger = logging.getLogger(__name__)
 
 MAX_RECORDED_ERRORS = 1000
+RECORD_ATTEMPTS = 10  # seconds apart: a restart of the local database takes a few
 
 
 def run_sync(database, options, log=quiet):
@@ -69,21 +74,31 @@ def run_sync(database, options, log=quiet):
             started_by=options.started_by,
         )
         result = SyncResult(remote=str(database), dry_run=options.dry_run)
-        # The progress writer stops before the run's end is recorded.
-        with (
-            recorded(run, result),
-            approval_in_hand(run, result) as approval,
-            progress.recording(run.pk, log) as run_log,
-        ):
-            sync(
-                database,
-                plan,
-                options,
-                result,
-                run_log,
-                on_fetch_planned=lambda server_time, full: _record_fetch(run, server_time, full),
-                approval=approval,
-            )
+        try:
+            # The progress writer stops before the run's end is recorded.
+            with (
+                recorded(run, result),
+                approval_in_hand(run, result) as approval,
+                progress.recording(run.pk, log) as run_log,
+            ):
+                sync(
+                    database,
+                    plan,
+                    options,
+                    result,
+                    run_log,
+                    on_fetch_planned=lambda server_time, full: _record_fetch(
+                        run, server_time, full
+                    ),
+                    approval=approval,
+                )
+        finally:
+            # A command has no reaper to do it (cron), and its failed run may have
+            # left dumps (for --resume): the retention is applied after every run.
+            try:
+                prune_work_dirs()
+            except (DatabaseError, OSError) as exc:
+                logger.warning("Could not apply the retention to the work folders: %s", exc)
         return result
 
 
@@ -109,7 +124,7 @@ def failures_recorded(run, result):
     except SyncError as exc:
         if isinstance(exc, DeleteGuardError):
             run.deletions = exc.deletions  # an operator may approve them once
-        finish(run, SyncRun.FAILED, result, str(exc))
+        finish_failed(run, result, str(exc))
         logger.error("Sync of %s failed: %s", run.database, exc)
         raise
     except SoftTimeLimitExceeded:
@@ -123,9 +138,33 @@ def failures_recorded(run, result):
         logger.error("Sync of %s stopped at its time limit", run.database)
         raise
     except BaseException as exc:
-        finish(run, SyncRun.FAILED, result, f"Unexpected error: {exc!r}")
+        finish_failed(run, result, f"Unexpected error: {exc!r}")
         logger.exception("Sync of %s failed unexpectedly", run.database)
         raise
+
+
+def finish_failed(run, result, message):
+    """Record a run's failure. A failure may come from the local database itself (it
+    restarted, and may still be starting): the record is tried again for up to
+    RECORD_ATTEMPTS seconds, on a new connection; then the run is left as it is, for the
+    next run of the remote (or the reaper) to mark interrupted, and the original error
+    goes on, not this one."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            finish(run, SyncRun.FAILED, result, message)
+            return
+        except (OperationalError, InterfaceError) as exc:  # the connection, not the data
+            if connection.in_atomic_block or attempt == RECORD_ATTEMPTS:
+                logger.error(
+                    "Could not record the failure of run %s of %s: %s; the next run of the "
+                    "remote (or the reaper) will mark it interrupted",
+                    run.pk,
+                    run.database,
+                    exc,
+                )
+                return
+            connection.close()  # not reused: the next attempt connects again
+            time.sleep(1)
 
 
 def finish(run, status, result, message):
@@ -214,7 +253,10 @@ def fetch_for_run(run_id, model_label, kind):
     fetch_plan = FetchPlan.from_json(run.fetch_plan)
     options = SyncOptions(**run.options)
     client = RemoteClient(
-        run.database, port=options.port, retries=settings.DBSYNC_TASK_HTTP_RETRIES
+        run.database,
+        port=options.port,
+        retries=settings.DBSYNC_TASK_HTTP_RETRIES,
+        budget=DiskBudget(spent=stored_bytes(run.fetch_plan.get("stored", []))),
     )
     started = timezone.now()
     with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
@@ -229,6 +271,13 @@ def fetch_for_run(run_id, model_label, kind):
     }
     _record_stored(run_id, meta)
     return meta
+
+
+def stored_bytes(metas):
+    """The bytes of a run's dumps stored so far: its disk budget's spending. (The
+    fetch tasks of a run run at once: each sees what the others had stored when it
+    began, so together they may go past the budget by what they fetch at once.)"""
+    return sum(meta.get("bytes", 0) for meta in metas)
 
 
 def _record_stored(run_id, meta):
@@ -310,7 +359,9 @@ def _install_run(run, fetched, log):
         with _temp_dir(f"run{run.pk}-install-") as work:
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
-            client = RemoteClient(database, port=options.port)
+            client = RemoteClient(
+                database, port=options.port, budget=DiskBudget(spent=stored_bytes(fetched))
+            )
             with approval_in_hand(run, result) as approval:
                 install_dumps(
                     database, plan, options, result, fetch_plan, paths, work, client, log, approval
@@ -417,5 +468,27 @@ def reap_stale_runs():
     """Mark failed the runs whose worker died (periodic task), and prune old dumps."""
     reaped = reap_all()
     active = set(SyncRun.objects.filter(status__in=SyncRun.ACTIVE).values_list("pk", flat=True))
-    pruned = storage.prune(timedelta(days=settings.DBSYNC_STORAGE_KEEP_DAYS), keep=active)
-    return {"reaped": reaped, "pruned": pruned}
+    pruned = storage.prune(
+        timedelta(days=settings.DBSYNC_STORAGE_KEEP_DAYS),
+        keep=active,
+        max_bytes=settings.DBSYNC_STORAGE_KEEP_BYTES,
+    )
+    return {"reaped": reaped, "pruned": pruned, "work_dirs": len(prune_work_dirs())}
+
+
+def prune_work_dirs():
+    """Keep the command's work folders (a failed run's dumps, for --resume) within
+    DBSYNC_STORAGE_KEEP_DAYS and DBSYNC_STORAGE_KEEP_BYTES; those of remotes with a run
+    in progress are left alone."""
+    busy = set(
+        SyncRun.objects.filter(status__in=SyncRun.ACTIVE).values_list("database_id", flat=True)
+    )
+    folders = [default_work_dir(db) for db in Database.objects.exclude(pk__in=busy)]
+    emptied = workdir.prune_work_dirs(
+        folders,
+        older_than=settings.DBSYNC_STORAGE_KEEP_DAYS * 86400,
+        max_bytes=settings.DBSYNC_STORAGE_KEEP_BYTES,
+    )
+    for path in emptied:
+        logger.info("Removed the dumps kept in %s (retention)", path)
+    return emptied

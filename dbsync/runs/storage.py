@@ -154,8 +154,21 @@ def delete_run(run_id):
     return len(files)
 
 
-def prune(older_than, keep=()):
-    """Remove the dumps of runs (kept after a failure) older than ``older_than``."""
+def run_bytes(run_id):
+    """The bytes of a run's stored dumps."""
+    storage = get_storage()
+    prefix = run_dir(run_id)
+    try:
+        _dirs, files = storage.listdir(prefix)
+    except FileNotFoundError:
+        return 0
+    return sum(storage.size(f"{prefix}/{name}") for name in files)
+
+
+def prune(older_than, keep=(), max_bytes=0):
+    """Remove the dumps of runs (kept after a failure) older than ``older_than``; then,
+    oldest first, until those left take ``max_bytes`` at most (0: no bound). The runs
+    in ``keep`` (active ones) are neither removed nor counted."""
     from dbsync.models import SyncRun
 
     storage = get_storage()
@@ -165,12 +178,17 @@ def prune(older_than, keep=()):
         return 0
     ids = {int(d) for d in dirs if d.isdigit()} - set(keep)
     cutoff = timezone.now() - older_than
-    recent = set(
-        SyncRun.objects.filter(pk__in=ids, started_at__gte=cutoff).values_list("pk", flat=True)
-    )
+    started = dict(SyncRun.objects.filter(pk__in=ids).values_list("pk", "started_at"))
+    # A run deleted with its remote has no start: its dumps go first.
+    oldest_first = sorted(ids, key=lambda run_id: (run_id in started, started.get(run_id), run_id))
+    sizes = {run_id: run_bytes(run_id) for run_id in ids} if max_bytes else {}
+    total = sum(sizes.values())
     pruned = 0
-    for run_id in sorted(ids - recent):
-        pruned += delete_run(run_id)
+    for run_id in oldest_first:
+        when = started.get(run_id)
+        if when is None or when < cutoff or (max_bytes and total > max_bytes):
+            pruned += delete_run(run_id)
+            total -= sizes.get(run_id, 0)
     return pruned
 
 

@@ -28,6 +28,7 @@ CATEGORIES = {
     "test_api_abuse": "API abuse",
     "test_load": "load",
     "test_deletion": "deletions",
+    "test_resources": "resources",
 }
 LOST = pytest.StashKey[bool]()
 _tally = defaultdict(lambda: {"run": 0, "survived": 0, "data_lost": 0})
