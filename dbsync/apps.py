@@ -8,6 +8,7 @@ class DbsyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from . import checks  # noqa: F401 - registers the system checks
         from .runs import schedules
 
         database = self.get_model("Database")

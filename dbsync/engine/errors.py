@@ -21,6 +21,11 @@ class TransientRemoteError(RemoteError):
     """A remote error that may pass: a retry is worth it."""
 
 
+class DeadlineExceeded(RemoteError):
+    """A response did not come whole within the request deadline, or the run's deadline
+    passed: not retried (a remote that slow would only use the run's time again)."""
+
+
 class PayloadError(SyncError):
     """The remote's data is malformed, truncated, or of the wrong model."""
 
@@ -36,6 +41,17 @@ class ObjectError(SyncError):
 class DanglingReferences(ObjectError):
     """Objects refer to objects the remote did not send, even when asked again: bad
     data, or the remote changed during the fetch (a fresh fetch tells which)."""
+
+
+class MissingObjects(SyncError):
+    """The install found references to objects the dumps lack: its transaction rolls
+    back, and its caller fetches them (``missing``: model label -> remote pks) and
+    installs again; it never asks the remote from inside the transaction."""
+
+    def __init__(self, database, missing):
+        count = sum(len(pks) for pks in missing.values())
+        super().__init__(f"{database}: {count} object(s) referenced but not sent")
+        self.missing = missing
 
 
 class DeleteGuardError(SyncError):

@@ -24,8 +24,9 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from .backup import take_backup
+from .deadlines import RunDeadline
 from .dumps import dump_name, read_key_set
-from .errors import DanglingReferences, SyncError
+from .errors import DanglingReferences, MissingObjects, SyncError
 from .fetch import (
     check_manifest,
     fetch_keys,
@@ -44,6 +45,7 @@ from .workdir import load_for_resume, work_dir_for
 logger = logging.getLogger(__name__)
 
 FETCH_ATTEMPTS = 2
+REFETCH_ROUNDS = 3  # installs started again with objects asked for again (see install_fetched)
 DUMP, KEYS = "dump", "keys"
 
 
@@ -122,11 +124,13 @@ class Fetched:
 # --- the command: everything in one process ------------------------------------------
 
 
-def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
+def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, deadline=None):
     """Fetch ``database``'s dumps into its work folder and install them (or, with
     ``options.resume``, install those a failed run left there), then the records and
     files; counts go to ``result``. ``on_fetch_planned(server_time, full)`` is told
-    the run's cursor and kind once they are known."""
+    the run's cursor and kind once they are known. ``deadline``: the run's
+    RunDeadline (by default DBSYNC_RUN_DEADLINE from now)."""
+    deadline = deadline or RunDeadline.since()
     on_fetch_planned = on_fetch_planned or (lambda server_time, full: None)
     work = work_dir_for(database, options.work_dir)
     if options.resume:
@@ -140,7 +144,7 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None):
             database, plan, options, result, Fetched(files, keys, server_time), None, log
         )
         return
-    client = RemoteClient(database, port=options.port)
+    client = RemoteClient(database, port=options.port, run_deadline=deadline)
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
             _fetch_and_install(
@@ -295,9 +299,8 @@ def install_dumps(database, plan, options, result, fetch_plan, paths, work, clie
     installed in one transaction; then the records and files from ``client``.
 
     An object that the dumps reference but do not contain is asked for again, into
-    ``work``, from inside the transaction (``fetch.make_refetcher``): which ones are
-    missing is known only as the install resolves each reference against the local
-    key maps, and they are few (the remote changed during the fetch)."""
+    ``work`` (``fetch.make_refetcher``), between two attempts of the install, never
+    from inside its transaction: see ``install_fetched``."""
     refetch = make_refetcher(client, fetch_plan.entries, plan, work)
     fetched = assemble(fetch_plan, paths)
     return install_fetched(database, plan, options, result, fetched, refetch, log, client=client)
@@ -307,37 +310,38 @@ def install_fetched(
     database, plan, options, result, fetched, refetch=None, log=quiet, client=None
 ):
     """Back up, then install the dumps and move the cursor in one transaction; then,
-    given the remote's ``client``, sync the records and files (see ``sync_data``)."""
+    given the remote's ``client``, sync the records and files (see ``sync_data``).
+
+    Which objects the dumps reference but lack (the remote changed during the fetch)
+    is known only as the install resolves each reference against the local key maps.
+    The install then stops (MissingObjects), its transaction rolls back, and, given
+    ``refetch(model_label, pks)``, those objects are fetched, with no transaction
+    open, and the install starts again with them: at most REFETCH_ROUNDS times, and
+    never for the same objects twice; what still dangles is then an error (or, with
+    ``skip``, skipped)."""
     if options.backup and not options.dry_run:
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
     if options.records and client is not None and "hcore.timeseries" in plan.labels:
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
-    max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     started = time.monotonic()
-    with transaction.atomic(), _connection_loss_reported():
-        installer = Installer(
-            database,
-            plan,
-            fetched.files,
-            result,
-            remote_keys=fetched.keys,
-            skip=options.skip,
-            max_delete=max_delete,
-            refetch=refetch,
-            log=log,
-        )
-        installer.run()
-        if options.dry_run:
-            transaction.set_rollback(True)
-        else:
-            database.last_sync = timezone.now()
-            update = ["last_sync"]
-            if fetched.server_time is not None:
-                database.sync_cursor = fetched.server_time
-                update.append("sync_cursor")
-            database.save(update_fields=update)
+    asked = {} if refetch is not None else None  # model label -> pks asked for again
+    for attempt in range(REFETCH_ROUNDS + 1):
+        if client is not None and client.run_deadline is not None:
+            client.run_deadline.check(f"{database}: the install of the objects")
+        if asked is not None and attempt == REFETCH_ROUNDS:
+            asked = None  # the last attempt asks for nothing more: what dangles, dangles
+        try:
+            installer = install_objects(database, plan, options, result, fetched, asked, log)
+            break
+        except MissingObjects as exc:  # rolled back: fetch them with no transaction open
+            result.reset()
+            for model_label, pks in sorted(exc.missing.items()):
+                asked.setdefault(model_label, set()).update(pks)
+                for member_label, paths in refetch(model_label, sorted(pks)).items():
+                    fetched.files.setdefault(member_label, []).extend(paths)
+            log(f"Installing again with {sum(map(len, exc.missing.values()))} object(s)", 2)
     committed = time.monotonic()
     if not options.dry_run:
         installer.analyze_grown_tables()
@@ -352,6 +356,34 @@ def install_fetched(
         else:
             sync_data(database, plan, client, options, result, log, summary)
     return result
+
+
+def install_objects(database, plan, options, result, fetched, asked, log):
+    """The objects' transaction: the install, and the remote's cursor moved; returns
+    the Installer. Raises MissingObjects (rolled back) for objects to ask for again."""
+    with transaction.atomic(), _connection_loss_reported():
+        installer = Installer(
+            database,
+            plan,
+            fetched.files,
+            result,
+            remote_keys=fetched.keys,
+            skip=options.skip,
+            max_delete=options.max_delete or settings.DBSYNC_MAX_DELETE,
+            asked=asked,
+            log=log,
+        )
+        installer.run()
+        if options.dry_run:
+            transaction.set_rollback(True)
+        else:
+            database.last_sync = timezone.now()
+            update = ["last_sync"]
+            if fetched.server_time is not None:
+                database.sync_cursor = fetched.server_time
+                update.append("sync_cursor")
+            database.save(update_fields=update)
+    return installer
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from dbsync.engine.deadlines import RunDeadline
 from dbsync.engine.errors import SyncError
 from dbsync.engine.planner import make_plan
 from dbsync.engine.progress import quiet
@@ -76,6 +77,7 @@ def run_sync(database, options, log=quiet):
                 result,
                 log,
                 on_fetch_planned=lambda server_time, full: _record_fetch(run, server_time, full),
+                deadline=RunDeadline.since(run.started_at),
             )
         return result
 
@@ -183,7 +185,9 @@ def plan_run(run_id, log=quiet):
     options = SyncOptions(**run.options)
     with failures_recorded(run, SyncResult(remote=str(database))):
         plan = make_plan(options.app_label, options.exclude)
-        client = RemoteClient(database, port=options.port)
+        client = RemoteClient(
+            database, port=options.port, run_deadline=RunDeadline.since(run.started_at)
+        )
         fetch_plan = plan_fetch(database, plan, options, client, log)
     run.fetch_plan = fetch_plan.as_json()
     run.heartbeat = timezone.now()
@@ -205,7 +209,10 @@ def fetch_for_run(run_id, model_label, kind):
     fetch_plan = FetchPlan.from_json(run.fetch_plan)
     options = SyncOptions(**run.options)
     client = RemoteClient(
-        run.database, port=options.port, retries=settings.DBSYNC_TASK_HTTP_RETRIES
+        run.database,
+        port=options.port,
+        retries=settings.DBSYNC_TASK_HTTP_RETRIES,
+        run_deadline=RunDeadline.since(run.started_at),
     )
     started = timezone.now()
     with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
@@ -295,7 +302,9 @@ def _install_run(run, fetched, log):
         with _temp_dir(f"run{run.pk}-install-") as work:
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
-            client = RemoteClient(database, port=options.port)
+            client = RemoteClient(
+                database, port=options.port, run_deadline=RunDeadline.since(run.started_at)
+            )
             install_dumps(database, plan, options, result, fetch_plan, paths, work, client, log)
     return result
 
