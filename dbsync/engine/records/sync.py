@@ -1,5 +1,8 @@
-"""The records sync of one remote: the summary, the plan, the batches fetched in a small
-thread pool and loaded here as they come, in one transaction; then the records cursor.
+"""The records sync of one remote: the summary, the plan, every batch fetched in a small
+thread pool into the work folder (streamed to disk, checked against its ``# end``
+lines, written out for COPY), and only then loaded, from disk, in one transaction;
+then the records cursor. The transaction never waits on the remote: a slow or broken
+remote fails the run before it opens, with nothing of the records changed.
 
 After a records sync that finished with nothing skipped, the remote's clock when the
 run began (its objects' cursor) is kept as the remote's ``records_cursor``: the next
@@ -106,15 +109,22 @@ class RecordsSync:
                 self.log(f"\t- the summary: {waited:.1f} s", 2)
             self.log(f"\t- the plan: {time.monotonic() - started:.1f} s", 2)
             started = time.monotonic()
+            fetched = self.fetch(plan.jobs)
+            self.log(
+                f"\t- {self.batches} batches fetched in {time.monotonic() - started:.1f} s", 2
+            )
+            deadline = getattr(self.client, "run_deadline", None)
+            if deadline is not None:
+                deadline.check(f"{self.database}: the install of the records")
+            started = time.monotonic()
             with transaction.atomic():
-                self.install(plan.jobs)
+                self.install(plan.jobs, fetched)
                 self.loader.install_empty(plan.empty)
                 self.move_cursor()
                 if self.dry_run:
                     transaction.set_rollback(True)
             self.log(
-                f"\t- {self.batches} batches fetched and installed in "
-                f"{time.monotonic() - started:.1f} s",
+                f"\t- {self.batches} batches installed in {time.monotonic() - started:.1f} s",
                 2,
             )
         self.log(describe(self.result, self.empty), 1)
@@ -137,11 +147,12 @@ class RecordsSync:
         summary = fetch_summary(self.database, self.client, urls, self.work, params)
         return urls, summary, bool(params)
 
-    def install(self, jobs):
-        """Fetch batches in the pool, load each here as it comes (in the order submitted);
-        an append that did not add up is fetched again, whole."""
-        self.loader.begin()
-        self.loader.clear([job for job in jobs if job.mode == CLEAR])
+    def fetch(self, jobs):
+        """Every batch of ``jobs`` fetched and checked in the pool, into the work
+        folder, before anything is installed; an append that did not add up is fetched
+        again, whole. Returns the FetchedBatches in the order to install them. A
+        malformed series ends the fetch at once, unless ``skip``."""
+        fetched = []
         window = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="records") as pool:
 
@@ -155,10 +166,11 @@ class RecordsSync:
                 submit(make_batches(jobs, REPLACE))
                 submit(make_batches(jobs, APPEND))
                 while window:
-                    fetched = window.popleft().result()
-                    self.loader.install_batch(fetched)
-                    if fetched.refetch:
-                        for job in fetched.refetch:
+                    batch = window.popleft().result()
+                    self.loader.refuse_malformed(batch)
+                    fetched.append(batch)
+                    if batch.refetch:
+                        for job in batch.refetch:
                             logger.info(
                                 "%s: records of timeseries %s changed before our last one; "
                                 "fetching it whole",
@@ -166,11 +178,19 @@ class RecordsSync:
                                 job.remote_pk,
                             )
                             job.mode = REPLACE
-                        submit(make_batches(fetched.refetch, REPLACE))
+                        submit(make_batches(batch.refetch, REPLACE))
             except BaseException:
                 for future in window:
                     future.cancel()
                 raise
+        return fetched
+
+    def install(self, jobs, fetched):
+        """The fetched batches, from disk, in the caller's transaction."""
+        self.loader.begin()
+        self.loader.clear([job for job in jobs if job.mode == CLEAR])
+        for batch in fetched:
+            self.loader.install_batch(batch)
         self.loader.finish()
 
     def move_cursor(self):
