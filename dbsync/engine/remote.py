@@ -184,7 +184,7 @@ class RemoteClient:
                 seconds = self.run_deadline.remaining()
                 what = self.run_deadline.describe()
         watchdog = Watchdog(seconds)
-        read = _Reading(watchdog)
+        read = _Reading(watchdog)  # the block may check it (before taking a body as whole)
         try:
             with watchdog:
                 yield read
@@ -193,8 +193,8 @@ class RemoteClient:
             if not watchdog.fired:
                 raise
             raise DeadlineExceeded(
-                f"{self}: GET {path}: the response did not come whole within {what} "
-                f"({read.bytes} bytes read); the remote is too slow"
+                f"{self}: GET {path}: the response did not come whole within {what}; "
+                f"the remote is too slow"
             ) from exc
 
     def _get(self, url):
@@ -251,9 +251,9 @@ class RemoteClient:
         url = self.url(path, params)
 
         def attempt():
-            with self._deadline(path) as read:
+            with self._deadline(path):
                 response = self._get(url)
-                body = self._read_capped(response, read)
+                body = self._read_capped(response)
             try:
                 return json.loads(body)
             except RecursionError:
@@ -263,7 +263,7 @@ class RemoteClient:
 
         return self._attempts(f"GET {path}", attempt)
 
-    def _read_capped(self, response, read):
+    def _read_capped(self, response):
         """A body read whole into memory (a JSON document): at most the response cap, and
         DBSYNC_MAX_OBJECT_BYTES, which bounds what a remote can make a sync hold."""
         cap = min(self.max_bytes, settings.DBSYNC_MAX_OBJECT_BYTES)
@@ -274,7 +274,6 @@ class RemoteClient:
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
-                read.bytes = size
                 if size > cap:
                     raise PayloadError(
                         f"{self}: GET {response.request.path_url}: response larger than the cap "
@@ -323,7 +322,6 @@ class RemoteClient:
             with open(tmp, "wb") as out:
                 for chunk in response.iter_content(CHUNK):
                     size += len(chunk)
-                    read.bytes = size
                     if size > self.max_bytes:
                         raise PayloadError(
                             f"{self}: GET {path}: response larger than the cap of "
@@ -365,11 +363,10 @@ class _TimeUp(Exception):
 
 
 class _Reading:
-    """One response being read under its ``watchdog``: the bytes that came so far."""
+    """One response being read under its ``watchdog``."""
 
     def __init__(self, watchdog):
         self.watchdog = watchdog
-        self.bytes = 0
 
     def check(self):
         """Raise if the deadline has cut the response (its end may look like a whole
