@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone as django_timezone
 
+from ..errors import SyncError
 from ..progress import quiet
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
@@ -166,7 +167,7 @@ class RecordsSync:
                 submit(make_batches(jobs, REPLACE))
                 submit(make_batches(jobs, APPEND))
                 while window:
-                    batch = window.popleft().result()
+                    batch = self.written(window.popleft())
                     self.loader.refuse_malformed(batch)
                     fetched.append(batch)
                     if batch.refetch:
@@ -184,6 +185,20 @@ class RecordsSync:
                     future.cancel()
                 raise
         return fetched
+
+    def written(self, future):
+        """The FetchedBatch of ``future``; a full (or unwritable) work folder, which
+        now holds every batch of the run until the install, as a SyncError saying so."""
+        try:
+            return future.result()
+        except OSError as exc:
+            if exc.errno is None:  # not the file system's
+                raise
+            raise SyncError(
+                f"{self.database}: cannot write the records' batches in the folder "
+                f"{self.work}: {exc.strerror or exc}. Free some space there (or set "
+                f"DBSYNC_WORK_DIR to another folder); nothing of the records was installed."
+            ) from exc
 
     def install(self, jobs, fetched):
         """The fetched batches, from disk, in the caller's transaction."""
