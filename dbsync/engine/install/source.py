@@ -22,9 +22,6 @@ class Dumps:
             self.files[model_label] = list(self.source.get(model_label, []))
         return self.files[model_label]
 
-    def add(self, model_label, paths):
-        self.paths(model_label).extend(paths)
-
     def objects(self, path):
         """The objects of a dump, with payload errors naming the remote."""
         try:
