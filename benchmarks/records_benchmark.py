@@ -40,6 +40,8 @@ from sync_benchmark import children, manage_args, register_remote, run_measured 
 from tests.instance import PG_BASE, Instance, Template, admin_execute, instance_env  # noqa: E402
 
 RECORD_COLUMNS = 'timeseries_id, "timestamp", value, flags'
+# The records' own timing lines (-v 2) that are printed with each step.
+TIMINGS = ("the summary:", "batches fetched", "batches installed")
 
 
 class PeakWatcher:
@@ -193,7 +195,7 @@ def main():
             summary = [line for line in out.splitlines() if "Successfully" in line]
             print(f"  {name}: {seconds:.1f} s; {summary[-1] if summary else out[-300:]}")
             for line in out.splitlines():  # the records' own timings (-v 2)
-                if "the summary:" in line or "batches fetched" in line:
+                if any(part in line for part in TIMINGS):
                     print(f"    {line.strip()}")
             results.append((name, rows, seconds, peak, watch.peaks))
 

@@ -200,7 +200,12 @@ DBSYNC_MAX_RECORDS_DELETE = env_str("DBSYNC_MAX_RECORDS_DELETE", "50%")
 # Retired (it let a remote empty a small table): still accepted, ignored, and warned
 # about by `manage.py check` (dbsync.checks).
 DBSYNC_MAX_DELETE_MIN = env_str("DBSYNC_MAX_DELETE_MIN", "")
+# Time bounds, each shorter than the next (dbsync.checks refuses another order): one read
+# of a response; one whole response; one whole run (from its start, across its tasks);
+# then CELERY_TASK_SOFT_TIME_LIMIT (from DBSYNC_TASK_TIME_LIMIT, below).
 DBSYNC_HTTP_TIMEOUT = env_float("DBSYNC_HTTP_TIMEOUT", 60.0)
+DBSYNC_REQUEST_DEADLINE = env_float("DBSYNC_REQUEST_DEADLINE", 3600.0)
+DBSYNC_RUN_DEADLINE = env_float("DBSYNC_RUN_DEADLINE", 5 * 3600.0)
 DBSYNC_HTTP_RETRIES = env_int("DBSYNC_HTTP_RETRIES", 4)
 DBSYNC_HTTP_BACKOFF = env_float("DBSYNC_HTTP_BACKOFF", 1.0)
 DBSYNC_MAX_RESPONSE_BYTES = env_int("DBSYNC_MAX_RESPONSE_BYTES", 2 * 1024**3)

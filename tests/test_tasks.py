@@ -33,6 +33,7 @@ from tests.celery_helpers import (
 from tests.faultproxy import FaultProxy, model_path
 from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
 from tests.instance import Instance, free_port
+from tests.reliability import servers
 from tests.test_sync import objects_of, register, replace_body, sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -235,6 +236,39 @@ def test_a_failing_fetch_fails_the_run_after_bounded_retries(remote, workers, st
         assert len(station_requests) == 4
     finally:
         proxy.close()
+
+
+def test_a_trickling_remote_fails_the_run_at_the_request_deadline(remote, cluster):
+    """A fetch task's dump comes one byte every 2 s (every read within the worker's
+    DBSYNC_HTTP_TIMEOUT): the request deadline ends it; neither the client nor the
+    task retries it; the run fails naming the model, the path and the deadline, with
+    nothing installed; the remote's lock is free: without the fault, the next run
+    succeeds. (The front is a fake: a real remote cannot trickle on cue.)"""
+    cluster.use(WorkerSpec.of("deadlines", DBSYNC_HTTP_TIMEOUT="5", DBSYNC_REQUEST_DEADLINE="6"))
+    front = servers.FaultyFront(remote.url)
+    try:
+        front.on(model_path("station"), servers.trickle(2.0))
+        database = register(remote, port=front.port)
+        before = local_dump()
+        sync_remote.delay(database.pk)
+        run = wait_for_run(database)
+        assert run.status == SyncRun.FAILED
+        for words in (
+            "Fetching hcore.station failed",
+            "GET /api/hcore/station/",
+            "did not come whole within DBSYNC_REQUEST_DEADLINE=6 s",
+        ):
+            assert words in run.message, run.message
+        assert len(front.asked(model_path("station"))) == 1
+        assert local_dump() == before
+        front.clear()
+        sync_remote.delay(database.pk)
+        second = wait_for_run(database, after=run.pk)
+        assert second.status == SyncRun.SUCCEEDED, second.message
+        assert_same_graph(remote_graph(remote), local_graph(database))
+    finally:
+        front.close()
+        _settle()
 
 
 def test_a_failing_install_changes_nothing_and_keeps_the_dumps(remote, workers, storage_root):

@@ -21,6 +21,11 @@ class TransientRemoteError(RemoteError):
     """A remote error that may pass: a retry is worth it."""
 
 
+class DeadlineExceeded(RemoteError):
+    """A response did not come whole within the request deadline, or the run's deadline
+    passed: not retried (a remote that slow would only use the run's time again)."""
+
+
 class PayloadError(SyncError):
     """The remote's data is malformed, truncated, or of the wrong model."""
 
@@ -49,6 +54,17 @@ class DanglingReferences(ObjectError):
 class InconsistentRemote(PayloadError):
     """The remote's key listing lacks objects that the rest of its data still refers
     to (a cut or wrong listing): a contradiction, not a deletion."""
+
+
+class MissingObjects(SyncError):
+    """The install found references to objects the dumps lack: its transaction rolls
+    back, and its caller fetches them (``missing``: model label -> remote pks) and
+    installs again; it never asks the remote from inside the transaction."""
+
+    def __init__(self, database, missing):
+        count = sum(len(pks) for pks in missing.values())
+        super().__init__(f"{database}: {count} object(s) referenced but not sent")
+        self.missing = missing
 
 
 class DeleteGuardError(SyncError):

@@ -6,25 +6,37 @@ note on virtual hosts requires. Transient failures (connection errors, timeouts,
 5xx, 429) are retried with exponential backoff, honouring Retry-After; responses
 are streamed to disk under a size cap; redirects are never followed, so a remote
 cannot send the client, with its credentials, to another host.
+
+Each read waits at most DBSYNC_HTTP_TIMEOUT; each whole response at most
+DBSYNC_REQUEST_DEADLINE (a ``watchdog.Watchdog`` ends it), and nothing goes past the
+run's deadline (``deadlines.RunDeadline``, when the client is given one): a remote
+that trickles its answer fails the run with ``DeadlineExceeded``, which is not retried.
 """
 
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode
 
 import requests
 from django.conf import settings
-from requests.adapters import HTTPAdapter
 
 from dbsync import __version__
 
 from . import jsoncaps
-from .errors import DiskBudgetError, PayloadError, RemoteError, TransientRemoteError
+from .errors import (
+    DeadlineExceeded,
+    DiskBudgetError,
+    PayloadError,
+    RemoteError,
+    TransientRemoteError,
+)
 from .request_slots import request_slot
+from .watchdog import Watchdog, WatchedAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +45,7 @@ MAX_RETRY_AFTER = 120
 CHUNK = 1 << 16
 
 
-class HostnameTLSAdapter(HTTPAdapter):
+class HostnameTLSAdapter(WatchedAdapter):
     """Connect to an IP address but check the certificate against the hostname."""
 
     def __init__(self, hostname, **kwargs):
@@ -56,7 +68,10 @@ class RemoteClient:
         backoff=None,
         max_bytes=None,
         budget=None,
+        request_deadline=None,
+        run_deadline=None,
     ):
+        """``run_deadline``: a ``deadlines.RunDeadline`` that no request may pass."""
         self.database = database
         self.budget = budget  # a DiskBudget shared by the clones, or None
         self.port = port or database.port
@@ -64,12 +79,16 @@ class RemoteClient:
         self.retries = retries if retries is not None else settings.DBSYNC_HTTP_RETRIES
         self.backoff = backoff if backoff is not None else settings.DBSYNC_HTTP_BACKOFF
         self.max_bytes = max_bytes or settings.DBSYNC_MAX_RESPONSE_BYTES
+        self.request_deadline = request_deadline or settings.DBSYNC_REQUEST_DEADLINE
+        self.run_deadline = run_deadline
         host = database.ip_address or database.hostname
         if ":" in host:  # an IPv6 literal
             host = f"[{host}]"
         self.base = f"{database.scheme}://{host}:{self.port}"
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent()
+        self.session.mount("http://", WatchedAdapter())
+        self.session.mount("https://", WatchedAdapter())
         self.verify = (settings.DBSYNC_CA_BUNDLE or True) if database.verify_tls else False
         self.session.verify = self.verify
         if database.ip_address and database.hostname:
@@ -120,6 +139,8 @@ class RemoteClient:
             "backoff": self.backoff,
             "max_bytes": self.max_bytes,
             "budget": self.budget,
+            "request_deadline": self.request_deadline,
+            "run_deadline": self.run_deadline,
         }
         return RemoteClient(self.database, **{**options, **changes})
 
@@ -149,10 +170,42 @@ class RemoteClient:
                 delay = getattr(exc, "retry_after", None)
                 if delay is None:
                     delay = self.backoff * 2 ** (attempt - 1)
+                deadline = self.run_deadline
+                if deadline is not None and deadline.remaining() < delay:
+                    raise DeadlineExceeded(
+                        f"{what}: {exc}; not retried: a retry in {delay:.1f} s would pass "
+                        f"{deadline.describe()}"
+                    ) from exc
                 logger.warning(
                     "%s: %s; retry %d of %d in %.1f s", what, exc, attempt, self.retries, delay
                 )
                 time.sleep(delay)
+
+    @contextmanager
+    def _deadline(self, path):
+        """The block of one request of ``path``, ended when its deadline passes: the
+        request's (DBSYNC_REQUEST_DEADLINE) or, if sooner, the run's. Whatever the
+        block then raises (a broken connection, a cut body) becomes DeadlineExceeded."""
+        seconds = self.request_deadline
+        what = f"DBSYNC_REQUEST_DEADLINE={seconds:g} s"
+        if self.run_deadline is not None:
+            self.run_deadline.check(f"{self}: GET {path}")
+            if self.run_deadline.remaining() < seconds:
+                seconds = self.run_deadline.remaining()
+                what = self.run_deadline.describe()
+        watchdog = Watchdog(seconds)
+        read = _Reading(watchdog)  # the block may check it (before taking a body as whole)
+        try:
+            with watchdog:
+                yield read
+                read.check()
+        except Exception as exc:
+            if not watchdog.fired:
+                raise
+            raise DeadlineExceeded(
+                f"{self}: GET {path}: the response did not come whole within {what}; "
+                f"the remote is too slow"
+            ) from exc
 
     def _get(self, url):
         try:
@@ -208,8 +261,9 @@ class RemoteClient:
         url = self.url(path, params)
 
         def attempt():
-            response = self._get(url)
-            body = self._read_capped(response)
+            with self._deadline(path):
+                response = self._get(url)
+                body = self._read_capped(response)
             return jsoncaps.loads(body, f"{self}: {path}")
 
         return self._attempts(f"GET {path}", attempt)
@@ -248,39 +302,8 @@ class RemoteClient:
         tmp = f"{dest}.part"
 
         def attempt():
-            response = self._get(url)
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > self.max_bytes:
-                response.close()
-                raise PayloadError(
-                    f"{self}: GET {path}: response of {length} bytes is over the cap of "
-                    f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
-                )
-            size = 0
-            try:
-                with open(tmp, "wb") as out:
-                    for chunk in response.iter_content(CHUNK):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise PayloadError(
-                                f"{self}: GET {path}: response larger than the cap of "
-                                f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
-                            )
-                        out.write(chunk)
-                        if self.budget is not None:
-                            self.budget.spend(len(chunk), f"{self}: GET {path}")
-            except (
-                requests.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                requests.Timeout,
-            ) as exc:
-                raise self._broken_off(exc, size) from exc
-            finally:
-                response.close()
-            if not is_complete(tmp):
-                raise TransientRemoteError(f"{self}: response truncated after {size} bytes")
-            os.replace(tmp, dest)
-            return size
+            with self._deadline(path) as read:
+                return self._download_once(path, url, tmp, dest, is_complete, read)
 
         try:
             return self._attempts(f"GET {path}", attempt)
@@ -288,6 +311,43 @@ class RemoteClient:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _download_once(self, path, url, tmp, dest, is_complete, read):
+        """One request of a download (see ``download``), in its deadline's block."""
+        response = self._get(url)
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            response.close()
+            raise PayloadError(
+                f"{self}: GET {path}: response of {length} bytes is over the cap of "
+                f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
+            )
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise PayloadError(
+                            f"{self}: GET {path}: response larger than the cap of "
+                            f"{self.max_bytes} bytes (DBSYNC_MAX_RESPONSE_BYTES)"
+                        )
+                    out.write(chunk)
+                    if self.budget is not None:
+                        self.budget.spend(len(chunk), f"{self}: GET {path}")
+        except (
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            requests.Timeout,
+        ) as exc:
+            raise self._broken_off(exc, size) from exc
+        finally:
+            response.close()
+        read.check()  # a body the deadline cut is never taken for a whole one
+        if not is_complete(tmp):
+            raise TransientRemoteError(f"{self}: response truncated after {size} bytes")
+        os.replace(tmp, dest)
+        return size
 
     # --- the API -------------------------------------------------------------------
 
@@ -303,6 +363,23 @@ class RemoteClient:
 
 
 SyncErrorTypes = (RemoteError, PayloadError, DiskBudgetError)
+
+
+class _TimeUp(Exception):
+    """A body that ended because its deadline shut the socket down."""
+
+
+class _Reading:
+    """One response being read under its ``watchdog``."""
+
+    def __init__(self, watchdog):
+        self.watchdog = watchdog
+
+    def check(self):
+        """Raise if the deadline has cut the response (its end may look like a whole
+        body's: the shut-down socket ends it)."""
+        if self.watchdog.fired:
+            raise _TimeUp
 
 
 def user_agent():

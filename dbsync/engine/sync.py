@@ -26,6 +26,7 @@ from django.utils import timezone
 from protocol.legacy import LAYOUT_LEGACY
 
 from .backup import take_backup
+from .deadlines import RunDeadline
 from .diskbudget import DiskBudget
 from .dumps import dump_name, read_key_set
 from .errors import (
@@ -33,6 +34,7 @@ from .errors import (
     DiskBudgetError,
     InconsistentRemote,
     LocalDatabaseLost,
+    MissingObjects,
     SyncError,
 )
 from .fetch import (
@@ -54,6 +56,7 @@ from .workdir import load_for_resume, work_dir_for
 logger = logging.getLogger(__name__)
 
 FETCH_ATTEMPTS = 2
+REFETCH_ROUNDS = 3  # installs started again with objects asked for again (see install_fetched)
 DUMP, KEYS = "dump", "keys"
 
 
@@ -135,12 +138,23 @@ class Fetched:
 # --- the command: everything in one process ------------------------------------------
 
 
-def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, approval=None):
+def sync(
+    database,
+    plan,
+    options,
+    result,
+    log=quiet,
+    on_fetch_planned=None,
+    approval=None,
+    deadline=None,
+):
     """Fetch ``database``'s dumps into its work folder and install them (or, with
     ``options.resume``, install those a failed run left there), then the records and
     files; counts go to ``result``. ``on_fetch_planned(server_time, full)`` is told
     the run's cursor and kind once they are known; ``approval``: deletions an operator
-    approved once (``guard.Approval``)."""
+    approved once (``guard.Approval``); ``deadline``: the run's RunDeadline (by
+    default DBSYNC_RUN_DEADLINE from now)."""
+    deadline = deadline or RunDeadline.since()
     on_fetch_planned = on_fetch_planned or (lambda server_time, full: None)
     work = work_dir_for(database, options.work_dir)
     if options.resume:
@@ -161,7 +175,7 @@ def sync(database, plan, options, result, log=quiet, on_fetch_planned=None, appr
             approval=approval,
         )
         return
-    client = RemoteClient(database, port=options.port, budget=DiskBudget())
+    client = RemoteClient(database, port=options.port, budget=DiskBudget(), run_deadline=deadline)
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
             _fetch_and_install(
@@ -350,9 +364,8 @@ def install_dumps(
     installed in one transaction; then the records and files from ``client``.
 
     An object that the dumps reference but do not contain is asked for again, into
-    ``work``, from inside the transaction (``fetch.make_refetcher``): which ones are
-    missing is known only as the install resolves each reference against the local
-    key maps, and they are few (the remote changed during the fetch)."""
+    ``work`` (``fetch.make_refetcher``), between two attempts of the install, never
+    from inside its transaction: see ``install_fetched``."""
     # A legacy remote cannot be asked for given keys: dangling references fail the
     # fetch, and the command fetches everything again (FETCH_ATTEMPTS).
     refetch = (
@@ -369,7 +382,15 @@ def install_fetched(
 ):
     """Back up, then install the dumps and move the cursor in one transaction; then,
     given the remote's ``client``, sync the records and files (see ``sync_data``).
-    ``approval`` (``guard.Approval``) may allow deletions beyond the guards'."""
+    ``approval`` (``guard.Approval``) may allow deletions beyond the guards'.
+
+    Which objects the dumps reference but lack (the remote changed during the fetch)
+    is known only as the install resolves each reference against the local key maps.
+    The install then stops (MissingObjects), its transaction rolls back, and, given
+    ``refetch(model_label, pks)``, those objects are fetched, with no transaction
+    open, and the install starts again with them: at most REFETCH_ROUNDS times, and
+    never for the same objects twice; what still dangles is then an error (or, with
+    ``skip``, skipped)."""
     if options.backup and not options.dry_run:
         result.backup_path = take_backup(database.name)
         log(f"Backed up the local database to {result.backup_path}", 1)
@@ -381,31 +402,25 @@ def install_fetched(
         and not is_legacy(database)
     ):
         summary = SummaryPrefetch(database, client, options.full)  # while the objects install
-    max_delete = options.max_delete or settings.DBSYNC_MAX_DELETE
     started = time.monotonic()
-    with _install_transaction():
-        installer = Installer(
-            database,
-            plan,
-            fetched.files,
-            result,
-            remote_keys=fetched.keys,
-            skip=options.skip,
-            max_delete=max_delete,
-            approval=approval,
-            refetch=refetch,
-            log=log,
-        )
-        installer.run()
-        if options.dry_run:
-            transaction.set_rollback(True)
-        else:
-            database.last_sync = timezone.now()
-            update = ["last_sync"]
-            if fetched.server_time is not None:
-                database.sync_cursor = fetched.server_time
-                update.append("sync_cursor")
-            database.save(update_fields=update)
+    asked = {} if refetch is not None else None  # model label -> pks asked for again
+    for attempt in range(REFETCH_ROUNDS + 1):
+        if client is not None and client.run_deadline is not None:
+            client.run_deadline.check(f"{database}: the install of the objects")
+        if asked is not None and attempt == REFETCH_ROUNDS:
+            asked = None  # the last attempt asks for nothing more: what dangles, dangles
+        try:
+            installer = install_objects(
+                database, plan, options, result, fetched, asked, log, approval
+            )
+            break
+        except MissingObjects as exc:  # rolled back: fetch them with no transaction open
+            result.reset()
+            for model_label, pks in sorted(exc.missing.items()):
+                asked.setdefault(model_label, set()).update(pks)
+                for member_label, paths in refetch(model_label, sorted(pks)).items():
+                    fetched.files.setdefault(member_label, []).extend(paths)
+            log(f"Installing again with {sum(map(len, exc.missing.values()))} object(s)", 2)
     committed = time.monotonic()
     if not options.dry_run:
         if approval is not None:
@@ -422,6 +437,35 @@ def install_fetched(
         else:
             sync_data(database, plan, client, options, result, log, summary, approval)
     return result
+
+
+def install_objects(database, plan, options, result, fetched, asked, log, approval=None):
+    """The objects' transaction: the install, and the remote's cursor moved; returns
+    the Installer. Raises MissingObjects (rolled back) for objects to ask for again."""
+    with _install_transaction():
+        installer = Installer(
+            database,
+            plan,
+            fetched.files,
+            result,
+            remote_keys=fetched.keys,
+            skip=options.skip,
+            max_delete=options.max_delete or settings.DBSYNC_MAX_DELETE,
+            approval=approval,
+            asked=asked,
+            log=log,
+        )
+        installer.run()
+        if options.dry_run:
+            transaction.set_rollback(True)
+        else:
+            database.last_sync = timezone.now()
+            update = ["last_sync"]
+            if fetched.server_time is not None:
+                database.sync_cursor = fetched.server_time
+                update.append("sync_cursor")
+            database.save(update_fields=update)
+    return installer
 
 
 @contextmanager

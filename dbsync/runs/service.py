@@ -22,6 +22,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.utils import timezone
 
 from dbsync.engine import workdir
+from dbsync.engine.deadlines import RunDeadline
 from dbsync.engine.diskbudget import DiskBudget
 from dbsync.engine.errors import DeleteGuardError, SyncError
 from dbsync.engine.guard import Approval
@@ -91,6 +92,7 @@ def run_sync(database, options, log=quiet):
                         run, server_time, full
                     ),
                     approval=approval,
+                    deadline=RunDeadline.since(run.started_at),
                 )
         finally:
             # A command has no reaper to do it (cron), and its failed run may have
@@ -231,7 +233,9 @@ def plan_run(run_id, log=quiet):
     options = SyncOptions(**run.options)
     with failures_recorded(run, SyncResult(remote=str(database))):
         plan = make_plan(options.app_label, options.exclude)
-        client = RemoteClient(database, port=options.port)
+        client = RemoteClient(
+            database, port=options.port, run_deadline=RunDeadline.since(run.started_at)
+        )
         fetch_plan = plan_fetch(database, plan, options, client, log)
     run.fetch_plan = fetch_plan.as_json()
     run.heartbeat = timezone.now()
@@ -257,6 +261,7 @@ def fetch_for_run(run_id, model_label, kind):
         port=options.port,
         retries=settings.DBSYNC_TASK_HTTP_RETRIES,
         budget=DiskBudget(spent=stored_bytes(run.fetch_plan.get("stored", []))),
+        run_deadline=RunDeadline.since(run.started_at),
     )
     started = timezone.now()
     with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
@@ -360,7 +365,10 @@ def _install_run(run, fetched, log):
             local = storage.local_copies(run.pk, fetched, work)
             paths = {(meta["model"], meta["kind"]): local[meta["name"]] for meta in fetched}
             client = RemoteClient(
-                database, port=options.port, budget=DiskBudget(spent=stored_bytes(fetched))
+                database,
+                port=options.port,
+                budget=DiskBudget(spent=stored_bytes(fetched)),
+                run_deadline=RunDeadline.since(run.started_at),
             )
             with approval_in_hand(run, result) as approval:
                 install_dumps(

@@ -21,7 +21,13 @@ from celery.exceptions import Retry
 from celery.utils import uuid
 from django.conf import settings
 
-from dbsync.engine.errors import AlreadyRunning, RemoteError, SyncError, TransientRemoteError
+from dbsync.engine.errors import (
+    AlreadyRunning,
+    DeadlineExceeded,
+    RemoteError,
+    SyncError,
+    TransientRemoteError,
+)
 from dbsync.engine.sync import DUMP, SyncOptions
 from dbsync.models import Database, SyncRun
 
@@ -122,8 +128,9 @@ def fetch_dump(run_id, model_label, kind=DUMP):
         meta = service.fetch_for_run(run_id, model_label, kind)
     except RemoteError as exc:
         # The client has retried at once and given up for now; the task retries later.
+        # Not past a deadline: a remote that slow would only use the run's time again.
         if isinstance(exc.__cause__, TransientRemoteError) and not isinstance(
-            exc, TransientRemoteError
+            exc, TransientRemoteError | DeadlineExceeded
         ):
             raise TransientRemoteError(str(exc)) from exc
         raise

@@ -1,5 +1,6 @@
 """Misbehaving servers for the network scenarios: used only where a real remote cannot
-produce the fault on cue (a stall mid-body, a reset, a 5xx, a redirect, a flood).
+produce the fault on cue (a stall mid-body, a trickle, a reset, a 5xx, a redirect, a
+flood).
 
 ``FaultyFront`` stands in front of a real instance: every request is forwarded and
 the real answer returned, except where a rule gives another answer. Unlike
@@ -201,6 +202,30 @@ def cut(how):
             exchange.reset()
         else:
             exchange.stall()
+
+    return answer
+
+
+def trickle(every, between=None):
+    """The real answer, announced whole (Content-Length), its body sent one byte every
+    ``every`` seconds: every read of the client gets a byte in time, so no read
+    timeout ends it, only a deadline. ``between()``, if given, is called about every
+    0.2 s while the answer trickles (e.g. to look at the local database meanwhile)."""
+
+    def answer(exchange, n):
+        code, headers, body = exchange.forward()
+        exchange.head(code, {**headers, "Content-Length": len(body)})
+        limit = time.monotonic() + STALL_LIMIT
+        for index in range(len(body)):
+            exchange.write(body[index : index + 1])
+            exchange.handler.wfile.flush()
+            pause = time.monotonic() + every
+            while time.monotonic() < pause:
+                if time.monotonic() > limit or exchange.front.closing.is_set():
+                    return
+                if between is not None:
+                    between()
+                time.sleep(0.2)
 
     return answer
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+import requests
 from django.apps import apps
 from django.core.management import load_command_class
 from django.db import connection
@@ -575,3 +576,178 @@ def test_a_reference_that_dangles_on_every_fetch_fails_cleanly(changing_remote, 
     assert len(basins) == 2  # one fetch, then one more
     integrity.assert_unchanged(before)
     assert_recovers(database, remote_graph(instance), front)
+
+
+# --- a remote that trickles: the deadlines, and no transaction open meanwhile -----------------
+
+TRICKLE_EVERY = 2.0  # seconds between two bytes: each read gets one within its timeout
+
+
+class SyncSessions:
+    """Samples, from a connection of its own, the sessions of the local database (the
+    sync's among them) while a fault goes on: what a DBA would see in pg_stat_activity."""
+
+    def __init__(self):
+        params = connection.get_connection_params()
+        self.conninfo = {
+            k: params[k] for k in ("host", "port", "user", "password", "dbname") if k in params
+        }
+        self.pid = None
+        self.samples = []  # [[(pid, state), ...], ...]
+        self.watcher = None
+
+    def follow(self):
+        """Before the sync: note its session (the command runs in this thread, on this
+        connection, until it closes it at its end)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            self.pid = cursor.fetchone()[0]
+
+    def sample(self):
+        if self.watcher is None:
+            self.watcher = psycopg.connect(**self.conninfo, autocommit=True)
+        rows = self.watcher.execute(
+            "SELECT pid, state FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        self.samples.append(rows)
+
+    def close(self):
+        if self.watcher is not None:
+            self.watcher.close()
+
+    def assert_no_transaction_waited(self):
+        """Sampled repeatedly with the sync's session there, and no session of the
+        database ever idle in a transaction (holding locks and the xmin horizon while
+        it waits)."""
+        with_sync = [rows for rows in self.samples if any(pid == self.pid for pid, _ in rows)]
+        assert len(with_sync) >= 5, "the sync's session was not sampled during the fault"
+        idle = [
+            (pid, state)
+            for rows in self.samples
+            for pid, state in rows
+            if (state or "").startswith("idle in transaction")
+        ]
+        assert idle == [], f"a session was idle in a transaction: {idle}"
+
+
+@pytest.fixture
+def sessions():
+    watched = SyncSessions()
+    yield watched
+    watched.close()
+
+
+@pytest.fixture
+def deadlines(settings):
+    """Small deadlines, in their order; each read waits longer than the trickle's pause."""
+    settings.DBSYNC_HTTP_TIMEOUT = 5
+    settings.DBSYNC_REQUEST_DEADLINE = 6
+    settings.DBSYNC_RUN_DEADLINE = 120
+    return settings
+
+
+def assert_cut_early(front, predicate, body_size):
+    """Asked once (a deadline is not retried), and left after a few bytes of a body the
+    trickle would have taken hours over: the deadline ended it, nothing else."""
+    assert len(front.asked(predicate)) == 1
+    (sent,) = answers_ended(front, predicate, 1)
+    assert 0 < sent < 20 < body_size
+
+
+def answers_ended(front, predicate, count):
+    """What the answers got out, once ``count`` of them have ended (a trickle ends at
+    its next byte after the client left)."""
+    limit = time.monotonic() + 3 * servers.STALL_LIMIT
+    while len(front.sent_to(predicate)) < count and time.monotonic() < limit:
+        time.sleep(0.2)
+    return front.sent_to(predicate)
+
+
+def test_dump_trickled_a_byte_every_2_s_fails_at_the_request_deadline(
+    remote, remote_objects, front, integrity, deadlines, sessions
+):
+    """The station dump comes one byte every 2 s, so no read ever times out. The
+    request deadline ends it: the run fails naming the remote, the path and
+    DBSYNC_REQUEST_DEADLINE; while the remote trickled, no session of the local
+    database sat in a transaction; nothing changed; the next run succeeds."""
+    database = register(remote.hostname, front.port)
+    synced(database)
+    before = integrity.snapshot()
+    body_size = len(requests.get(f"{remote.url}/api/hcore/station/", timeout=60).content)
+    front.forget()
+    front.on(STATION_DUMP, servers.trickle(TRICKLE_EVERY, sessions.sample))
+    sessions.follow()
+    outcome = hcore_remotesyncdb(database, "--full")
+    assert_failed(
+        outcome,
+        database,
+        "GET /api/hcore/station/",
+        "did not come whole within DBSYNC_REQUEST_DEADLINE=6 s",
+    )
+    assert_cut_early(front, STATION_DUMP, body_size)
+    sessions.assert_no_transaction_waited()
+    integrity.assert_unchanged(before)
+    assert_recovers(database, remote_objects, front)
+
+
+def test_dump_trickled_past_the_run_deadline_fails_at_it(
+    remote, remote_objects, front, integrity, deadlines
+):
+    """The manifest takes 4 s (within the read timeout), then the station dump
+    trickles, in a run of 12 s: the run's deadline comes before the request's (8 s
+    from the request) and ends the response; the message names the run's deadline."""
+    database = register(remote.hostname, front.port)
+    synced(database)
+    before = integrity.snapshot()
+    body_size = len(requests.get(f"{remote.url}/api/hcore/station/", timeout=60).content)
+    front.forget()
+
+    def slow(exchange, n):
+        time.sleep(4)
+        exchange.send(*exchange.forward())
+
+    front.on(is_manifest, servers.first(1, slow))
+    front.on(STATION_DUMP, servers.trickle(TRICKLE_EVERY))
+    deadlines.DBSYNC_REQUEST_DEADLINE = 8
+    deadlines.DBSYNC_RUN_DEADLINE = 12
+    outcome = hcore_remotesyncdb(database, "--full")
+    assert_failed(
+        outcome,
+        database,
+        "GET /api/hcore/station/",
+        "within the run's deadline (DBSYNC_RUN_DEADLINE=12 s)",
+    )
+    assert_cut_early(front, STATION_DUMP, body_size)
+    integrity.assert_unchanged(before)
+    deadlines.DBSYNC_RUN_DEADLINE = 120
+    assert_recovers(database, remote_objects, front)
+
+
+def test_records_batch_trickled_fails_at_the_deadline_with_no_transaction_open(
+    remote, remote_objects, front, integrity, deadlines, sessions
+):
+    """A records batch one byte every 2 s. The batches are all fetched to disk before
+    the records' transaction opens, so while it trickles no transaction is open (the
+    objects' has committed); the request deadline fails the run naming the batch's
+    path, no record is installed, and the next run brings them all."""
+    database = register(remote.hostname, front.port)
+    synced(database, "--no-records")
+    objects_done = ("dbsync_syncrun", "dbsync_database")
+    before = integrity.snapshot(exclude=objects_done)
+    front.forget()
+    front.on(is_records_batch, servers.trickle(TRICKLE_EVERY, sessions.sample))
+    sessions.follow()
+    outcome = hcore_remotesyncdb(database)
+    assert_failed(
+        outcome, database, BATCH_PATH, "DBSYNC_REQUEST_DEADLINE=6 s", "records and files"
+    )
+    asked = len(front.asked(is_records_batch))
+    assert asked >= 1
+    assert all(0 < sent < 20 for sent in answers_ended(front, is_records_batch, asked))
+    sessions.assert_no_transaction_waited()
+    integrity.assert_unchanged(before, exclude=objects_done)
+    assert not Record.objects.exists()
+    assert_recovers(database, remote_objects, front)
+    remote_count = remote.sql("SELECT count(*) FROM hcore_record")[0][0]
+    assert Record.objects.count() == remote_count > 0

@@ -24,7 +24,7 @@ from django.db import connection
 from dbsync.models import SyncRun
 from dbsync.runs import service
 from dbsync.runs.locking import LOCK_NAMESPACE, remote_lock
-from hcore.models import UnitOfMeasurement, Variable
+from hcore.models import Record, UnitOfMeasurement, Variable
 from tests.celery_helpers import local_env
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.instance import PG_BASE, ROOT, Instance
@@ -372,3 +372,35 @@ def test_full_work_folder_fails_clearly_changes_nothing_and_the_next_run_succeed
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
     assert_next_run_succeeds(remote, database, "-w", str(small_disk))
     assert sorted(p.name for p in small_disk.iterdir()) == []
+
+
+def test_full_work_folder_during_the_records_fails_clearly_and_installs_no_record(
+    make_instance, integrity, small_disk, settings, tmp_path
+):
+    """The records' batches, all written to the work folder before their transaction
+    opens, fill it (DBSYNC_WORK_DIR on a 16 KiB tmpfs; the dumps elsewhere, -w): the
+    run fails naming the folder and the lack of space, no record is installed (the
+    objects, committed before, stay), nothing is left in the folder; with space again,
+    the next run brings every record."""
+    instance = make_instance(hostname="records-disk.example.org")
+    instance.generate(stations=20, seed=17, records_per_series=200)
+    instance.start()
+    database = register(instance)
+    dumps = tmp_path / "dumps"
+    sync(database, "--no-records", "-w", str(dumps))
+    objects_done = ("dbsync_syncrun", "dbsync_database")
+    before = integrity.snapshot(exclude=objects_done)
+    settings.DBSYNC_WORK_DIR = small_disk
+    with pytest.raises(CommandError) as failure:
+        sync(database, "-w", str(dumps))
+    message = str(failure.value)
+    for words in ("No space left on device", str(small_disk), "records' batches"):
+        assert words in message, message
+    integrity.assert_unchanged(before, exclude=objects_done)
+    assert not Record.objects.exists()
+    assert_lock_free(database)
+    assert last_run(database).status == SyncRun.FAILED
+    assert list(small_disk.iterdir()) == []
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    assert_next_run_succeeds(instance, database, "-w", str(dumps))
+    assert Record.objects.count() == instance.sql("SELECT count(*) FROM hcore_record")[0][0] > 0

@@ -4,9 +4,12 @@
    local tables; objects seen for the first time get their local pk allocated up
    front, so that every foreign key (forward references and cycles included) is
    written with its final value in one pass. No dummy objects.
-2. Every reference is checked before anything is written: a key to an object the
-   remote did not send is first re-fetched (the remote may have changed between two
-   model fetches); only a reference that still dangles is an error.
+2. Every reference is checked: a key to an object the remote did not send is asked
+   for again (the remote may have changed between two model fetches) by raising
+   ``MissingObjects``, which rolls the caller's transaction back; the caller fetches
+   those objects and installs again (``dbsync.engine.sync.install_fetched``), so no
+   request is ever made inside the transaction. Only a reference that still dangles
+   is an error.
 3. Each model's rows are staged (COPY on PostgreSQL) and merged with one
    ``INSERT ... ON CONFLICT (pk) DO UPDATE ... WHERE <something changed>``, so rows
    that did not change are not touched.

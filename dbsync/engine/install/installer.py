@@ -32,13 +32,14 @@ class Installer:
         skip=False,
         max_delete="50%",
         approval=None,
-        refetch=None,
+        asked=None,
         log=None,
     ):
-        """``files``: model label -> list of dump paths; ``remote_keys``: root label ->
-        set of remote pks, "present" (the dumps are complete) or None (no deletions);
-        ``refetch(model_label, pks)`` returns {model label: [paths]} of re-fetched
-        objects; ``approval``: deletions an operator approved once (``guard.Approval``)."""
+        """``files``: model label -> list of dump paths, re-fetched ones last;
+        ``remote_keys``: root label -> set of remote pks, "present" (the dumps are
+        complete) or None (no deletions); ``asked``: model label -> remote pks asked
+        for again already, or None if none may be (see ``references``); ``approval``:
+        deletions an operator approved once (``guard.Approval``)."""
         self.database = database
         self.plan = plan
         self.result = result
@@ -60,7 +61,7 @@ class Installer:
             database=database,
             remote_keys=remote_keys,
             skip=skip,
-            refetch=refetch,
+            asked=asked,
             log=self.log,
         )
         self.written = defaultdict(KeySet)  # model label -> local pks written in this run
@@ -95,7 +96,7 @@ class Installer:
             # can be left out together with whatever needs it.
             for spec in self.specs.values():
                 refs.scan_model(spec, self.dumps.paths(spec.label))
-            refs.resolve_before(self.plan.models)
+            refs.resolve_before()
             for spec in self.specs.values():
                 for pk in sorted(refs.present[spec.label]):
                     if (spec.root_label, pk) not in refs.bad:
@@ -108,7 +109,7 @@ class Installer:
         finally:
             progress.end(OBJECTS)
         if not self.skip:
-            refs.resolve_after(self.plan.models, self.install_model)
+            refs.resolve_after()
         self.log("Re-linking foreign keys and many-to-many relations: done", 1)
         remote_keys = refs.remote_keys
         if refs.full_dumps:

@@ -1,5 +1,5 @@
 """Reference resolution: which remote objects this run has, what refers to what is
-missing, re-fetching it, and (with ``--skip``) which objects are left out.
+missing, asking for it again, and (with ``--skip``) which objects are left out.
 
 State, all in *remote* pks:
 
@@ -20,6 +20,11 @@ State, all in *remote* pks:
 
 Without ``--skip`` every problem raises (``ObjectError``, ``DanglingReferences``)
 and ``bad`` stays empty.
+
+What is missing is never fetched here, inside the install's transaction: unless all
+of it was asked for already (``asked``), the install raises ``MissingObjects``, its
+transaction rolls back, and the caller fetches those objects and installs again
+(``dbsync.engine.sync.install_fetched``).
 """
 
 from collections import defaultdict
@@ -28,22 +33,21 @@ from django.conf import settings
 
 from protocol.formats import MAX_KEY
 
-from ..errors import DanglingReferences, ObjectError
+from ..errors import DanglingReferences, MissingObjects, ObjectError
 from ..keysets import KeySet
 from ..planner import label
 from .spec import BadValue, check_object, convert_row, object_needs, object_targets
 
-MAX_REFETCH_ROUNDS = 3
 MAX_LISTED_PROBLEMS = 20
 
 
 class References:
     """What the run's objects refer to, and whether it exists; see the module docstring."""
 
-    def __init__(self, specs, dumps, keys, result, *, database, remote_keys, skip, refetch, log):
+    def __init__(self, specs, dumps, keys, result, *, database, remote_keys, skip, asked, log):
         """``remote_keys``: root label -> remote pks, "present" (the dumps are complete)
-        or None (not known); ``refetch(model_label, pks)`` returns {model label:
-        [paths]} of re-fetched objects."""
+        or None (not known); ``asked``: model label -> the remote pks asked for again
+        already, or None when none may be (what is missing then dangles)."""
         self.specs = specs
         self.dumps = dumps
         self.keys = keys
@@ -53,7 +57,7 @@ class References:
         self.full_dumps = remote_keys == "present"
         self.remote_keys = None if self.full_dumps else remote_keys
         self.skip = skip
-        self.refetch = refetch
+        self.asked = asked
         self.log = log
         self.present = defaultdict(KeySet)
         self.refs = defaultdict(set)
@@ -162,16 +166,12 @@ class References:
                 for value in values:
                     self.refer(label(f.related_model), value)
 
-    def resolve_before(self, models):
-        """--skip, after the scan: re-fetch what is missing (and scan it), then skip
+    def resolve_before(self):
+        """--skip, after the scan: ask for what is missing (``ask_again``), then skip
         what still dangles and whatever needs a skipped object."""
         missing = self.missing()
-        rounds = 0
-        while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
-            rounds += 1
-            self.refetch_missing(missing, models, self.scan_model)
-            missing = self.missing()
         if missing:
+            self.ask_again(missing)
             self.report_dangling(missing)
         if self.bad:
             self.propagate_bad()
@@ -204,34 +204,30 @@ class References:
 
     # --- without --skip: checked after everything is written ------------------------------
 
-    def resolve_after(self, models, install):
+    def resolve_after(self):
         """Every reference written must point at an object of this run or an earlier
-        one: re-fetch what is missing and ``install(spec, paths)`` it, or raise."""
+        one: ask for what is missing (``ask_again``), or raise."""
         missing = self.missing()
-        rounds = 0
-        while missing and self.refetch is not None and rounds < MAX_REFETCH_ROUNDS:
-            rounds += 1
-            self.refetch_missing(missing, models, install)
-            missing = self.missing()
         if missing:
+            self.ask_again(missing)
             self.report_dangling(missing)
 
     # --- both ----------------------------------------------------------------------------
 
-    def refetch_missing(self, missing, models, install):
-        """Ask the remote again for objects referenced but not sent, and hand their
-        dumps to ``install(spec, paths)`` in plan order (``models``)."""
-        count = sum(len(p) for p in missing.values())
-        self.log(f"Re-fetching {count} object(s) referenced but not sent", 1)
-        fetched_all = defaultdict(list)
-        for model_label, pks in sorted(missing.items()):
-            for fetched_label, paths in self.refetch(model_label, sorted(pks)).items():
-                self.dumps.add(fetched_label, paths)
-                fetched_all[fetched_label].extend(paths)
-        for model in models:
-            paths = fetched_all.get(label(model))
-            if paths:
-                install(self.specs[label(model)], paths)
+    def ask_again(self, missing):
+        """Raise MissingObjects (the transaction rolls back; the caller fetches them
+        and installs again) if some of ``missing`` may still be asked for."""
+        if self.asked is None:
+            return
+        new = {
+            model_label: pks - self.asked.get(model_label, set())
+            for model_label, pks in missing.items()
+        }
+        new = {model_label: pks for model_label, pks in new.items() if pks}
+        if new:
+            count = sum(len(pks) for pks in new.values())
+            self.log(f"{count} object(s) referenced but not sent: asking for them again", 1)
+            raise MissingObjects(self.database, new)
 
     def report_dangling(self, missing):
         """Name each object whose reference still dangles; halt unless skipping."""

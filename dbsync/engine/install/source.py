@@ -8,8 +8,8 @@ class Dumps:
     """The dump paths of each model, and the objects in them.
 
     A model's paths are read from ``source`` when first asked for, so that a caller
-    still fetching can hand over a mapping that waits. Re-fetched dumps are appended
-    (``add``) after the model's others: the last paths are the newest.
+    still fetching can hand over a mapping that waits. Re-fetched dumps come after the
+    model's others (``sync.install_fetched`` appends them): the last paths are the newest.
     """
 
     def __init__(self, source, database):
@@ -21,9 +21,6 @@ class Dumps:
         if model_label not in self.files:
             self.files[model_label] = list(self.source.get(model_label, []))
         return self.files[model_label]
-
-    def add(self, model_label, paths):
-        self.paths(model_label).extend(paths)
 
     def objects(self, path):
         """The objects of a dump, with payload errors naming the remote."""

@@ -12,9 +12,10 @@ here (``hcore.RecordsSyncState``), and only what changed is fetched. One job eac
   written out in COPY's text format;
 - ``loader``: the batches into the records table, then the new sync states;
 - ``guard``: no series loses more than a share of its records (``RecordsGuard``);
-- ``sync``: the run of them all (``sync_records``), in one transaction, after the
-  objects' install has committed (a record cannot outlive its series: the foreign key
-  sees to it; a series the remote deleted loses its records with it).
+- ``sync``: the run of them all (``sync_records``): every batch fetched to disk
+  first, then all loaded in one transaction, after the objects' install has
+  committed (a record cannot outlive its series: the foreign key sees to it; a
+  series the remote deleted loses its records with it).
 
 A malformed CSV (a bad date, a value that is not a number, a body cut short) stops the
 run with an error naming the remote, the series (its remote pk) and the line, and

@@ -1,7 +1,8 @@
 """The loader: a fetched batch into the records table, and the series' sync states.
 
-It runs in the records sync's one transaction (``RecordsSync.run``); nothing it writes
-is seen before the whole run's records are in. Its invariants:
+It runs in the records sync's one transaction (``RecordsSync.run``), on batches
+already fetched to disk; nothing it writes is seen before the whole run's records are
+in. Its invariants:
 
 - a replaced series is one DELETE of its records and a COPY of what came, straight into
   the records table;
@@ -130,13 +131,21 @@ class Loader:
             fetched = FetchedSeries(job, CLEAR)
             self.done(fetched, removed.get(job.local_pk, 0))
 
+    def refuse_malformed(self, fetched):
+        """Unless ``skip``: RecordsError for the first malformed series of a batch
+        (checked as it is fetched, before the transaction: the run stops at once)."""
+        if self.skip:
+            return
+        for failed in fetched.series:
+            if failed.error is not None:
+                raise RecordsError(f"{self.database}: {failed.error.describe()}")
+
     def install_batch(self, fetched):
         good = [f for f in fetched.series if f.error is None]
+        self.refuse_malformed(fetched)
         for failed in fetched.series:
             if failed.error is None:
                 continue
-            if not self.skip:
-                raise RecordsError(f"{self.database}: {failed.error.describe()}")
             self.skipped(failed.error)
             logger.warning("%s: skipped %s", self.database, failed.error.describe())
         try:

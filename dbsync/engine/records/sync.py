@@ -1,5 +1,8 @@
-"""The records sync of one remote: the summary, the plan, the batches fetched in a small
-thread pool and loaded here as they come, in one transaction; then the records cursor.
+"""The records sync of one remote: the summary, the plan, every batch fetched in a small
+thread pool into the work folder (streamed to disk, checked against its ``# end``
+lines, written out for COPY), and only then loaded, from disk, in one transaction;
+then the records cursor. The transaction never waits on the remote: a slow or broken
+remote fails the run before it opens, with nothing of the records changed.
 
 After a records sync that finished with nothing skipped, the remote's clock when the
 run began (its objects' cursor) is kept as the remote's ``records_cursor``: the next
@@ -17,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone as django_timezone
 
+from ..errors import SyncError
 from ..progress import RECORDS, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
@@ -120,16 +124,23 @@ class RecordsSync:
             self.log(f"\t- the plan: {time.monotonic() - started:.1f} s", 2)
             self.guard.check_plan(plan.jobs)
             started = time.monotonic()
+            fetched = self.fetch(plan.jobs)
+            self.log(
+                f"\t- {self.batches} batches fetched in {time.monotonic() - started:.1f} s", 2
+            )
+            deadline = getattr(self.client, "run_deadline", None)
+            if deadline is not None:
+                deadline.check(f"{self.database}: the install of the records")
+            started = time.monotonic()
             with transaction.atomic():
-                self.install(plan.jobs)
+                self.install(plan.jobs, fetched)
                 self.guard.raise_if_refused()
                 self.loader.install_empty(plan.empty)
                 self.move_cursor()
                 if self.dry_run:
                     transaction.set_rollback(True)
             self.log(
-                f"\t- {self.batches} batches fetched and installed in "
-                f"{time.monotonic() - started:.1f} s",
+                f"\t- {self.batches} batches installed in {time.monotonic() - started:.1f} s",
                 2,
             )
         self.log(describe(self.result, self.empty), 1)
@@ -152,19 +163,12 @@ class RecordsSync:
         summary = fetch_summary(self.database, self.client, urls, self.work, params)
         return urls, summary, bool(params)
 
-    def install(self, jobs):
-        """Fetch batches in the pool, load each here as it comes (in the order submitted);
-        an append that did not add up is fetched again, whole."""
-        progress = steps(self.log)
-        progress.begin(RECORDS, len(jobs))
-        try:
-            self.install_jobs(jobs)
-        finally:
-            progress.end(RECORDS)
-
-    def install_jobs(self, jobs):
-        self.loader.begin()
-        self.loader.clear([job for job in jobs if job.mode == CLEAR])
+    def fetch(self, jobs):
+        """Every batch of ``jobs`` fetched and checked in the pool, into the work
+        folder, before anything is installed; an append that did not add up is fetched
+        again, whole. Returns the FetchedBatches in the order to install them. A
+        malformed series ends the fetch at once, unless ``skip``."""
+        fetched = []
         window = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="records") as pool:
 
@@ -178,10 +182,11 @@ class RecordsSync:
                 submit(make_batches(jobs, REPLACE))
                 submit(make_batches(jobs, APPEND))
                 while window:
-                    fetched = window.popleft().result()
-                    self.loader.install_batch(fetched)
-                    if fetched.refetch:
-                        for job in fetched.refetch:
+                    batch = self.written(window.popleft())
+                    self.loader.refuse_malformed(batch)
+                    fetched.append(batch)
+                    if batch.refetch:
+                        for job in batch.refetch:
                             logger.info(
                                 "%s: records of timeseries %s changed before our last one; "
                                 "fetching it whole",
@@ -189,12 +194,39 @@ class RecordsSync:
                                 job.remote_pk,
                             )
                             job.mode = REPLACE
-                        submit(make_batches(fetched.refetch, REPLACE))
+                        submit(make_batches(batch.refetch, REPLACE))
             except BaseException:
                 for future in window:
                     future.cancel()
                 raise
-        self.loader.finish()
+        return fetched
+
+    def written(self, future):
+        """The FetchedBatch of ``future``; a full (or unwritable) work folder, which
+        now holds every batch of the run until the install, as a SyncError saying so."""
+        try:
+            return future.result()
+        except OSError as exc:
+            if exc.errno is None:  # not the file system's
+                raise
+            raise SyncError(
+                f"{self.database}: cannot write the records' batches in the folder "
+                f"{self.work}: {exc.strerror or exc}. Free some space there (or set "
+                f"DBSYNC_WORK_DIR to another folder); nothing of the records was installed."
+            ) from exc
+
+    def install(self, jobs, fetched):
+        """The fetched batches, from disk, in the caller's transaction."""
+        progress = steps(self.log)
+        progress.begin(RECORDS, len(jobs))
+        try:
+            self.loader.begin()
+            self.loader.clear([job for job in jobs if job.mode == CLEAR])
+            for batch in fetched:
+                self.loader.install_batch(batch)
+            self.loader.finish()
+        finally:
+            progress.end(RECORDS)
 
     def move_cursor(self):
         """Keep the run's cursor as the records cursor: only after a whole records sync
