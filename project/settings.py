@@ -173,7 +173,8 @@ API_MAX_KEYS_PER_REQUEST = env_int("API_MAX_KEYS_PER_REQUEST", 1_000)
 # --- dbsync: the replication engine ---
 DBSYNC_WORK_DIR = Path(env_str("DBSYNC_WORK_DIR", str(VAR_DIR / "dbsync-work")))
 DBSYNC_BACKUP_DIR = Path(env_str("DBSYNC_BACKUP_DIR", str(VAR_DIR / "backups")))
-DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)
+DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)  # per remote
+DBSYNC_BACKUP_MAX_AGE_DAYS = env_int("DBSYNC_BACKUP_MAX_AGE_DAYS", 30)  # 0: no age bound
 DBSYNC_MAX_DELETE = env_str("DBSYNC_MAX_DELETE", "50%")
 DBSYNC_MAX_DELETE_MIN = env_int("DBSYNC_MAX_DELETE_MIN", 10)
 DBSYNC_HTTP_TIMEOUT = env_float("DBSYNC_HTTP_TIMEOUT", 60.0)
