@@ -1,7 +1,8 @@
 """The backup of the local database taken before a sync changes anything.
 
 A backup is written under a temporary name, checked (``pg_restore --list`` must list
-the data of every ``hcore`` and ``dbsync`` table; SQLite: ``PRAGMA integrity_check``)
+the data of every ``hcore`` and ``dbsync`` table, and the whole file must read back;
+SQLite: ``PRAGMA integrity_check``)
 and only then renamed to ``<database>-<UTC stamp>-before-<remote slug>.<suffix>``, so
 no half-written or unreadable file ever looks like a backup. Retention is per remote
 (the slug in the name, parsed exactly) and by age.
@@ -106,14 +107,24 @@ def _pg_dump(db, path):
 
 
 def _check_pg_dump(path, tables):
-    """``pg_restore --list`` must read ``path`` and list the data of every table."""
-    try:
-        done = subprocess.run(
-            ["pg_restore", "--list", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=600,
+    """``pg_restore --list`` must list the data of every table, and the whole file must
+    read back (``pg_restore`` to nowhere): the list comes from the archive's table of
+    contents alone, which a file cut short after it still has."""
+    listing = _pg_restore("--list", str(path))
+    listed = {m["table"] for m in map(TABLE_DATA.match, listing.splitlines()) if m}
+    missing = [table for table in tables if table not in listed]
+    if missing:
+        raise BackupError(
+            f"The backup failed its check: pg_restore --list shows no data of "
+            f"{len(missing)} table(s): {', '.join(missing[:10])}"
         )
+    _pg_restore(f"--file={os.devnull}", str(path))
+
+
+def _pg_restore(*arguments):
+    command = ["pg_restore", *arguments]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackupError(
             f"pg_restore could not run to check the backup: {exc}; install it (it comes "
@@ -121,15 +132,9 @@ def _check_pg_dump(path, tables):
         ) from exc
     if done.returncode != 0:
         raise BackupError(
-            f"The backup failed its check (pg_restore --list): {done.stderr.strip()[:500]}"
+            f"The backup failed its check ({' '.join(command[:2])}): {done.stderr.strip()[:500]}"
         )
-    listed = {m["table"] for m in map(TABLE_DATA.match, done.stdout.splitlines()) if m}
-    missing = [table for table in tables if table not in listed]
-    if missing:
-        raise BackupError(
-            f"The backup failed its check: pg_restore --list shows no data of "
-            f"{len(missing)} table(s): {', '.join(missing[:10])}"
-        )
+    return done.stdout
 
 
 def _sqlite_copy(path):
