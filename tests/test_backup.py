@@ -6,6 +6,7 @@ kept per remote and by age."""
 import io
 import os
 import shutil
+import sqlite3
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from dbsync.engine.backup import STAMP_FORMAT, prune
+from dbsync.engine.backup import STAMP_FORMAT, BackupError, check_sqlite_copy, prune, remote_slug
 from dbsync.models import SyncRun
 from tests.instance import PG_BASE, Instance, admin_execute
 from tests.reliability.conftest import snapshot
@@ -183,3 +184,31 @@ def test_two_remotes_keep_their_own_newest_backups(remote, backup_dir, settings)
 
     newest = {last_run(a).backup_path, last_run(a_b).backup_path}
     assert {str(p) for p in backup_dir.iterdir()} == newest
+
+
+def test_remotes_named_in_other_scripts_keep_their_own_backups(tmp_path):
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    assert remote_slug("Αθήνα") != remote_slug("Πάτρα")
+    athens = make_backups(tmp_path, remote_slug("Αθήνα"), [0, 1], now)
+    patras = make_backups(tmp_path, remote_slug("Πάτρα"), [0, 1], now)
+    assert prune(tmp_path, "Αθήνα", keep=1, max_age_days=30, now=now) == [athens[1]]
+    assert all(p.exists() for p in patras)
+
+
+def test_a_damaged_sqlite_copy_fails_its_check(tmp_path):
+    """A real SQLite file, damaged on disk as a failing disk would (bytes overwritten)."""
+    path = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE hcore_station (id integer primary key, name text)")
+        db.executemany("INSERT INTO hcore_station (name) VALUES (?)", [("x" * 500,)] * 200)
+        db.execute("CREATE INDEX station_name ON hcore_station (name)")
+    db.close()
+    check_sqlite_copy(path, ["hcore_station"])  # whole, it passes
+    with pytest.raises(BackupError, match="no table dbsync_database"):
+        check_sqlite_copy(path, ["hcore_station", "dbsync_database"])
+    with path.open("r+b") as damaged:
+        damaged.seek(4096 * 3 + 100)
+        damaged.write(b"\xff" * 2000)
+
+    with pytest.raises(BackupError, match=r"failed its check \(PRAGMA integrity_check\): "):
+        check_sqlite_copy(path, ["hcore_station"])

@@ -52,10 +52,10 @@ def take_backup(remote_name):
     )
     if connection.vendor == "postgresql":
         path = backup_dir / f"{base}.pgdump"
-        write, check = (lambda partial: _pg_dump(db, partial)), _check_pg_dump
+        write, check = (lambda partial: _pg_dump(db, partial)), check_pg_dump
     elif connection.vendor == "sqlite":
         path = backup_dir / f"{base}.sqlite3"
-        write, check = _sqlite_copy, _check_sqlite_copy
+        write, check = _sqlite_copy, check_sqlite_copy
     else:
         raise BackupError(f"No backup method for {connection.vendor}; use --no-backups.")
     partial = path.with_name(path.name + PARTIAL)
@@ -74,8 +74,9 @@ def take_backup(remote_name):
 
 
 def remote_slug(remote_name):
-    """The remote's part of its backups' names (never empty)."""
-    return slugify(remote_name) or "remote"
+    """The remote's part of its backups' names (never empty; letters of any script
+    stay, so that "Αθήνα" and "Πάτρα" are not both "remote")."""
+    return slugify(remote_name, allow_unicode=True) or "remote"
 
 
 def expected_tables():
@@ -106,7 +107,7 @@ def _pg_dump(db, path):
         raise BackupError(f"pg_dump failed: {done.stderr.strip()[:500]}")
 
 
-def _check_pg_dump(path, tables):
+def check_pg_dump(path, tables):
     """``pg_restore --list`` must list the data of every table, and the whole file must
     read back (``pg_restore`` to nowhere): the list comes from the archive's table of
     contents alone, which a file cut short after it still has."""
@@ -146,7 +147,7 @@ def _sqlite_copy(path):
         target.close()
 
 
-def _check_sqlite_copy(path, tables):
+def check_sqlite_copy(path, tables):
     """``PRAGMA integrity_check`` must say ok, and every table must be there."""
     try:
         copy = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -158,7 +159,7 @@ def _check_sqlite_copy(path, tables):
     except sqlite3.Error as exc:
         raise BackupError(f"The backup failed its check (cannot read it: {exc})") from exc
     if verdict != [("ok",)]:
-        problems = "; ".join(str(row[0]) for row in verdict[:5])
+        problems = "; ".join(str(row[0]) for row in verdict[:5]).replace("\n", "; ")[:500]
         raise BackupError(f"The backup failed its check (PRAGMA integrity_check): {problems}")
     missing = [table for table in tables if table not in present]
     if missing:
