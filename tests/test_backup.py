@@ -148,7 +148,11 @@ def test_retention_is_per_remote_and_by_age(tmp_path):
     a = make_backups(tmp_path, "a", [0, 1, 2, 3], now)
     a_b = make_backups(tmp_path, "a-b", [0.5, 1.5, 2.5, 40], now)
     b = make_backups(tmp_path, "b", [0.2, 31], now)
-    foreign = [tmp_path / "mine-20201010T101010000000-before-a.pgdump.txt", tmp_path / "notes"]
+    foreign = [
+        tmp_path / "mine-20201010T101010000000-before-a.pgdump.txt",
+        tmp_path / "x-20201310T101010000000-before-a.pgdump",  # no 13th month
+        tmp_path / "notes",
+    ]
     for path in foreign:
         path.write_text("not a backup")
     stale, fresh = tmp_path / "x.pgdump.partial", tmp_path / "y.pgdump.partial"

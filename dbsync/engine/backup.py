@@ -174,7 +174,10 @@ def backups_in(backup_dir):
         match = BACKUP_NAME.match(path.name)
         if match is None or not path.is_file():
             continue
-        taken = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+        try:
+            taken = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+        except ValueError:  # digits in the right places, but no date (month 13)
+            continue
         found.append((path, match["remote"], taken))
     return found
 
@@ -194,12 +197,21 @@ def prune(backup_dir, remote_name, keep, max_age_days, now=None):
         doomed |= {path for path, _, taken in backups if taken < oldest and path != newest}
     # a backup being written when its process was killed: nobody will finish it
     stale = now - timedelta(days=1)
-    doomed |= {
-        path
-        for path in backup_dir.glob(f"*{PARTIAL}")
-        if datetime.fromtimestamp(path.stat().st_mtime, UTC) < stale
-    }
+    doomed |= {path for path in backup_dir.glob(f"*{PARTIAL}") if _modified(path) < stale}
+    pruned = []
     for old in sorted(doomed):
-        old.unlink(missing_ok=True)
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as exc:  # the backup just taken is good: the sync goes on
+            logger.warning("Could not prune old backup %s: %s", old, exc)
+            continue
+        pruned.append(old)
         logger.info("Pruned old backup %s", old)
-    return sorted(doomed)
+    return pruned
+
+
+def _modified(path):
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:  # gone meanwhile (another run pruned it)
+        return datetime.max.replace(tzinfo=UTC)
