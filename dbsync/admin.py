@@ -67,14 +67,15 @@ def sync_permission():
     return f"{Database._meta.app_label}.{codename}"
 
 
-def start_sync(database, started_by=""):
-    """Queue a sync of ``database`` ("Sync now"); return (level, message) for the user.
+def start_sync(database, started_by="", backup=None):
+    """Queue a sync of ``database`` ("Sync now"; ``backup`` True: "Sync now, backing up
+    first", whatever ``DBSYNC_TASK_BACKUP`` says); return (level, message) for the user.
 
     A refusal (the remote is busy: a REFUSED run is recorded) or a failure to queue
     is a message, not an exception.
     """
     try:
-        tasks.enqueue_sync(database, trigger="admin", started_by=started_by)
+        tasks.enqueue_sync(database, trigger="admin", started_by=started_by, backup=backup)
     except AlreadyRunning as exc:
         return messages.WARNING, f"Not syncing {database}: {exc}"
     except SyncError as exc:
@@ -169,7 +170,7 @@ class DatabaseAdmin(admin.ModelAdmin):
     list_filter = ("is_active", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
     readonly_fields = ("last_sync", "sync_cursor", "records_cursor")
-    actions = ("sync_now",)
+    actions = ("sync_now", "sync_now_with_backup")
     fieldsets = fieldsets_for(
         Database,
         [
@@ -266,6 +267,16 @@ class DatabaseAdmin(admin.ModelAdmin):
     def sync_now(self, request, queryset):
         for database in queryset:
             level, message = start_sync(database, started_by=request.user.get_username())
+            self.message_user(request, message, level)
+
+    @admin.action(
+        description="Sync now, backing up the local database first", permissions=["sync"]
+    )
+    def sync_now_with_backup(self, request, queryset):
+        for database in queryset:
+            level, message = start_sync(
+                database, started_by=request.user.get_username(), backup=True
+            )
             self.message_user(request, message, level)
 
     @admin.display(description="address")

@@ -192,7 +192,8 @@ API_MAX_KEYS_PER_REQUEST = env_int("API_MAX_KEYS_PER_REQUEST", 1_000)
 # --- dbsync: the replication engine ---
 DBSYNC_WORK_DIR = Path(env_str("DBSYNC_WORK_DIR", str(VAR_DIR / "dbsync-work")))
 DBSYNC_BACKUP_DIR = Path(env_str("DBSYNC_BACKUP_DIR", str(VAR_DIR / "backups")))
-DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)
+DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)  # per remote
+DBSYNC_BACKUP_MAX_AGE_DAYS = env_int("DBSYNC_BACKUP_MAX_AGE_DAYS", 30)  # 0: no age bound
 # The deletion guards: the most replicated objects of a model (with their cascades),
 # and the most records of a series, one run may remove; a count, a share or "all".
 DBSYNC_MAX_DELETE = env_str("DBSYNC_MAX_DELETE", "50%")

@@ -130,6 +130,29 @@ def test_sync_now_action_syncs_the_selected_remotes(client, remote, eager):
     assert Station.objects.filter(original_db=database).count() == len(remote.station_names)
 
 
+def test_sync_now_backing_up_first_backs_up_though_tasks_do_not_by_default(
+    client, remote, eager, settings, tmp_path
+):
+    settings.DBSYNC_BACKUP_DIR = tmp_path / "backups"
+    database = register(remote)
+    client.force_login(make_staff("syncer"))
+    changelist = reverse("admin:dbsync_database_changelist")
+    client.post(changelist, {"action": "sync_now", "_selected_action": [database.pk]}, follow=True)
+    assert SyncRun.objects.get(database=database).backup_path == ""  # DBSYNC_TASK_BACKUP off
+
+    response = client.post(
+        changelist,
+        {"action": "sync_now_with_backup", "_selected_action": [database.pk]},
+        follow=True,
+    )
+
+    run = SyncRun.objects.filter(database=database).latest("pk")
+    assert texts(response) == [f"Queued a sync of {database}: run #{run.pk} ({run.status})."]
+    assert run.status == SyncRun.SUCCEEDED, run.message
+    assert run.options["backup"] is True
+    assert [str(p) for p in settings.DBSYNC_BACKUP_DIR.iterdir()] == [run.backup_path]
+
+
 def test_a_second_press_while_a_run_is_active_is_refused_and_recorded(client, remote, idle_broker):
     database = register(remote)
     client.force_login(make_staff("syncer"))

@@ -82,12 +82,13 @@ class SyncOptions:
         return asdict(self)
 
     @classmethod
-    def for_task(cls, database, trigger, started_by="", full=False):
-        """The options of a Celery run: the remote's own settings, the task's defaults."""
+    def for_task(cls, database, trigger, started_by="", full=False, backup=None):
+        """The options of a Celery run: the remote's own settings, the task's defaults
+        (``backup`` None: as ``DBSYNC_TASK_BACKUP`` says; True or False: this run's)."""
         return cls(
             app_label=database.app_label,
             exclude=[name.strip() for name in database.exclude.split(",") if name.strip()],
-            backup=settings.DBSYNC_TASK_BACKUP,
+            backup=settings.DBSYNC_TASK_BACKUP if backup is None else bool(backup),
             full=full,
             trigger=trigger,
             started_by=started_by,
@@ -392,7 +393,7 @@ def install_fetched(
     never for the same objects twice; what still dangles is then an error (or, with
     ``skip``, skipped)."""
     if options.backup and not options.dry_run:
-        result.backup_path = take_backup(database.name)
+        result.backup_path = take_backup(database.name)  # raises if it fails its check
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
     if (

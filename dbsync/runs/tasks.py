@@ -76,13 +76,14 @@ class RunTask(Task):
 
 
 @shared_task(name="dbsync.tasks.sync_remote", throws=(SyncError,))
-def sync_remote(database_id, trigger="beat", started_by="", full=False):
-    """Sync one remote: claim it, then start the fetch-and-install pipeline."""
+def sync_remote(database_id, trigger="beat", started_by="", full=False, backup=None):
+    """Sync one remote: claim it, then start the fetch-and-install pipeline (``backup``
+    None: back up as ``DBSYNC_TASK_BACKUP`` says)."""
     database = Database.objects.filter(pk=database_id).first()
     if database is None or not database.is_active:
         logger.warning("Remote %s is gone or inactive; not syncing it", database_id)
         return {"status": "skipped", "database": database_id}
-    options = SyncOptions.for_task(database, trigger, started_by, full)
+    options = SyncOptions.for_task(database, trigger, started_by, full, backup)
     try:
         run = service.claim_run(database, options)
     except AlreadyRunning as exc:
@@ -165,8 +166,9 @@ def reap_stale_runs():
     return service.reap_stale_runs()
 
 
-def enqueue_sync(database, trigger="admin", started_by="", full=False):
-    """Start a Celery sync of ``database`` now (the admin's "Sync now").
+def enqueue_sync(database, trigger="admin", started_by="", full=False, backup=None):
+    """Start a Celery sync of ``database`` now (the admin's "Sync now"); ``backup``
+    True takes a backup first even if ``DBSYNC_TASK_BACKUP`` is off.
 
     Returns the AsyncResult of the task that starts the pipeline. If the remote is
     busy, the refusal is recorded and AlreadyRunning raised, with a message for the
@@ -174,7 +176,8 @@ def enqueue_sync(database, trigger="admin", started_by="", full=False):
     """
     if not database.is_active:
         raise SyncError(f"The remote {database} is inactive; activate it first.")
-    run = service.claim_run(database, SyncOptions.for_task(database, trigger, started_by, full))
+    options = SyncOptions.for_task(database, trigger, started_by, full, backup)
+    run = service.claim_run(database, options)
     try:
         return start_run.delay(run.pk)
     except Exception as exc:  # noqa: BLE001 - any broker failure: record it, tell the user

@@ -16,6 +16,7 @@ it had to be left as it was. The same figures are written as JSON to
 import json
 import os
 from collections import defaultdict
+from contextlib import nullcontext
 
 import pytest
 from django.apps import apps
@@ -54,14 +55,15 @@ def local_tables():
     return sorted(t for t in tables if t in connection.introspection.table_names())
 
 
-def snapshot(exclude=("dbsync_syncrun",)):
+def snapshot(exclude=("dbsync_syncrun",), cursor=None):
     """{table: (row count, md5 of every row)} of the local database, from SQL.
 
     Runs are left out by default (a failed run is recorded, which is the point); the
-    registered remotes are in (a failed run must not move a remote's cursor).
+    registered remotes are in (a failed run must not move a remote's cursor). Given a
+    ``cursor`` (e.g. psycopg's, on a backup restored elsewhere), the same tables there.
     """
     result = {}
-    with connection.cursor() as cursor:
+    with nullcontext(cursor) if cursor is not None else connection.cursor() as cursor:
         for table in local_tables():
             if table in exclude:
                 continue
