@@ -204,7 +204,7 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
             progress = b.by_css(chromium, ".field-progress .readonly")[0].text
             if status == SyncRun.RUNNING and progress not in seen:
                 seen.append(progress)
-            return progress.startswith("installing records: 100 of ")
+            return progress.startswith("fetching records: 100 of ")
 
         b.wait_for(shown, timeout=240, every=0.5, what="the records' first batch on the page")
         assert b.by_css(chromium, ".field-run_duration .readonly")[0].text.endswith(" so far")
@@ -220,8 +220,8 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
         front.close()
     fetching = [int(m[1]) for p in seen if (m := re.match(r"fetching: (\d+) of (\d+) dumps", p))]
     assert len(fetching) >= 3 and fetching == sorted(fetching), seen
-    records = [p for p in seen if p.startswith("installing records: ")]
-    assert records[-1].startswith(f"installing records: 100 of {series} series, 500 records")
+    records = [p for p in seen if p.startswith("fetching records: ")]
+    assert records[-1].startswith(f"fetching records: 100 of {series} series, 500 records")
     run.refresh_from_db()
     assert (run.status, run.progress) == (SyncRun.SUCCEEDED, "")
     assert Station.objects.filter(original_db=database).count() == 60

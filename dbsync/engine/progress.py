@@ -18,9 +18,16 @@ logger = logging.getLogger(__name__)
 # The long steps, each counted in its own unit (and, in ``amounts``, what it moves).
 FETCH = "fetch"  # dumps (bytes)
 OBJECTS = "objects"  # models (objects installed)
-RECORDS = "records"  # time series (records)
+RECORDS_FETCH = "records-fetch"  # time series (records), fetched to disk
+RECORDS = "records"  # time series (records), installed
 FILES = "files"  # files (bytes)
-UNITS = {FETCH: "dumps", OBJECTS: "models", RECORDS: "series", FILES: "files"}
+UNITS = {
+    FETCH: "dumps",
+    OBJECTS: "models",
+    RECORDS_FETCH: "series",
+    RECORDS: "series",
+    FILES: "files",
+}
 
 
 class Progress:

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from dbsync.engine.progress import FETCH, FILES, OBJECTS, RECORDS, UNITS, Forward
+from dbsync.engine.progress import FETCH, FILES, OBJECTS, RECORDS, RECORDS_FETCH, UNITS, Forward
 from dbsync.models import SyncRun
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 PHASES = {
     FETCH: "fetching",
     OBJECTS: "installing objects",
+    RECORDS_FETCH: "fetching records",
     RECORDS: "installing records",
     FILES: "fetching files",
 }

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone as django_timezone
 
 from ..errors import SyncError
-from ..progress import RECORDS, quiet, steps
+from ..progress import RECORDS, RECORDS_FETCH, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
 from .guard import RecordsGuard
@@ -168,6 +168,14 @@ class RecordsSync:
         folder, before anything is installed; an append that did not add up is fetched
         again, whole. Returns the FetchedBatches in the order to install them. A
         malformed series ends the fetch at once, unless ``skip``."""
+        progress = steps(self.log)
+        progress.begin(RECORDS_FETCH, len(jobs))
+        try:
+            return self.fetch_all(jobs, progress)
+        finally:
+            progress.end(RECORDS_FETCH)
+
+    def fetch_all(self, jobs, progress):
         fetched = []
         window = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="records") as pool:
@@ -183,6 +191,11 @@ class RecordsSync:
                 submit(make_batches(jobs, APPEND))
                 while window:
                     batch = self.written(window.popleft())
+                    progress.advance(
+                        RECORDS_FETCH,
+                        len(batch.series),
+                        records=sum(series.count for series in batch.series),
+                    )
                     self.loader.refuse_malformed(batch)
                     fetched.append(batch)
                     if batch.refetch:
