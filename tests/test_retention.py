@@ -107,3 +107,17 @@ def test_work_folders_are_kept_within_age_and_size_but_not_of_a_running_remote(
     assert all((default_work_dir(db) / "hcore.station.json").exists() for db in kept)
     assert not default_work_dir(old).exists() and not default_work_dir(older).exists()
     assert (stranger / "hcore.station.json").exists()
+
+
+def test_folders_a_failed_run_did_not_leave_are_kept_for_resume(local_storage, settings):
+    """A --fetch-only run's dumps and files put there by hand (a remote's dumpdata) wait
+    for an operator's --resume, however old or large: only a failed run's are pruned."""
+    settings.DBSYNC_STORAGE_KEEP_BYTES = 1 * KB
+    failed, fetched, handmade = (remote(n) for n in ("failed", "fetched", "handmade"))
+    for database in (failed, fetched, handmade):
+        fill(default_work_dir(database), 100 * KB, 30)
+    (default_work_dir(fetched) / "fetch.json").write_text('{"fetch_only": true}')
+    (default_work_dir(handmade) / "fetch.json").unlink()
+    assert service.prune_work_dirs() == [default_work_dir(failed)]
+    assert (default_work_dir(fetched) / "hcore.station.json").exists()
+    assert (default_work_dir(handmade) / "hcore.station.json").exists()

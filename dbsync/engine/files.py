@@ -37,7 +37,7 @@ from django.utils.text import get_valid_filename
 from hcore.models import GentityFile
 
 from .dumps import listing_entries
-from .errors import PayloadError, RemoteError
+from .errors import DeadlineExceeded, PayloadError, RemoteError
 from .progress import FILES, quiet, steps
 from .remote import check_api_path
 from .result import FILES_LABEL, SyncResult
@@ -219,6 +219,8 @@ class FilesSync:
         url = self.url_template.replace("{pk}", str(int(remote_pk)))
         try:
             client.download(url, path, is_complete=lambda p: True)
+        except DeadlineExceeded:
+            raise  # the run's time is up: it fails, not this file alone
         except (RemoteError, PayloadError) as exc:
             return None, str(exc)
         size, digest = checksum(path)

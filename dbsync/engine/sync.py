@@ -42,6 +42,7 @@ from .fetch import (
     fetch_keys,
     fetch_model,
     make_refetcher,
+    read_fetch_record,
     write_fetch_record,
 )
 from .files import sync_files
@@ -176,8 +177,9 @@ def sync(
             approval=approval,
         )
         return
-    client = RemoteClient(database, port=options.port, budget=DiskBudget(), run_deadline=deadline)
+    client = RemoteClient(database, port=options.port, run_deadline=deadline)
     for attempt in range(1, FETCH_ATTEMPTS + 1):
+        client.budget = DiskBudget()  # a fetch again rewrites the same files: counted anew
         try:
             _fetch_and_install(
                 database, plan, options, result, log, client, work, on_fetch_planned, approval
@@ -211,6 +213,8 @@ def _fetch_and_install(
     on_fetch_planned(fetch_plan.server_time, result.full)
     paths = fetch_all(database, plan, client, fetch_plan, work, log)
     if options.fetch_only:
+        # Kept for the operator's --resume: the work folders' retention leaves it alone.
+        write_fetch_record(work, {**read_fetch_record(work), "fetch_only": True})
         log(
             f"Fetched {len(fetch_plan.jobs)} dumps into {work}; nothing installed (--fetch-only).",
             1,

@@ -44,8 +44,12 @@ def prune_work_dirs(folders, older_than, max_bytes):
     """Empty the given work folders (of remotes not running: the caller knows which)
     whose dumps, kept after a failed run for ``--resume``, were written more than
     ``older_than`` seconds ago; then, oldest first, until they take ``max_bytes`` at
-    most together (0: no bound). Returns the folders emptied."""
-    usage = {path: folder_usage(path) for path in folders if Path(path).is_dir()}
+    most together (0: no bound). Returns the folders emptied. A folder that a failed
+    run did not leave is never emptied: one a ``--fetch-only`` run filled (its fetch
+    record says so), or one with no fetch record (files put there by hand, e.g. a
+    remote's ``dumpdata``); both wait for an operator's ``--resume``."""
+    folders = [path for path in folders if Path(path).is_dir() and _left_by_failed_run(path)]
+    usage = {path: folder_usage(path) for path in folders}
     usage = {path: used for path, used in usage.items() if used[0]}
     total = sum(size for size, _mtime in usage.values())
     cutoff = time.time() - older_than
@@ -56,6 +60,14 @@ def prune_work_dirs(folders, older_than, max_bytes):
             total -= size
             emptied.append(path)
     return emptied
+
+
+def _left_by_failed_run(path):
+    try:
+        record = read_fetch_record(path)
+    except PayloadError:
+        return False  # unreadable: not ours to judge
+    return record is not None and not record.get("fetch_only")
 
 
 def load_for_resume(work, plan):

@@ -28,7 +28,7 @@ from protocol.legacy import TSDATA
 
 from ..errors import PayloadError, RemoteError
 from ..legacy import listing_path
-from ..progress import quiet
+from ..progress import RECORDS, RECORDS_FETCH, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchReader, Truncated
 from .guard import RecordsGuard
@@ -77,25 +77,39 @@ class LegacyRecordsSync:
         with tempfile.TemporaryDirectory(prefix=f"tsdata-{self.database.pk}-", dir=work) as tmp:
             self.work = Path(tmp)
             # Every series on disk before the transaction: none waits on the remote.
-            fetched = [
-                todo
-                for remote_pk, local_pk, state in list(ReplicatedSeries(self.database))
-                if (todo := self.fetch_series(remote_pk, local_pk, state)) is not None
-            ]
+            series = list(ReplicatedSeries(self.database))
+            progress = steps(self.log)
+            progress.begin(RECORDS_FETCH, len(series))
+            try:
+                fetched = []
+                for remote_pk, local_pk, state in series:
+                    todo = self.fetch_series(remote_pk, local_pk, state)
+                    if todo is not None:
+                        fetched.append(todo)
+                    progress.advance(RECORDS_FETCH)
+            finally:
+                progress.end(RECORDS_FETCH)
             self.guard.check_plan([job for job, _source in fetched])
-            with transaction.atomic():
-                self.loader.begin()
-                for job, source in fetched:
-                    if job.mode == CLEAR:
-                        self.loader.clear([job])
-                    else:
-                        self.replace(job, source)
-                    source.unlink(missing_ok=True)
-                self.guard.raise_if_refused()
-                self.loader.finish()
-                self.loader.install_empty(self.empty)
-                if self.dry_run:
-                    transaction.set_rollback(True)
+            deadline = getattr(self.client, "run_deadline", None)
+            if deadline is not None:
+                deadline.check(f"{self.database}: the install of the records")
+            progress.begin(RECORDS, len(fetched))
+            try:
+                with transaction.atomic():
+                    self.loader.begin()
+                    for job, source in fetched:
+                        if job.mode == CLEAR:
+                            self.loader.clear([job])
+                        else:
+                            self.replace(job, source)
+                        source.unlink(missing_ok=True)
+                    self.guard.raise_if_refused()
+                    self.loader.finish()
+                    self.loader.install_empty(self.empty)
+                    if self.dry_run:
+                        transaction.set_rollback(True)
+            finally:
+                progress.end(RECORDS)
         self.log(describe(self.result, len(self.empty)), 1)
         return self.result
 
