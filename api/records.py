@@ -54,7 +54,7 @@ The summary (``records-summary``) is a JSON list, one object a line as the dumps
 (each object on one line; broken here to fit). ``start`` and ``end`` are UTC.
 
 ``records-summary?changed_after=<ISO 8601 datetime>`` lists only the series whose
-summary changed after that moment (the triggers note when, on the server's clock, in
+summary changed after that moment (the triggers note when, on the database's clock, in
 ``RecordsSummary.changed``), so that a syncer's nightly run reads a few lines, not one
 a series; a series that never had a record is not listed. Servers on SQLite compute the
 summary and keep no such time: they ignore ``changed_after`` and list every series
