@@ -54,13 +54,15 @@ The summary (``records-summary``) is a JSON list, one object a line as the dumps
 (each object on one line; broken here to fit). ``start`` and ``end`` are UTC.
 
 ``records-summary?changed_after=<ISO 8601 datetime>`` lists only the series whose
-summary changed after that moment (the triggers note when, on the server's clock, in
+summary changed after that moment (the triggers note when, on the database's clock, in
 ``RecordsSummary.changed``), so that a syncer's nightly run reads a few lines, not one
 a series; a series that never had a record is not listed. Servers on SQLite compute the
 summary and keep no such time: they ignore ``changed_after`` and list every series
 (listing more is always correct). The manifest names the parameter
 (``records.summary_parameters``) where it is honoured, and a syncer sends it only to a
-server that names it.
+server that names it. Those servers also give, in the manifest, their database's clock
+(``records.database_time``, see ``database_time``): the clock of ``changed``, from which
+a syncer takes the ``changed_after`` of its next run.
 """
 
 import csv
@@ -419,6 +421,28 @@ def summary_parameters():
     """The parameters the summary honours, for the manifest: on SQLite, none (it
     accepts ``changed_after`` but lists every series)."""
     return list(SUMMARY_PARAMETERS) if connection.vendor == "postgresql" else []
+
+
+def database_time():
+    """The database's clock, for the manifest (``records.database_time``): the clock
+    that stamps ``RecordsSummary.changed``, so a syncer's records cursor is taken from it,
+    not from Django's (which may be on another host, its clock apart); None on SQLite,
+    whose summary keeps no such time.
+
+    ``now()``, the start of the transaction it is read in: a syncer reads the summary
+    after the manifest, so every summary read begins after it, and a change committed
+    after a read was stamped (``clock_timestamp()`` of its statement) after it too, except
+    one made by a transaction already open then: ``DBSYNC_OVERLAP_SECONDS`` covers those.
+    Were it read in the summary's own snapshot, ``now()`` would still be right (a
+    snapshot begins after its transaction), where ``clock_timestamp()`` would be later
+    than the snapshot's start, and a change committed between the two would be lost.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        ((moment,),) = cursor.fetchall()
+    return moment
 
 
 def summary_line(pk, utc_offset, count, start, end, total):

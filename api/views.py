@@ -106,14 +106,19 @@ def describe_records_and_files():
     """Where a syncer finds the records and files, if this instance serves hcore."""
     if "hcore" not in served_apps():
         return {}
+    urls = {
+        "summary_url": reverse("api:records-summary"),
+        # What the summary can be asked for: a syncer sends only what is listed.
+        "summary_parameters": records.summary_parameters(),
+        "batch_url": reverse("api:records-batch"),
+        "url": reverse("api:records", args=(0,)).replace("/0/", "/{pk}/"),
+    }
+    database_time = records.database_time()
+    if database_time is not None:
+        # The clock of the summary's changed_after: a syncer's records cursor.
+        urls["database_time"] = format_server_time(database_time)
     return {
-        "records": {
-            "summary_url": reverse("api:records-summary"),
-            # What the summary can be asked for: a syncer sends only what is listed.
-            "summary_parameters": records.summary_parameters(),
-            "batch_url": reverse("api:records-batch"),
-            "url": reverse("api:records", args=(0,)).replace("/0/", "/{pk}/"),
-        },
+        "records": urls,
         "files": {
             "listing_url": reverse("api:file-listing"),
             "url": reverse("api:file-content", args=(0,)).replace("/0/", "/{pk}/"),

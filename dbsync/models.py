@@ -153,8 +153,9 @@ class Database(models.Model):
         blank=True,
         editable=False,
         verbose_name="records cursor",
-        help_text="The remote's clock when the run whose records sync last finished with "
-        "nothing skipped began; the next run asks for the summaries of the series whose "
+        help_text="The remote database's clock just before the summary of the last records "
+        "sync that finished with nothing skipped (from a remote that does not give it, the "
+        "sync cursor of that run); the next run asks for the summaries of the series whose "
         "records changed since then (empty: every series').",
     )
 

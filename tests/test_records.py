@@ -412,6 +412,22 @@ def test_the_summary_lists_only_the_series_changed_after_a_moment(live_remote):
     assert summary_of(live_remote, changed_after=moment.replace("+00:00", "")) == changed
 
 
+def test_the_manifest_gives_the_clock_of_changed_after(live_remote):
+    """``records.database_time`` is the remote database's clock (the one that stamps the
+    summary's changes), read during the manifest's request: a change after it is listed
+    by ``changed_after`` of that moment."""
+    (before,) = live_remote.sql("SELECT now()")[0]
+    manifest = requests.get(f"{live_remote.url}/api/", timeout=30).json()
+    (after,) = live_remote.sql("SELECT now()")[0]
+    moment = manifest["records"]["database_time"]
+    assert before <= dt.datetime.fromisoformat(moment) <= after
+    assert moment.endswith("+00:00")
+    assert summary_of(live_remote, changed_after=moment) == []
+    series = remote_series(live_remote)
+    append_day(live_remote, [series[1]], start="2026-01-01 00:00+00")
+    assert [e["pk"] for e in summary_of(live_remote, changed_after=moment)] == [series[1]]
+
+
 @pytest.mark.parametrize(
     "path, params, status, words",
     [
@@ -607,6 +623,24 @@ def summary_queries(proxy, since=0):
     ]
 
 
+def database_times_before_summaries(proxy):
+    """The ``records.database_time`` of the manifest served last before each records
+    summary that ``proxy`` passes on, in order (filled in as they are served)."""
+    served, before = [], []
+
+    def manifest(path, status, headers, body):
+        served.append(json.loads(body)["records"].get("database_time"))
+        return status, headers, body
+
+    def summary(path, status, headers, body):
+        before.append(dt.datetime.fromisoformat(served[-1]))
+        return status, headers, body
+
+    proxy.on(lambda path: path.split("?")[0] == "/api/", manifest)
+    proxy.on(lambda path: path.split("?")[0] == SUMMARY_PATH, summary)
+    return before
+
+
 def local_states(database):
     """{remote pk: (count, checksum)} of the sync states of ``database``'s series."""
     return {
@@ -630,6 +664,7 @@ def test_series_without_records_cost_no_job_and_are_not_fetched_again(
     sparse_remote, media, proxy_of
 ):
     proxy = proxy_of(sparse_remote)
+    database_times = database_times_before_summaries(proxy)
     database = register(sparse_remote, port=proxy.port)
     series = remote_series(sparse_remote)
     empty = len(series) - 1
@@ -647,7 +682,9 @@ def test_series_without_records_cost_no_job_and_are_not_fetched_again(
     assert sorted(states) == series
     assert all(states[pk] == (0, "0" * 16) for pk in series[1:])
     database.refresh_from_db()
-    assert database.records_cursor == database.sync_cursor is not None
+    # the remote database's clock before its summary, not its Django's (sync_cursor)
+    assert database.records_cursor == database_times[-1]
+    assert database.sync_cursor is not None
 
     # the next run asks for the summaries changed since, and for no records
     asked = len(proxy.requests)
@@ -735,6 +772,57 @@ def test_a_remote_that_does_not_offer_changed_after_is_asked_for_everything(
     assert_same_records(live_remote, database)
 
 
+def test_a_remote_that_does_not_send_its_database_time_gets_the_run_cursor(
+    live_remote, media, proxy_of
+):
+    """A remote of an earlier release: no ``records.database_time`` in its manifest. The
+    records cursor is the run's (its Django's clock), as it was, and appended records
+    still arrive by the incremental summary."""
+    proxy = proxy_of(live_remote)
+
+    def earlier(path, status, headers, body):
+        manifest = json.loads(body)
+        del manifest["records"]["database_time"]
+        return status, headers, json.dumps(manifest).encode()
+
+    proxy.on(lambda path: path.split("?")[0] == "/api/", earlier)
+    database = register(live_remote, port=proxy.port)
+    sync(database)
+    database.refresh_from_db()
+    assert database.records_cursor == database.sync_cursor is not None
+    series = remote_series(live_remote)
+    append_day(live_remote, [series[3]])
+    asked = len(proxy.requests)
+    sync(database)
+    assert "changed_after" in summary_queries(proxy, asked)[0]
+    assert requested_series(proxy, asked) == [series[3]]
+    assert_same_records(live_remote, database)
+    database.refresh_from_db()
+    assert database.records_cursor == database.sync_cursor
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-12-01T10:00:00", 1765000000])
+def test_a_malformed_database_time_stops_the_records_sync_and_changes_nothing(
+    appended_remote, value
+):
+    remote, proxy, database = appended_remote
+    database.refresh_from_db()
+    cursor, before = database.records_cursor, local_records(database)
+    assert cursor is not None
+
+    def malformed(path, status, headers, body):
+        manifest = json.loads(body)
+        manifest["records"]["database_time"] = value
+        return status, headers, json.dumps(manifest).encode()
+
+    proxy.on(lambda path: path.split("?")[0] == "/api/", malformed)
+    with pytest.raises(PayloadError, match=r"records\.database_time is not an ISO 8601 time"):
+        sync_data(database)
+    assert local_records(database) == before
+    database.refresh_from_db()
+    assert database.records_cursor == cursor
+
+
 def test_a_run_with_a_skipped_series_keeps_the_records_cursor(appended_remote):
     remote, proxy, database = appended_remote
     sync(database)  # through the command: the records cursor is set
@@ -749,12 +837,13 @@ def test_a_run_with_a_skipped_series_keeps_the_records_cursor(appended_remote):
     assert database.records_cursor == cursor < database.sync_cursor
     # the next run (the remote answering well) lists that series again
     proxy.rules.clear()
+    database_times = database_times_before_summaries(proxy)
     asked = len(proxy.requests)
     sync(database)
     assert requested_series(proxy, asked) == [bad]
     assert_same_records(remote, database)
     database.refresh_from_db()
-    assert database.records_cursor == database.sync_cursor
+    assert database.records_cursor == database_times[-1] > cursor
 
 
 # --- malformed records: a clear error, nothing installed (or, with skip, that series out) ---

@@ -441,12 +441,6 @@ def test_a_postgresql_restart_during_the_install_fails_cleanly_and_the_next_run_
     assert all(name.endswith("(restart)") for name in names(remote.sql(series_names)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the records summary's changed_after comes from the cursor (the remote's "
-    "Django clock) while the remote's PostgreSQL stamps the summary's changes on its own "
-    "clock; with Django an hour ahead of its database, appended records are not listed",
-)
 def test_records_appended_at_a_remote_whose_django_runs_an_hour_ahead_of_its_database(
     instance_template, folders
 ):

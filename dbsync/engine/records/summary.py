@@ -127,13 +127,37 @@ def read_summary(database, path):
 
 
 def records_endpoints(client):
-    """The manifest's records URLs, or None if the remote serves no records."""
+    """The manifest's records URLs, or None if the remote serves no records.
+
+    The manifest is read here, just before the summary, every time: its
+    ``database_time`` (the remote database's clock, parsed; None from a remote that
+    does not send it) is then no later than the summary's read, as the records cursor
+    taken from it must be (``records.sync``).
+    """
     urls = client.manifest().get("records")
     if not isinstance(urls, dict):
         return None
     for key in ("summary_url", "batch_url"):
         check_api_path(urls.get(key), client)
-    return urls
+    return {**urls, "database_time": database_time(urls, client)}
+
+
+def database_time(urls, client):
+    """The manifest's ``records.database_time``, parsed; None if it is not sent (a
+    remote of an earlier release, or one on SQLite). Raises PayloadError if malformed."""
+    value = urls.get("database_time")
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise PayloadError(
+            f"{client}: the API manifest's records.database_time is not an ISO 8601 time "
+            f"with an offset: {str(value)[:100]!r}"
+        )
+    return moment
 
 
 def summary_params(database, urls, full=False):

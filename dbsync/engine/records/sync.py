@@ -4,9 +4,13 @@ lines, written out for COPY), and only then loaded, from disk, in one transactio
 then the records cursor. The transaction never waits on the remote: a slow or broken
 remote fails the run before it opens, with nothing of the records changed.
 
-After a records sync that finished with nothing skipped, the remote's clock when the
-run began (its objects' cursor) is kept as the remote's ``records_cursor``: the next
-run asks only for the summaries of the series changed since then.
+After a records sync that finished with nothing skipped, the remote database's clock
+read just before its summary (the manifest's ``records.database_time``) is kept as the
+remote's ``records_cursor``: the next run asks only for the summaries of the series
+changed since then. It is the clock that stamps those changes (the remote's
+PostgreSQL), which may be apart from the remote Django's (``server_time``, the objects'
+cursor, on another host). From a remote that does not send it (an earlier release), the
+run's objects' cursor is kept instead, as before.
 """
 
 import logging
@@ -84,6 +88,7 @@ class RecordsSync:
             guard=self.guard,
         )
         self.batches = 0
+        self.summary_time = None  # the remote database's clock before its summary
 
     def run(self):
         work = Path(settings.DBSYNC_WORK_DIR)
@@ -97,6 +102,7 @@ class RecordsSync:
                 self.result.notes.append(note)
                 self.log(note, 1)
                 return self.result
+            self.summary_time = urls["database_time"]
             waited = time.monotonic() - started
             started = time.monotonic()
             self.fetcher = BatchFetcher(self.database, self.client, urls["batch_url"], self.work)
@@ -242,9 +248,10 @@ class RecordsSync:
             progress.end(RECORDS)
 
     def move_cursor(self):
-        """Keep the run's cursor as the records cursor: only after a whole records sync
-        (a skipped series must be listed again), and never in a dry run."""
-        cursor = self.database.sync_cursor
+        """Keep the remote database's clock before the summary (or, from a remote that
+        does not send it, the run's cursor) as the records cursor: only after a whole
+        records sync (a skipped series must be listed again), and never in a dry run."""
+        cursor = self.summary_time or self.database.sync_cursor
         if self.dry_run or cursor is None or self.result.counts[RECORDS_LABEL]["skipped"]:
             return
         type(self.database).objects.filter(pk=self.database.pk).update(records_cursor=cursor)
