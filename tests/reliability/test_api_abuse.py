@@ -263,6 +263,7 @@ def catalogue(instance, headers=()):
     series = instance.sql("SELECT min(timeseries_id) FROM hcore_record")[0][0]
     gentityfile = instance.sql("SELECT min(id) FROM hcore_gentityfile WHERE content <> ''")[0][0]
     assert series and gentityfile, "the instance has no records or no files"
+    time_zone = instance.sql("SELECT min(id) FROM hcore_timezone")[0][0]
     records, files = manifest["records"], manifest["files"]
     endpoints += [
         Endpoint("records-summary", records["summary_url"]),
@@ -280,6 +281,11 @@ def catalogue(instance, headers=()):
         ),
         Endpoint("file-listing", files["listing_url"]),
         Endpoint("file-content", files["url"].format(pk=gentityfile)),
+        # The 2010 layout (api/legacy.py): it takes no parameters.
+        Endpoint("legacy-listing", "/api/Station/"),
+        Endpoint("legacy-listing", "/api/TimeZone/"),
+        Endpoint("legacy-detail", f"/api/TimeZone/{time_zone}/"),
+        Endpoint("legacy-tsdata", f"/api/tsdata/{series}/"),
     ]
     return endpoints
 

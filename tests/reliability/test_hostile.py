@@ -516,12 +516,23 @@ def test_a_10_mb_string_in_a_char_field_is_refused_with_a_short_message(world, i
     integrity.assert_unchanged(before)
 
 
-def test_a_million_many_to_many_keys_in_one_object_are_refused_by_the_cap(world, integrity):
-    """The proxy gives one unit of measurement 10**6 variables (keys the remote does not
-    have): refused by the cap on links per object, quickly, without memory to match."""
+@pytest.mark.parametrize(
+    "keys, refused_by",
+    [
+        # over the cap on links per object, under the one on JSON values per object
+        (50_000, "hcore.unitofmeasurement(pk={pk}): field 'variables'"),
+        # over both: the parse stops at the JSON values' cap, before the object is read
+        (10**6, "hcore.unitofmeasurement.json line 2: more than 100000 JSON values"),
+    ],
+)
+def test_many_many_to_many_keys_in_one_object_are_refused_by_a_cap(
+    world, integrity, keys, refused_by
+):
+    """The proxy gives one unit of measurement 50,000 or a million variables (keys the
+    remote does not have): refused by a cap, quickly, without memory to match."""
 
     def build(obj):
-        obj["fields"]["variables"] = list(range(1, 10**6 + 1))
+        obj["fields"]["variables"] = list(range(1, keys + 1))
         return json.dumps(obj).encode()
 
     first = replace_line(world, "unitofmeasurement", build)
@@ -529,8 +540,9 @@ def test_a_million_many_to_many_keys_in_one_object_are_refused_by_the_cap(world,
     started = time.monotonic()
     with PeakMemory() as memory:
         message = attack(world)
-    assert f"hcore.unitofmeasurement(pk={first['pk']})" in message
-    assert "variables" in message and "DBSYNC_MAX_LINKS_PER_OBJECT" in message
+    assert refused_by.format(pk=first["pk"]) in message
+    cap = "DBSYNC_MAX_LINKS_PER_OBJECT" if keys < 100_000 else "DBSYNC_MAX_JSON_ITEMS"
+    assert cap in message
     assert time.monotonic() - started < 30
     assert memory.growth < 100, f"the sync's memory grew by {memory.growth} MB"
     integrity.assert_unchanged(before)
@@ -915,14 +927,15 @@ def incremental(world):
 
 def test_nested_values_in_key_fields_are_skipped_and_reported_with_skip(world):
     """The proxy sends a unit whose variables are nested lists (``[[1], {"a": [2]}]``, parsed
-    fine, 500 levels deep at most), and a unit and a time series that refer to a variable
+    fine, 20 levels deep at most: deeper than DBSYNC_MAX_JSON_DEPTH, the run is refused,
+    see the next test), and a unit and a time series that refer to a variable
     and a gentity the remote does not have: with --skip all three are reported and skipped
     (no crash on the unhashable keys), the rest installed, nothing of anyone else's
     touched."""
     sent = {}
 
     def nested(objects):
-        objects[0]["fields"]["variables"] = [[1], {"a": [2]}, json.loads("[" * 500 + "]" * 500)]
+        objects[0]["fields"]["variables"] = [[1], {"a": [2]}, json.loads("[" * 20 + "]" * 20)]
         objects[1]["fields"]["variables"] = [10**9]
         sent["unit"], sent["other unit"] = objects[0]["pk"], objects[1]["pk"]
 
@@ -939,6 +952,24 @@ def test_nested_values_in_key_fields_are_skipped_and_reported_with_skip(world):
     assert f"hcore.unitofmeasurement(pk={sent['other unit']}): refers to hcore.variable" in err
     assert_bystanders_unchanged(world, before)
     assert last_run(world.db).status == SyncRun.SUCCEEDED
+
+
+def test_an_object_nested_deeper_than_the_cap_refuses_the_run(world, integrity):
+    """One unit's variables nested 500 levels deep: the parse stops at
+    DBSYNC_MAX_JSON_DEPTH, naming the dump and its line, with --skip too (a line that
+    cannot be read names no object to skip), and nothing changes."""
+
+    def build(obj):
+        obj["fields"]["variables"] = json.loads("[" * 500 + "]" * 500)
+        return json.dumps(obj).encode()
+
+    replace_line(world, "unitofmeasurement", build)
+    before = integrity.snapshot()
+    for args in ([], ["--skip"]):
+        message = attack(world, *args)
+        assert "hcore.unitofmeasurement.json line 2: JSON nested deeper than 32 levels" in message
+        assert "DBSYNC_MAX_JSON_DEPTH" in message
+        integrity.assert_unchanged(before)
 
 
 # --- gzip bombs ----------------------------------------------------------------------------------
