@@ -215,6 +215,7 @@ def test_the_queues_waiting_messages_are_counted(live_server):
     app.conf.update(broker_url=IDLE_BROKER_URL, result_backend=IDLE_BROKER_URL)
     app.conf.task_always_eager = False
     app._pool = None
+    app.amqp._producer_pool = None  # it holds the old pool otherwise
     try:
         app.send_task("dbsync.tasks.reap_stale_runs", queue=queues.SYNC)
         found = figures(live_server)
@@ -225,6 +226,7 @@ def test_the_queues_waiting_messages_are_counted(live_server):
         redis.Redis.from_url(IDLE_BROKER_URL).flushdb()
         app.conf.update(saved)
         app._pool = None
+        app.amqp._producer_pool = None  # it holds the old pool otherwise
 
 
 def test_a_broker_down_is_a_figure_not_a_failed_scrape(live_server):
@@ -232,11 +234,13 @@ def test_a_broker_down_is_a_figure_not_a_failed_scrape(live_server):
     app.conf.update(broker_url=f"redis://127.0.0.1:{free_port()}/0")
     app.conf.task_always_eager = False
     app._pool = None
+    app.amqp._producer_pool = None  # it holds the old pool otherwise
     try:
         found = figures(live_server)
     finally:
         app.conf.update(broker_url=saved)
         app._pool = None
+        app.amqp._producer_pool = None  # it holds the old pool otherwise
     assert of(found, "dbsync_broker_up") == 0
     assert not [key for key in found if key[0] == "dbsync_queue_messages"]
 
