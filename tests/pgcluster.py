@@ -52,34 +52,19 @@ class PrivateCluster:
     def options(self):
         return f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
 
-    def start(self):
+    def pg_ctl(self, *args):
+        """``pg_ctl`` on this cluster, with its options and log, waiting for the result."""
         self.run(
-            PG_BIN / "pg_ctl",
-            "-D",
-            self.data,
-            "-o",
-            self.options,
-            "-l",
-            self.root / "log",
-            "-w",
-            "start",
-        )
+            PG_BIN / "pg_ctl", "-D", self.data, "-o", self.options, "-l", self.root / "log",
+            "-w", *args,
+        )  # fmt: skip
+
+    def start(self):
+        self.pg_ctl("start")
 
     def restart(self):
         """A fast restart: every session is ended, its open transaction rolled back."""
-        self.run(
-            PG_BIN / "pg_ctl",
-            "-D",
-            self.data,
-            "-o",
-            self.options,
-            "-l",
-            self.root / "log",
-            "-w",
-            "-m",
-            "fast",
-            "restart",
-        )
+        self.pg_ctl("-m", "fast", "restart")
 
     def url(self, db="postgres"):
         return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
