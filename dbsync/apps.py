@@ -9,8 +9,9 @@ class DbsyncConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401 - registers the system checks
-        from .runs import schedules
+        from .runs import offboarding, schedules
 
         database = self.get_model("Database")
         post_save.connect(schedules.on_save, sender=database, dispatch_uid="dbsync-schedule")
         post_delete.connect(schedules.on_delete, sender=database, dispatch_uid="dbsync-unschedule")
+        post_delete.connect(offboarding.on_delete, sender=database, dispatch_uid="dbsync-files")
