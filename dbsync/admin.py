@@ -171,7 +171,7 @@ class DatabaseAdmin(admin.ModelAdmin):
         "fresh",
         "runs",
     )
-    list_filter = ("is_active", "scheme", "api_layout")
+    list_filter = ("is_active", "removal", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
     readonly_fields = ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")
     actions = ("sync_now", "sync_now_with_backup", "remove_purge", "remove_detach")

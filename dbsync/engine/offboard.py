@@ -64,8 +64,8 @@ def replicated_labels():
 class Survey:
     """What offboarding a remote in ``mode`` would do, counted whole.
 
-    ``objects``: model label -> rows (purge: every model reached, multi-table
-    children and cascades included; detach: the root models, each object once).
+    ``objects``: model label -> rows, of every model (multi-table children too; a
+    purge's cascades included).
     """
 
     mode: str
@@ -83,9 +83,8 @@ class Survey:
 
     @property
     def total_objects(self):
-        if self.impact is not None:
-            return self.impact.total_objects
-        return sum(self.objects.values())
+        """Objects, each once (counted at its root table)."""
+        return sum(len(local) for _remote, local in self.roots.values())
 
     def counts(self):
         """The figures an operator confirms (JSON): compared again before the change."""
@@ -102,7 +101,7 @@ class Survey:
         if self.mode == PURGE:
             lines = [f"{name}: {n}" for name, n in self.objects.items()]
             lines.append(
-                f"in all {self.total_objects} objects deleted (multi-table children and "
+                f"in all {self.total_objects} objects deleted (each counted once, what "
                 f"cascades included), with {self.records} records, {self.links} "
                 f"many-to-many links and {self.files} files"
             )
@@ -126,9 +125,14 @@ def survey(database, mode):
         if pks:
             roots[root] = (sorted(pks.values()), sorted(pks))
     if mode == DETACH:
+        every = sorted(
+            (label(model), model._base_manager.filter(original_db=database).count())
+            for model in apps.get_models()
+            if is_replicated(model)
+        )
         return Survey(
             mode,
-            objects={label(root): len(local) for root, (_remote, local) in roots.items()},
+            objects={name: n for name, n in every if n},
             records=Record.objects.filter(timeseries__original_db=database).count(),
             files=GentityFile._base_manager.filter(original_db=database)
             .exclude(content="")
