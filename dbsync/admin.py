@@ -33,7 +33,7 @@ from .engine.errors import AlreadyRunning, SyncError
 from .engine.offboard import refusal as offboard_refusal
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import offboarding, service, tasks
+from .runs import offboarding, reverts, service, tasks
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -173,8 +173,21 @@ class DatabaseAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "removal", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
-    readonly_fields = ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")
-    actions = ("sync_now", "sync_now_with_backup", "remove_purge", "remove_detach")
+    readonly_fields = (
+        "last_sync",
+        "sync_cursor",
+        "records_cursor",
+        "removed_at",
+        "removal",
+        "schedule_pause_note",
+    )
+    actions = (
+        "sync_now",
+        "sync_now_with_backup",
+        "resume_schedule",
+        "remove_purge",
+        "remove_detach",
+    )
     fieldsets = fieldsets_for(
         Database,
         [
@@ -196,10 +209,10 @@ class DatabaseAdmin(admin.ModelAdmin):
                 ("username", "password", "clear_password", "token", "clear_token"),
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
-            ("Schedule", ("interval_minutes", "crontab")),
+            ("Schedule", ("interval_minutes", "crontab", "schedule_pause_note")),
             ("State", ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")),
         ],
-        extra=[f"clear_{name}" for name in SECRET_FIELDS],
+        extra=[*(f"clear_{name}" for name in SECRET_FIELDS), "schedule_pause_note"],
     )
 
     def get_queryset(self, request):
@@ -360,6 +373,21 @@ class DatabaseAdmin(admin.ModelAdmin):
         self.message_user(request, run.message, messages.SUCCESS)
         return None
 
+    @admin.action(description="Resume the schedule (paused by a revert)", permissions=["sync"])
+    def resume_schedule(self, request, queryset):
+        for database in queryset:
+            self.message_user(request, reverts.resume_schedule(database), messages.SUCCESS)
+
+    @admin.display(description="schedule paused")
+    def schedule_pause_note(self, obj):
+        pause = getattr(obj, "schedule_pause", None) if obj.pk else None
+        if pause is None:
+            return "no"
+        return (
+            f"since {pause.paused_at:%Y-%m-%d %H:%M} ({pause.reason}); resume it with the "
+            f'action "Resume the schedule" on the list of remotes'
+        )
+
     @admin.display(description="address")
     def endpoint(self, obj):
         return f"{obj.address}:{obj.port}"
@@ -418,7 +446,7 @@ class SyncRunAdmin(admin.ModelAdmin):
     list_select_related = ("database",)
     search_fields = ("database__name", "started_by", "message")
     date_hierarchy = "started_at"
-    actions = ("approve_deletions",)
+    actions = ("approve_deletions", "revert_runs")
     readonly_fields = (
         "run_duration",
         "run_totals",
@@ -446,6 +474,7 @@ class SyncRunAdmin(admin.ModelAdmin):
                     "approval_used_at",
                 ),
             ),
+            ("Journal", ("journal", "reverted_at", "reverted_by")),
             (
                 "Details",
                 ("options", "backup_path", "fetch_plan", "task_id", "notified_at", "deletions"),
@@ -478,6 +507,24 @@ class SyncRunAdmin(admin.ModelAdmin):
         for run in queryset.select_related("database"):
             try:
                 message = service.approve_deletions(run, request.user.get_username())
+            except SyncError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                self.message_user(request, message, messages.SUCCESS)
+
+    def has_revert_permission(self, request):
+        """Whoever may start a sync may revert one."""
+        return request.user.has_perm(sync_permission())
+
+    @admin.action(
+        description="Revert: bring the database back to its state before this run",
+        permissions=["revert"],
+    )
+    def revert_runs(self, request, queryset):
+        # Newest first: a later run that changed the same rows must be reverted first.
+        for run in queryset.select_related("database").order_by("-pk"):
+            try:
+                message = reverts.revert_run(run, by=request.user.get_username())
             except SyncError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             else:

@@ -272,10 +272,16 @@ class Database(models.Model):
         )
 
     @property
+    def schedule_paused(self):
+        """Whether a revert paused the schedule (``SchedulePause``) until resumed."""
+        return self.pk is not None and SchedulePause.objects.filter(database=self).exists()
+
+    @property
     def is_scheduled(self):
         return (
             self.is_active
             and not self.is_removed
+            and not self.schedule_paused
             and (
                 (self.schedule_kind == self.SCHEDULE_INTERVAL and bool(self.interval_minutes))
                 or (self.schedule_kind == self.SCHEDULE_CRONTAB and bool(self.crontab.strip()))
@@ -539,6 +545,34 @@ class SyncRun(models.Model):
         verbose_name="approval used at",
         help_text="When a later run had this approval in hand.",
     )
+    JOURNAL_NONE, JOURNAL_KEPT, JOURNAL_PRUNED = "", "kept", "pruned"
+    JOURNAL_CHOICES = [
+        (JOURNAL_NONE, "none"),
+        (JOURNAL_KEPT, "kept"),
+        (JOURNAL_PRUNED, "pruned (retention)"),
+    ]
+    journal = models.CharField(
+        max_length=10,
+        choices=JOURNAL_CHOICES,
+        blank=True,
+        default=JOURNAL_NONE,
+        verbose_name="journal",
+        help_text="Whether the run's changes are journaled, so that it can be reverted "
+        "(none: run with -N, on SQLite, or a dry run; pruned: past DBSYNC_JOURNAL_KEEP or "
+        "DBSYNC_JOURNAL_MAX_AGE_DAYS).",
+    )
+    reverted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="reverted at",
+        help_text="When the database was brought back to its state before this run.",
+    )
+    reverted_by = models.CharField(
+        max_length=150,
+        blank=True,
+        verbose_name="reverted by",
+        help_text="Who reverted this run (a user, or 'command').",
+    )
 
     class Meta:
         ordering = ("-started_at",)
@@ -564,6 +598,12 @@ class SyncRun(models.Model):
         return self.status == self.FAILED and bool(self.deletions) and self.approved_at is None
 
     @property
+    def can_be_reverted(self):
+        """Journaled, ended, and not reverted yet (later runs are checked by the revert)."""
+        kept = self.journal == self.JOURNAL_KEPT
+        return kept and self.reverted_at is None and not self.is_active
+
+    @property
     def approval_pending(self):
         return self.approved_at is not None and self.approval_used_at is None
 
@@ -574,3 +614,25 @@ class SyncRun(models.Model):
         keys = ("fetched", "created", "updated", "deleted", "unchanged", "skipped")
         counts = [c for label, c in self.model_counts.items() if label not in DATA_LABELS]
         return {key: sum(c.get(key, 0) for c in counts) for key in keys}
+
+
+class SchedulePause(models.Model):
+    """A remote's schedule held back (after a revert, so that the next scheduled run
+    does not bring back at once what was just undone), until an operator resumes it.
+    A model of its own, not a field of the remote: the revert restores the remote's row
+    exactly as it was before the run."""
+
+    database = models.OneToOneField(
+        Database,
+        on_delete=models.CASCADE,
+        related_name="schedule_pause",
+        verbose_name="remote",
+    )
+    paused_at = models.DateTimeField(default=timezone.now, verbose_name="paused at")
+    reason = models.TextField(blank=True, verbose_name="reason")
+
+    class Meta:
+        verbose_name = "paused schedule"
+
+    def __str__(self):
+        return f"{self.database}: paused since {self.paused_at:%Y-%m-%d %H:%M}"

@@ -9,6 +9,7 @@ its own replicated copy, as two agencies would, so what belongs to which is told
 import hashlib
 import io
 import threading
+from pathlib import Path
 
 import pytest
 from django.apps import apps
@@ -20,6 +21,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from dbsync.engine import journal
 from dbsync.engine.install.impact import is_replicated
 from dbsync.engine.offboard import OffboardingChanged
 from dbsync.models import Database, SyncRun
@@ -174,16 +176,21 @@ def test_purge_removes_every_row_of_the_remote_and_nothing_else(two, media):
     assert run.model_counts["hcore.record"]["deleted"] > 0
 
 
-def test_purge_then_deleting_the_remote_removes_its_files(two, media):
+def test_purge_moves_its_files_into_the_runs_journal(two, media, settings):
     athens, _patras = two
     folder = media / "gentityfile" / str(athens.pk)
-    assert any(folder.rglob("*.*"))
+    files = sorted(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+    assert files
     removeremote("athens", "--purge", "--yes")
-    # Kept until the remote is deleted for good (the offboarding can be reverted)...
-    assert any(p.is_file() for p in folder.rglob("*"))
+    run = SyncRun.objects.get(database=athens, trigger=SyncRun.OFFBOARD)
+    assert not any(p.is_file() for p in folder.rglob("*"))
+    kept = Path(settings.DBSYNC_JOURNAL_DIR) / str(run.pk)
+    assert sorted(p.read_bytes() for p in kept.iterdir()) == files
+    # Deleted for good (possible now that no object refers to it): its runs' journals
+    # and its folder go with it.
     Database.objects.get(pk=athens.pk).delete()
-    # ... which is possible now that no object refers to it, and takes its files.
-    assert not folder.exists()
+    assert not kept.exists() and not folder.exists()
+    assert not journal.has_journal(run.pk)
 
 
 def test_a_purge_that_would_reach_a_local_object_is_refused(two):
@@ -270,6 +277,53 @@ def test_a_later_sync_of_another_remote_leaves_detached_objects_alone(make_insta
     sync(patras, "--max-delete", "all")
     assert Station.objects.filter(original_db=patras, name="Renamed").exists()
     assert tables_md5(lambda model: ~of_remote(model, patras), omit=("content",)) == detached
+
+
+# --- reverted ---------------------------------------------------------------------------
+
+
+def database_row(database):
+    """The remote's row in dbsync_database, every column."""
+    columns = [f.attname for f in Database._meta.concrete_fields]
+    return Database.objects.filter(pk=database.pk).values_list(*columns).get()
+
+
+def stored_files(media):
+    """Path -> MD5 of every file in the storage."""
+    return {
+        str(p.relative_to(media)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in media.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("mode", ["--purge", "--detach"])
+def test_an_offboarding_reverted_brings_everything_back(two, media, mode):
+    athens, _patras = two
+    tables, row, files = tables_md5(), database_row(athens), stored_files(media)
+    removeremote("athens", mode, "--yes")
+    assert tables_md5() != tables and stored_files(media) != files
+    run = SyncRun.objects.get(database=athens, trigger=SyncRun.OFFBOARD)
+    out = io.StringIO()
+    call_command("dbsync_revert", str(run.pk), stdout=out)
+    assert f"Reverted run #{run.pk}" in out.getvalue()
+    # Every hcore table (the records' sync state included), the remote's row (its
+    # cursors, its schedule's fields) and the stored files: as before.
+    assert tables_md5() == tables
+    assert database_row(athens) == row
+    assert stored_files(media) == files
+    # Its schedule stays paused until resumed.
+    assert periodic_task_of(athens) is None or not periodic_task_of(athens).enabled
+    call_command("dbsync_revert", "--resume", "athens", stdout=io.StringIO())
+    assert periodic_task_of(athens).enabled
+    # A second revert is refused; the remote syncs again, and finds nothing to change.
+    with pytest.raises(CommandError, match="already reverted"):
+        call_command("dbsync_revert", str(run.pk), stdout=io.StringIO())
+    sync(athens)
+    last = SyncRun.objects.filter(database=athens).order_by("-pk").first()
+    assert last.status == SyncRun.SUCCEEDED
+    totals = last.totals()
+    assert totals["created"] == totals["updated"] == totals["deleted"] == 0
 
 
 # --- refusals -------------------------------------------------------------------------

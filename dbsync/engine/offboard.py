@@ -11,15 +11,15 @@ then (a sync, an edit) refuses the offboarding, changing nothing.
   Django's deletion and checks it against the count. It is refused, listing them,
   if it would reach an object of another origin (a local object, or another
   remote's, that refers or links to one of them): detaching keeps them all.
-  The files of the purged objects are not deleted here (they are outside the
-  transaction): ``Survey.file_names`` names them for the caller.
+  The files of the purged objects are not deleted in the transaction (files are
+  outside it): ``settle_files`` moves them into the run's journal once it committed.
 - **Detach** clears the bookkeeping (``original_db``, ``original_id``) of every row
   the remote replicated: the objects, their records and their files stay, now local.
   The records' sync state of its series goes (it describes syncs that will not happen
   again). The files move out of the remote's folder (``files.folder``, which a sync
   of the remote prunes) to ``files.detached_name``: copied by ``copy_files`` before
-  the transaction, the objects pointed at the copies in it; the originals are in
-  ``Survey.file_names`` too.
+  the transaction, the objects pointed at the copies in it; the originals go as a
+  purge's files do (``settle_files``), and a revert puts them back.
 
 Nothing here knows of runs, locks or schedules: ``dbsync.runs.offboarding`` holds
 the remote's lock, opens the transaction and records the run.
@@ -37,6 +37,7 @@ from .errors import ObjectError, SyncError
 from .files import detached_name, folder
 from .install.deletions import delete
 from .install.impact import MAX_LISTED, Impact, is_replicated
+from .journal import FileJournal
 from .planner import label
 from .result import FILES_LABEL, RECORDS_LABEL
 
@@ -268,6 +269,27 @@ def delete_files(names, storage=None):
             logger.warning("Could not delete %s: %s", name, exc)
             continue
         gone += 1
+    return gone
+
+
+def settle_files(found, copies, journal_run=None, storage=None):
+    """After the offboarding's transaction committed: the files it left in the remote's
+    folder (``found.file_names``) go, moved aside into the run's journal when it has
+    one (a revert puts them back; the journal's retention discards them), deleted
+    otherwise; a detach's ``copies`` are noted as the run's (a revert deletes them).
+    Returns how many files went. A file that cannot be moved is logged and left."""
+    storage = storage or GentityFile._meta.get_field("content").storage
+    files = FileJournal(journal_run, storage)
+    for name in copies.values():
+        files.stored(name)
+    gone = 0
+    for name in found.file_names:
+        try:
+            if storage.exists(name):
+                files.delete(name)
+                gone += 1
+        except OSError as exc:
+            logger.warning("Could not remove %s: %s", name, exc)
     return gone
 
 

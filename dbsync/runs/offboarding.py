@@ -7,31 +7,36 @@ prints and the admin's confirmation page lists); ``offboard_remote`` does it:
 1. under the remote's lock (refused, as a sync is, while a run of it is going);
 2. as a run of its own (``SyncRun``, trigger "offboard"), so that its history, and
    its journal, say what was done and by whom;
-3. in one transaction, recorded by the run's journal (``journal_recording``): the
+3. in one transaction, recorded by the run's journal (``journal.recording``): the
    engine purges or detaches the remote's objects (``dbsync.engine.offboard``), only
    as counted when the operator confirmed; the remote's row is marked offboarded
-   (``removed_at``, ``removal``, inactive) and its Beat schedule removed.
+   (``removed_at``, ``removal``, inactive) and its Beat schedule removed;
+4. once committed, the files it left in the remote's folder are moved into the run's
+   journal (``engine.offboard.settle_files``), and a detach's copies noted as the
+   run's.
 
 The remote's row is kept, not deleted: deleting it would take its runs (and the
 offboarding's journal) with it, so nothing could be reverted. ``dbsync_revert`` of the
-offboarding run brings the objects and the row back as they were (the schedule stays
-paused until an operator saves the remote). Deleting the remote for good (the admin's
-delete) is possible once it has no objects, and removes its folder of files.
+offboarding run brings the objects, their files and the row back as they were (the
+schedule stays paused until an operator resumes it). Deleting the remote for good
+(the admin's delete) is possible once it has no objects, and removes its folder.
 """
 
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from dbsync.engine import journal
 from dbsync.engine import offboard as engine
 from dbsync.engine.errors import SyncError
 from dbsync.engine.result import SyncResult
 from dbsync.models import Database, SyncRun
 
 from .locking import claim, lock_or_refuse
+from .reverts import prune_journals
 from .schedules import remove_schedule
 from .service import failures_recorded, finish
 
@@ -41,13 +46,14 @@ PURGE, DETACH = engine.PURGE, engine.DETACH
 REMOVAL = {PURGE: Database.PURGED, DETACH: Database.DETACHED}
 
 
-def journal_recording(run_id):
-    """The run's journal of the offboarding's transaction: the ONE call site.
-
-    TODO(journal): ``dbsync.engine.journal.recording(run_id)`` once the journal is
-    merged; until then the offboarding is not journaled (and so not revertable).
-    """
-    return nullcontext()
+def start_journal(run):
+    """The offboarding's journal: its run's id, or None where there is none (SQLite:
+    then it cannot be reverted, and the files of purged objects are deleted)."""
+    if not journal.supported():
+        return None
+    run.journal = SyncRun.JOURNAL_KEPT
+    run.save(update_fields=["journal"])
+    return run.pk
 
 
 def find_remote(name):
@@ -97,15 +103,18 @@ def offboard_remote(database, mode, *, started_by="", via="command", expected=No
             started_by=started_by,
         )
         result = SyncResult(remote=str(database))
-        with (
-            failures_recorded(run, result),
-            detach_copies(database, mode) as copies,
-            transaction.atomic(),
-            journal_recording(run.pk),
-        ):
-            found = engine.offboard(database, mode, result, expected=expected, files=copies)
-            mark_removed(database, mode)
-        finish(run, SyncRun.SUCCEEDED, result, describe(database, found, run))
+        with failures_recorded(run, result):
+            journal_run = start_journal(run)
+            with (
+                detach_copies(database, mode) as copies,
+                transaction.atomic(),
+                journal.recording(journal_run),
+            ):
+                found = engine.offboard(database, mode, result, expected=expected, files=copies)
+                mark_removed(database, mode)
+            engine.settle_files(found, copies, journal_run)
+        finish(run, SyncRun.SUCCEEDED, result, describe(database, found, run, journal_run))
+    prune_journals(database)
     logger.warning("%s offboarded %s (%s): run %s", started_by or via, database, mode, run.pk)
     return run, found
 
@@ -137,7 +146,7 @@ def mark_removed(database, mode):
     remove_schedule(database)
 
 
-def describe(database, found, run):
+def describe(database, found, run, journal_run):
     """The closing sentence of an offboarding run."""
     if found.mode == PURGE:
         did = (
@@ -149,13 +158,24 @@ def describe(database, found, run):
             f"detached: {found.total_objects} objects are now local, with their "
             f"{found.records} records and {found.files} files"
         )
-    return (
-        f"Offboarded {database}, {did}. It is never synced again; its schedule is removed. "
+    undo = (
         f"To undo it: manage.py dbsync_revert {run.pk}."
+        if journal_run
+        else "It has no journal (the database cannot keep one): it cannot be reverted."
+    )
+    return (
+        f"Offboarded {database}, {did}. It is never synced again; its schedule is removed. {undo}"
     )
 
 
-def on_delete(sender, instance, **kwargs):
-    """A remote deleted for good (possible once no object of it is left): its folder of
-    files goes too, once the deletion commits."""
-    transaction.on_commit(lambda: engine.remove_folder(instance))
+def before_delete(sender, instance, **kwargs):
+    """A remote deleted for good (possible once no object of it is left) takes its runs
+    with it: their journals, and its folder of files, go too once the deletion commits
+    (nothing could revert them any more)."""
+    runs = list(SyncRun.objects.filter(database=instance).values_list("pk", flat=True))
+
+    def forget():
+        journal.discard(runs)
+        engine.remove_folder(instance)
+
+    transaction.on_commit(forget)
