@@ -515,3 +515,36 @@ def test_admin_offboarding_needs_the_permission_to_delete_remotes(two, client):
     assert athens.removed_at is None
     assert Station.objects.filter(original_db=athens).exists()
     assert Timeseries.objects.filter(original_db=athens).exists()
+
+
+def test_in_a_browser_a_remote_is_detached_after_its_confirmation_page(two, live_server):
+    """Headless Chromium against live_server: the action, its confirmation page with the
+    counts, the button, the message."""
+    from selenium.webdriver.support.ui import Select
+
+    from tests import browser as b
+
+    athens, _patras = two
+    stations = Station.objects.filter(original_db=athens).count()
+    user = User.objects.create_user("offboarder", password="pw-offboard", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_database", "delete_database"])
+    )
+    chromium = b.browser_or_skip()
+    try:
+        b.login(chromium, live_server.url, "offboarder", "pw-offboard")
+        chromium.get(live_server.url + changelist())
+        b.by_css(chromium, f"input.action-select[value='{athens.pk}']")[0].click()
+        Select(b.by_css(chromium, "select[name=action]")[0]).select_by_value("remove_detach")
+        b.by_css(chromium, "button[name=index]")[0].click()
+        b.wait_for(lambda: b.by_css(chromium, "#offboard-counts"), what="the confirmation")
+        counts = b.by_css(chromium, "#offboard-counts")[0].text
+        assert f"hcore.station: {stations}" in counts and "objects become local" in counts
+        assert Station.objects.filter(original_db=athens).count() == stations  # not yet
+        b.by_css(chromium, "#offboard-confirm")[0].click()
+        b.wait_for(lambda: b.messages(chromium), what="the message")
+        assert b.messages(chromium)[0].startswith("Offboarded athens, detached")
+    finally:
+        chromium.quit()
+    assert not Station.objects.filter(original_db=athens).exists()
+    assert Station.objects.filter(original_db=None).count() == stations + 1  # + the local one

@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 PURGE, DETACH = "purge", "detach"
 MODES = (PURGE, DETACH)
-LINKS_LABEL = "links"
 
 
 class OffboardingChanged(SyncError):
@@ -203,8 +202,6 @@ def purge(found, result):
     if found.impact is None or not found.roots:
         return
     delete(found.impact, found.roots, replicated_labels(), result)
-    if found.links:
-        result.add(LINKS_LABEL, "deleted", found.links)
     if found.files:
         result.add(FILES_LABEL, "deleted", found.files)
 
