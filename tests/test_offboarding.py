@@ -8,6 +8,11 @@ its own replicated copy, as two agencies would, so what belongs to which is told
 
 import hashlib
 import io
+import os
+import pty
+import select
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -39,7 +44,7 @@ from hcore.models import (
     UnitOfMeasurement,
     Variable,
 )
-from tests.instance import Instance
+from tests.instance import ROOT, Instance, instance_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -342,22 +347,61 @@ def test_without_a_terminal_nor_yes_it_is_refused(two, monkeypatch):
     assert tables_md5() == before
 
 
-class Terminal(io.StringIO):
-    """What an operator types on a terminal (a pipe cannot be a terminal)."""
+def on_a_terminal(settings, media, *args, answer):
+    """Run ``manage.py dbsync_removeremote *args`` on a real terminal (a pty), against
+    this test's database, typing ``answer`` at its question; (exit status, output)."""
+    env = instance_env(
+        connection.settings_dict["NAME"],
+        Path(settings.DBSYNC_JOURNAL_DIR).parent,
+        DJANGO_MEDIA_ROOT=media,
+        DBSYNC_JOURNAL_DIR=settings.DBSYNC_JOURNAL_DIR,
+    )
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "dbsync_removeremote", *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    output = b""
 
-    def isatty(self):
-        return True
+    def read(until=None):
+        nonlocal output
+        while until is None or until not in output:
+            ready, _, _ = select.select([controller], [], [], 120)
+            if not ready:
+                raise TimeoutError(output.decode())
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the command ended
+                return
+            if not chunk:
+                return
+            output += chunk
+
+    try:
+        read(until=b"to confirm: ")
+        os.write(controller, answer.encode() + b"\n")
+        read()
+        return process.wait(timeout=120), output.decode()
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
 
 
-def test_it_asks_for_the_remotes_name(two, monkeypatch):
+def test_on_a_terminal_it_asks_for_the_remotes_name(two, settings, media):
     athens, _patras = two
     before = tables_md5()
-    monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
-    with pytest.raises(CommandError, match="Not confirmed"):
-        removeremote("athens", "--purge")
+    status, output = on_a_terminal(settings, media, "athens", "--purge", answer="yes")
+    assert status == 1 and "Not confirmed: nothing was changed." in output
+    assert "Type the remote's name (athens) to confirm:" in output
     assert tables_md5() == before
-    monkeypatch.setattr("sys.stdin", Terminal("athens\n"))
-    removeremote("athens", "--purge")
+    status, output = on_a_terminal(settings, media, "athens", "--purge", answer="athens")
+    assert status == 0 and "Offboarded athens, purged" in output
     assert not Station.objects.filter(original_db=athens).exists()
 
 
