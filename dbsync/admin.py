@@ -12,14 +12,17 @@ action on the list) queues the same Celery sync as the schedules, through
 ``start_sync``.
 """
 
+import json
 from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -28,9 +31,10 @@ from django.views.decorators.http import require_POST
 
 from .engine import journal
 from .engine.errors import AlreadyRunning, SyncError
+from .engine.offboard import refusal as offboard_refusal
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import reverts, service, tasks
+from .runs import offboarding, reverts, service, tasks
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -168,10 +172,23 @@ class DatabaseAdmin(admin.ModelAdmin):
         "fresh",
         "runs",
     )
-    list_filter = ("is_active", "scheme", "api_layout")
+    list_filter = ("is_active", "removal", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
-    readonly_fields = ("last_sync", "sync_cursor", "records_cursor", "schedule_pause_note")
-    actions = ("sync_now", "sync_now_with_backup", "resume_schedule")
+    readonly_fields = (
+        "last_sync",
+        "sync_cursor",
+        "records_cursor",
+        "removed_at",
+        "removal",
+        "schedule_pause_note",
+    )
+    actions = (
+        "sync_now",
+        "sync_now_with_backup",
+        "resume_schedule",
+        "remove_purge",
+        "remove_detach",
+    )
     fieldsets = fieldsets_for(
         Database,
         [
@@ -194,7 +211,7 @@ class DatabaseAdmin(admin.ModelAdmin):
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
             ("Schedule", ("interval_minutes", "crontab", "schedule_pause_note")),
-            ("State", ("last_sync", "sync_cursor", "records_cursor")),
+            ("State", ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")),
         ],
         extra=[*(f"clear_{name}" for name in SECRET_FIELDS), "schedule_pause_note"],
     )
@@ -246,6 +263,8 @@ class DatabaseAdmin(admin.ModelAdmin):
             problem = database and database.unreadable_secrets_message()
             if problem:
                 self.message_user(request, problem, messages.WARNING)
+            if database and database.is_removed:
+                self.message_user(request, database.removed_message(), messages.WARNING)
         extra_context = {
             **(extra_context or {}),
             "has_sync_permission": self.has_sync_permission(request),
@@ -279,6 +298,81 @@ class DatabaseAdmin(admin.ModelAdmin):
                 database, started_by=request.user.get_username(), backup=True
             )
             self.message_user(request, message, level)
+
+    def has_offboard_permission(self, request):
+        """Offboarding removes a remote: whoever may delete remotes may offboard one."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
+
+    @admin.action(description="Remove (purge)…", permissions=["offboard"])
+    def remove_purge(self, request, queryset):
+        return self.offboard(request, queryset, offboarding.PURGE, "remove_purge")
+
+    @admin.action(description="Remove (detach)…", permissions=["offboard"])
+    def remove_detach(self, request, queryset):
+        return self.offboard(request, queryset, offboarding.DETACH, "remove_detach")
+
+    def offboard(self, request, queryset, mode, action):
+        """Show what offboarding the selected remote would do (a confirmation page, as
+        Django's delete has); on its POST, do it (``runs.offboarding``, as the command)."""
+        if len(queryset) != 1:
+            self.message_user(
+                request, "Select one remote to offboard at a time.", messages.WARNING
+            )
+            return None
+        database = queryset[0]
+        try:
+            found = offboarding.survey_remote(database, mode)
+        except SyncError as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+            return None
+        refusal = offboard_refusal(database, found)
+        if request.POST.get("post") == "yes" and not refusal:
+            return self.offboard_confirmed(request, database, mode)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{'Purge' if mode == offboarding.PURGE else 'Detach'} {database.name}",
+            "opts": self.opts,
+            "database": database,
+            "mode": mode,
+            "action": action,
+            "lines": found.lines(),
+            "refusal": refusal,
+            "expected": json.dumps(found.counts(), sort_keys=True),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/dbsync/database/offboard_confirmation.html", context
+        )
+
+    def offboard_confirmed(self, request, database, mode):
+        try:
+            expected = json.loads(request.POST.get("expected", ""))
+        except ValueError:
+            expected = None
+        if not isinstance(expected, dict):
+            self.message_user(
+                request,
+                f"Not offboarded: the confirmation of {database} did not say what was "
+                f"confirmed. Start again from the list.",
+                messages.ERROR,
+            )
+            return None
+        try:
+            run, _found = offboarding.offboard_remote(
+                database,
+                mode,
+                started_by=request.user.get_username(),
+                via="admin",
+                expected=expected,
+            )
+        except SyncError as exc:
+            self.message_user(request, f"Not offboarded: {exc}", messages.ERROR)
+            return None
+        self.message_user(request, run.message, messages.SUCCESS)
+        return None
 
     @admin.action(description="Resume the schedule (paused by a revert)", permissions=["sync"])
     def resume_schedule(self, request, queryset):

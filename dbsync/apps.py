@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_delete, post_migrate, post_save
+from django.db.models.signals import post_delete, post_migrate, post_save, pre_delete
 
 
 class DbsyncConfig(AppConfig):
@@ -9,11 +9,12 @@ class DbsyncConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401 - registers the system checks
-        from .runs import schedules
+        from .runs import offboarding, schedules
 
         database = self.get_model("Database")
         post_save.connect(schedules.on_save, sender=database, dispatch_uid="dbsync-schedule")
         post_delete.connect(schedules.on_delete, sender=database, dispatch_uid="dbsync-unschedule")
+        pre_delete.connect(offboarding.before_delete, sender=database, dispatch_uid="dbsync-gone")
         post_migrate.connect(journal_triggers, sender=self, dispatch_uid="dbsync-journal")
 
 

@@ -159,6 +159,31 @@ class Database(models.Model):
         "records changed since then (empty: every series').",
     )
 
+    # Offboarding (``manage.py dbsync_removeremote``): the row is kept, so that its run
+    # history (and the journal of the offboarding run) stays and a revert can bring the
+    # remote back as it was; an offboarded remote is never synced.
+    PURGED, DETACHED = "purged", "detached"
+    REMOVAL_CHOICES = [
+        (PURGED, "purged (its objects deleted)"),
+        (DETACHED, "detached (its objects kept as local ones)"),
+    ]
+    removed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="offboarded at",
+        help_text="When the remote was offboarded (manage.py dbsync_removeremote, or the "
+        "admin's Remove actions); it is never synced since. Reverting that run brings it back.",
+    )
+    removal = models.CharField(
+        max_length=10,
+        choices=REMOVAL_CHOICES,
+        blank=True,
+        editable=False,
+        verbose_name="offboarded how",
+        help_text="What the offboarding did with its replicated objects.",
+    )
+
     SCHEDULE_NONE = "none"
     SCHEDULE_INTERVAL = "interval"
     SCHEDULE_CRONTAB = "crontab"
@@ -231,6 +256,22 @@ class Database(models.Model):
             raise ValidationError(refusal, code="credentials_over_http")
 
     @property
+    def is_removed(self):
+        return self.removed_at is not None
+
+    def removed_message(self):
+        """Why this remote is not synced any more, and what to do, or None."""
+        if self.removed_at is None:
+            return None
+        return (
+            f"The remote {self.name!r} was offboarded ({self.get_removal_display()}) on "
+            f"{self.removed_at:%Y-%m-%d %H:%M %Z} and is never synced again. To bring it back "
+            f"as it was, revert its offboarding run (manage.py dbsync_revert RUN, or the "
+            f"admin's action on that run); to replicate the instance anew, register it "
+            f"under another name."
+        )
+
+    @property
     def schedule_paused(self):
         """Whether a revert paused the schedule (``SchedulePause``) until resumed."""
         return self.pk is not None and SchedulePause.objects.filter(database=self).exists()
@@ -239,6 +280,7 @@ class Database(models.Model):
     def is_scheduled(self):
         return (
             self.is_active
+            and not self.is_removed
             and not self.schedule_paused
             and (
                 (self.schedule_kind == self.SCHEDULE_INTERVAL and bool(self.interval_minutes))
@@ -415,7 +457,9 @@ class SyncRun(models.Model):
         ("admin", "admin"),
         ("beat", "beat"),
         ("task", "task"),
+        ("offboard", "offboarding (dbsync_removeremote)"),
     ]
+    OFFBOARD = "offboard"
 
     database = models.ForeignKey(
         Database, on_delete=models.CASCADE, related_name="runs", verbose_name="remote"

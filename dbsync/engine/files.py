@@ -14,6 +14,9 @@ before it is stored. A file over DBSYNC_MAX_FILE_BYTES is refused and reported; 
 object keeps what it had. Whatever is in a remote's folder that no object points at
 any more (objects deleted at the remote, earlier versions) is removed.
 
+A detached remote's objects (``dbsync.engine.offboard``) are local: their files move
+to ``gentityfile/local/<local pk>/<checksum>/<basename>`` (``detached_name``).
+
 Files are not in the database's transaction: each is stored first and its object
 updated after, so a run that stops half-way leaves objects that point at whole
 files, and the next run finishes the work. A journaled run (``journal_run``) notes
@@ -50,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_LABEL = "hcore.gentityfile"
 ROOT = "gentityfile"
+LOCAL_FOLDER = "local"  # the files of a detached remote's objects (not a remote's pk)
 DEFAULT_MAX_FILE_BYTES = 100 * 2**20
 HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 16
@@ -89,6 +93,17 @@ def safe_basename(name, room):
 def folder(database, remote_pk=None):
     path = f"{ROOT}/{int(database.pk)}"
     return path if remote_pk is None else f"{path}/{int(remote_pk)}"
+
+
+def detached_name(database, local_pk, name):
+    """Where the file ``name`` (in ``database``'s folder) of the object ``local_pk`` goes
+    when the remote is detached: ``gentityfile/local/<local pk>/`` and the rest of its
+    path (checksum folder, basename), out of the folder a sync of the remote prunes."""
+    prefix = folder(database) + "/"
+    if not name.startswith(prefix):
+        raise ValueError(f"{name!r} is not in the folder of {database}")
+    rest = name[len(prefix) :].split("/", 1)[-1]  # past the remote pk
+    return f"{ROOT}/{LOCAL_FOLDER}/{int(local_pk)}/{rest}"
 
 
 def local_name(database, remote_pk, entry):

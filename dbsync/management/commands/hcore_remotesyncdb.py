@@ -178,6 +178,8 @@ class Command(BaseCommand):
         found = Database.objects.filter(Q(hostname=name) | Q(name=name))
         if len(found) == 1:
             database = found[0]
+            if database.is_removed:
+                raise CommandError(database.removed_message())
             if not database.is_active:
                 raise CommandError(f"The remote {database} is inactive; activate it first.")
             return database
