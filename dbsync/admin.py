@@ -29,6 +29,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
+from .engine import journal
 from .engine.errors import AlreadyRunning, SyncError
 from .engine.offboard import refusal as offboard_refusal
 from .engine.result import COUNT_KEYS
@@ -453,6 +454,7 @@ class SyncRunAdmin(admin.ModelAdmin):
         "counts_table",
         "error_list",
         "deletions_listing",
+        "journal_size",
     )
     fieldsets = fieldsets_for(
         SyncRun,
@@ -474,7 +476,7 @@ class SyncRunAdmin(admin.ModelAdmin):
                     "approval_used_at",
                 ),
             ),
-            ("Journal", ("journal", "reverted_at", "reverted_by")),
+            ("Journal", ("journal", "journal_size", "reverted_at", "reverted_by")),
             (
                 "Details",
                 ("options", "backup_path", "fetch_plan", "task_id", "notified_at", "deletions"),
@@ -529,6 +531,14 @@ class SyncRunAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
             else:
                 self.message_user(request, message, messages.SUCCESS)
+
+    @admin.display(description="journal size")
+    def journal_size(self, obj):
+        """What the run's journal holds (rows noted, their bytes), to revert it."""
+        if obj.journal != SyncRun.JOURNAL_KEPT or obj.reverted_at is not None:
+            return None
+        size = journal.size(obj.pk)
+        return f"{size['rows']} rows, {size['bytes']} bytes"
 
     @admin.display(description="would have removed")
     def deletions_listing(self, obj):

@@ -199,13 +199,48 @@ def test_an_older_run_is_reverted_only_after_the_later_ones(live, media):
     assert state(database, media) == before
 
 
-def test_a_run_without_a_journal_is_refused(live, media):
+def test_a_run_without_a_journal_or_past_the_retention_is_refused(live, media, settings):
     database = register(live)
     call_command("hcore_remotesyncdb", "-r", database.name, "-N", stdout=io.StringIO())
-    run = last_run(database)
-    assert run.journal == SyncRun.JOURNAL_NONE
+    unjournaled = last_run(database)
+    assert unjournaled.journal == SyncRun.JOURNAL_NONE
     with pytest.raises(CommandError, match="it has no journal: it was run with -N"):
-        revert(run)
+        revert(unjournaled)
+
+    settings.DBSYNC_JOURNAL_KEEP = 1
+    first = sync(database, "--full")
+    assert journal.size(first.pk)["rows"] > 0
+    second = sync(database)
+    first.refresh_from_db()
+    assert first.journal == SyncRun.JOURNAL_PRUNED and journal.size(first.pk)["rows"] == 0
+    assert second.journal == SyncRun.JOURNAL_KEPT
+    before = state(database, media)
+    with pytest.raises(CommandError, match=f"Run #{first.pk} cannot be reverted: its journal was"):
+        revert(first)
+    assert state(database, media) == before
+
+
+def test_the_journal_keeps_the_installs_bulk_key_checks():
+    """The journal's triggers are ENABLE ALWAYS: they fire under replica mode, and the
+    install's bulk key checks (keychecks) do not count them as a table's own triggers
+    (which would send the table back to a check per row)."""
+    from dbsync.engine.journal.schema import journaled_tables
+    from dbsync.engine.keychecks import own_triggers
+
+    with connection.cursor() as cursor:
+        for table in journaled_tables():
+            cursor.execute(
+                "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass "
+                "AND tgname LIKE 'dbsync_journal_%%' ORDER BY 1",
+                [table],
+            )
+            assert cursor.fetchall() == [
+                ("dbsync_journal_delete", "A"),
+                ("dbsync_journal_insert", "A"),
+                ("dbsync_journal_update", "A"),
+            ], table
+            assert not [t for t in own_triggers(table) if t.startswith("dbsync_journal")]
+    assert "hcore_userprofile" not in journaled_tables()  # personal data: never journaled
 
 
 def test_the_admin_action_reverts_a_run(live, media, client):
@@ -216,6 +251,8 @@ def test_the_admin_action_reverts_a_run(live, media, client):
     run = sync(database, "--max-records-delete=all")
     admin = User.objects.create_superuser("boss", "boss@example.org", "pw")
     client.force_login(admin)
+    page = client.get(reverse("admin:dbsync_syncrun_change", args=[run.pk])).content.decode()
+    assert f"{journal.size(run.pk)['rows']} rows, " in page  # the journal's size, shown
 
     response = client.post(
         reverse("admin:dbsync_syncrun_changelist"),

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from dbsync.engine import journal
 from dbsync.engine.errors import SyncError
+from dbsync.engine.journal.files import run_folder as journal_folder
 from dbsync.models import Database, SchedulePause, SyncRun
 from hcore.models import GentityFile
 
@@ -125,7 +126,14 @@ def revert_run(run, by="command", pause=True):
             f"once that run has ended."
         ) from exc
     storage = GentityFile._meta.get_field("content").storage
-    deleted, restored = journal.revert_files(run.pk, files, storage)
+    try:
+        deleted, restored = journal.revert_files(run.pk, files, storage)
+    except OSError as exc:  # the rows are back; the files kept aside stay where they are
+        raise SyncError(
+            f"Run #{run.pk} of {database}: its rows were reverted, but its files could not "
+            f"all be put back ({exc}); the files it kept aside are in "
+            f"{journal_folder(run.pk)}, and its notes were: {files[:20]}"
+        ) from exc
     journal.discard([run.pk])
     if pause:
         sync_schedule(Database.objects.get(pk=database.pk))  # disables its periodic task
