@@ -26,9 +26,11 @@ history the runs append to (and the first sync's size), ``--series`` the nightly
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -58,6 +60,39 @@ def last_journal(url):
     return rows, int(size), changed
 
 
+TRANSACTION_LINES = (
+    re.compile(r"Install phase: ([\d.]+) s in the objects' transaction"),
+    re.compile(r"batches installed in ([\d.]+) s"),
+)
+
+
+def transaction_seconds(out):
+    """The seconds a run spent in its objects' and records' transactions (-v 2)."""
+    return sum(float(m[1]) for p in TRANSACTION_LINES for m in p.finditer(out))
+
+
+def trigger_cost(url, turns=5):
+    """The records' nightly insert alone, in the database at ``url``: 144 records in
+    every series, one INSERT, journaled (``dbsync.run_id`` set) and not, in turns,
+    each rolled back; returns the medians (not journaled, journaled) in seconds. The
+    triggers' own work, apart from the command, the HTTP and the machine's drift."""
+    times = {False: [], True: []}
+    with psycopg.connect(url) as conn:
+        for turn in range(turns):
+            for journaled in (False, True) if turn % 2 == 0 else (True, False):
+                with conn.transaction(force_rollback=True):
+                    if journaled:
+                        conn.execute("SELECT set_config('dbsync.run_id', '999999999', true)")
+                    started = time.perf_counter()
+                    conn.execute(
+                        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+                        "SELECT s.id, timestamptz '2040-01-01' + n * interval '10 minutes', n, '' "
+                        "FROM hcore_timeseries s, generate_series(0, 143) n"
+                    )
+                    times[journaled].append(time.perf_counter() - started)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stations", type=int, default=20_000, help="Stations (20,000).")
@@ -66,6 +101,9 @@ def main():
         "--records-per-series", type=int, default=500, help="Records of each (500)."
     )
     parser.add_argument("--repeat", type=int, default=3, help="Turns of each step (3).")
+    parser.add_argument(
+        "--only", choices=("objects", "records"), help="Measure only the objects or the records."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the databases afterwards.")
     options = parser.parse_args()
 
@@ -93,32 +131,43 @@ def main():
         return manage_args(*args, *(["-N"] if kind == "plain" else []))
 
     def step(name, remote_name, before_each=None, *extra):
+        """Each turn runs both, in alternating order (the machine's load drifts);
+        the wall-clock seconds of the command, and of its transactions (the -v 2
+        timing lines: where the journal's triggers work)."""
         times = {"plain": [], "journal": []}
+        inside = {"plain": [], "journal": []}
         sizes = []
         for turn in range(options.repeat):
-            for kind in ("plain", "journal"):
-                if before_each is not None:
-                    before_each(turn, kind)
+            order = ("plain", "journal") if turn % 2 == 0 else ("journal", "plain")
+            if before_each is not None:
+                before_each(turn)
+            for kind in order:
                 db, env = locals_[kind]
-                seconds, _peak, _out = run_measured(sync_args(remote_name, kind, *extra), env)
+                seconds, _peak, out = run_measured(sync_args(remote_name, kind, *extra), env)
                 times[kind].append(seconds)
+                inside[kind].append(transaction_seconds(out))
                 if kind == "journal":
                     sizes.append(last_journal(f"{PG_BASE}/{db}"))
         plain, journaled = (statistics.median(times[k]) for k in ("plain", "journal"))
+        in_plain, in_journal = (statistics.median(inside[k]) for k in ("plain", "journal"))
         rows, size, changed = sizes[-1]
-        results.append((name, plain, journaled, rows, size, changed, times))
+        results.append((name, plain, journaled, rows, size, changed, (in_plain, in_journal)))
         print(
             f"  {name}: -N {plain:.2f} s, journaled {journaled:.2f} s "
-            f"({(journaled / plain - 1) * 100:+.1f} %); journal {rows} rows, "
-            f"{size / 1e6:.2f} MB for {changed} changes; turns {times}",
+            f"({(journaled / plain - 1) * 100:+.1f} %); in the transactions -N "
+            f"{in_plain:.2f} s, journaled {in_journal:.2f} s; journal {rows} rows, "
+            f"{size / 1e6:.2f} MB for {changed} changes; turns {times} {inside}",
             flush=True,
         )
 
     try:
         print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
-        print(f"Generating {options.stations} stations (objects remote)…", flush=True)
+        print("Generating the stations of the objects' remote…", flush=True)
         objects.generate(
-            stations=options.stations, timeseries_per_station=2, events_per_station=0.5, seed=11
+            stations=10 if options.only == "records" else options.stations,
+            timeseries_per_station=2,
+            events_per_station=0.5,
+            seed=11,
         )
         age_remote(objects)
         objects.start(workers=2)
@@ -148,7 +197,7 @@ def main():
 
         # The objects: a first sync once each (no records: the remote has none).
         first = None
-        for kind in ("plain", "journal"):
+        for kind in () if options.only == "records" else ("plain", "journal"):
             db, env = locals_[kind]
             seconds, _peak, _out = run_measured(sync_args("bench", kind), env)
             rows, size, changed = last_journal(f"{PG_BASE}/{db}")
@@ -158,12 +207,11 @@ def main():
                     ("objects: first sync (once)", first, seconds, rows, size, changed, None)
                 )
             first = seconds
-        step("objects: unchanged re-sync", "bench")
+        if options.only != "records":
+            step("objects: unchanged re-sync", "bench")
         changed = max(1, options.stations // 100)
 
-        def change_one_percent(turn, kind):
-            if kind != "plain":
-                return  # both locals sync the same change
+        def change_one_percent(turn):
             objects.sql(
                 "UPDATE hcore_gentity SET name = name || ' (renamed)', last_modified = now() "
                 "WHERE id IN (SELECT gpoint_ptr_id FROM hcore_station ORDER BY gpoint_ptr_id "
@@ -171,20 +219,32 @@ def main():
                 [changed],
             )
             objects.sql(
-                "UPDATE hcore_timeseries SET remarks = 'changed %s', last_modified = now() "
+                "UPDATE hcore_timeseries SET remarks = %s, last_modified = now() "
                 "WHERE id IN (SELECT id FROM hcore_timeseries ORDER BY id LIMIT %s)",
-                [turn, changed * 2],
+                [f"changed {turn}", changed * 2],
             )
 
-        step("objects: 1 % changed", "bench", change_one_percent)
+        if options.only != "records":
+            step("objects: 1 % changed", "bench", change_one_percent)
 
-        # The records: a first sync (-N both: not measured here), then nightly runs.
-        for kind in ("plain", "journal"):
-            run_measured(sync_args("records", "plain"), locals_[kind][1])
+        # The records: a first sync once each, then nightly runs.
+        for kind in () if options.only == "objects" else ("plain", "journal"):
+            db, env = locals_[kind]
+            seconds, _peak, out = run_measured(sync_args("records", kind), env)
+            inside = transaction_seconds(out)
+            print(
+                f"  first sync of the records, {kind}: {seconds:.1f} s "
+                f"({inside:.1f} s in the transactions)",
+                flush=True,
+            )
+            if kind == "journal":
+                rows, size, changed = last_journal(f"{PG_BASE}/{db}")
+                results.append(
+                    ("records: first sync (once)", first, seconds, rows, size, changed, None)
+                )
+            first = seconds
 
-        def add_a_day(turn, kind):
-            if kind != "plain":
-                return
+        def add_a_day(turn):
             records.sql(
                 'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
                 "SELECT s.id, timestamptz '2026-01-01 00:00+00' + (%s * 144 + n) * "
@@ -193,8 +253,14 @@ def main():
                 [turn],
             )
 
-        step("records: nightly, +144 records a series", "records", add_a_day)
-        step("records: unchanged re-sync", "records")
+        if options.only != "objects":
+            step("records: nightly, +144 records a series", "records", add_a_day)
+            step("records: unchanged re-sync", "records")
+            plain, journaled = trigger_cost(f"{PG_BASE}/{locals_['journal'][0]}")
+            results.append(
+                ("records: the nightly INSERT alone (SQL)", plain, journaled, 0, 0, 0, None)
+            )
+            print(f"  the nightly INSERT alone: {plain:.2f} s, journaled {journaled:.2f} s")
     finally:
         objects.stop()
         records.stop()
@@ -216,12 +282,15 @@ def main():
             "step", "-N s", "journal s", "cost", "rows", "MB", "changes"
         )
     )
-    for name, plain, journaled, rows, size, changed, _times in results:
+    for name, plain, journaled, rows, size, changed, inside in results:
         cost = (journaled / plain - 1) * 100
         print(
             f"{name:42} {plain:7.2f} {journaled:9.2f} {cost:+6.1f}% {rows:9} "
             f"{size / 1e6:7.2f} {changed:8}"
         )
+        if inside:
+            cost = (inside[1] / inside[0] - 1) * 100 if inside[0] else 0.0
+            print(f"{'  in its transactions':42} {inside[0]:7.2f} {inside[1]:9.2f} {cost:+6.1f}%")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dbsync.engine import journal
+from dbsync.engine.errors import RemoteRemoved
 from dbsync.engine.install.impact import is_replicated
 from dbsync.engine.offboard import OffboardingChanged
 from dbsync.models import Database, SyncRun
@@ -482,7 +483,7 @@ def test_an_offboarded_remote_is_not_offboarded_again_nor_synced(two):
         removeremote("athens", "--purge", "--yes")
     from dbsync.runs.tasks import enqueue_sync
 
-    with pytest.raises(Exception, match="was offboarded"):
+    with pytest.raises(RemoteRemoved, match="was offboarded"):
         enqueue_sync(Database.objects.get(pk=athens.pk))
     out = io.StringIO()
     call_command("dbsync_status", stdout=out)  # exit status 0: nothing is promised of it

@@ -25,7 +25,7 @@ schedule stays paused until an operator resumes it). Deleting the remote for goo
 import logging
 from contextlib import contextmanager
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -112,18 +112,28 @@ def offboard_remote(database, mode, *, started_by="", via="command", expected=No
             ):
                 found = engine.offboard(database, mode, result, expected=expected, files=copies)
                 mark_removed(database, mode)
-            engine.settle_files(found, copies, journal_run)
-        finish(run, SyncRun.SUCCEEDED, result, describe(database, found, run, journal_run))
+            settle_files(found, copies, journal_run, result)
+        finish(run, SyncRun.SUCCEEDED, result, describe(database, found, run, journal_run, result))
     prune_journals(database)
     logger.warning("%s offboarded %s (%s): run %s", started_by or via, database, mode, run.pk)
     return run, found
 
 
+def settle_files(found, copies, journal_run, result):
+    """Once the transaction committed: the files go into the run's journal. The
+    offboarding is done whatever happens to them: a failure here is logged and noted
+    on the run (the files then stay in the remote's folder, which nothing serves)."""
+    try:
+        engine.settle_files(found, copies, journal_run)
+    except (OSError, DatabaseError) as exc:
+        logger.error("Offboarding run %s: could not journal its files: %s", journal_run, exc)
+        result.notes.append(f"its files could not all be moved into the journal: {exc}")
+
+
 @contextmanager
 def detach_copies(database, mode):
     """A detach's copies of the remote's files, made before its transaction (files are
-    not in it); deleted again if the transaction does not commit. The originals stay
-    in the remote's folder, which no sync prunes any more (a revert points at them)."""
+    not in it); deleted again if the transaction does not commit."""
     if mode != DETACH:
         yield {}
         return
@@ -146,7 +156,7 @@ def mark_removed(database, mode):
     remove_schedule(database)
 
 
-def describe(database, found, run, journal_run):
+def describe(database, found, run, journal_run, result):
     """The closing sentence of an offboarding run."""
     if found.mode == PURGE:
         did = (
@@ -163,8 +173,10 @@ def describe(database, found, run, journal_run):
         if journal_run
         else "It has no journal (the database cannot keep one): it cannot be reverted."
     )
+    notes = "".join(f" Note: {note}." for note in result.notes)
     return (
-        f"Offboarded {database}, {did}. It is never synced again; its schedule is removed. {undo}"
+        f"Offboarded {database}, {did}. It is never synced again; its schedule is removed. "
+        f"{undo}{notes}"
     )
 
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from dbsync.engine import journal
 from dbsync.engine.errors import SyncError
+from dbsync.engine.journal.files import run_folder as journal_folder
 from dbsync.models import Database, SchedulePause, SyncRun
 from hcore.models import GentityFile
 
@@ -46,9 +47,20 @@ def start_journal(run, options, result, log):
         result.notes.append(note)
         log(note, 1)
         return
-    options.journal_run = run.pk
+    options.journal_run = journal_run(run)
+
+
+def journal_run(run):
+    """Mark ``run`` journaled and return the id its changes are journaled under, or
+    None where nothing can be (SQLite). Other work that changes replicated data (e.g.
+    offboarding a remote) journals itself so: a SyncRun of its own, then
+    ``with transaction.atomic(), journal.recording(journal_run(run)):``, and files
+    through ``journal.FileJournal``; ``revert_run`` undoes it like a sync."""
+    if not journal.supported():
+        return None
     run.journal = SyncRun.JOURNAL_KEPT
     run.save(update_fields=["journal"])
+    return run.pk
 
 
 def prune_journals(database, now=None):
@@ -125,7 +137,14 @@ def revert_run(run, by="command", pause=True):
             f"once that run has ended."
         ) from exc
     storage = GentityFile._meta.get_field("content").storage
-    deleted, restored = journal.revert_files(run.pk, files, storage)
+    try:
+        deleted, restored = journal.revert_files(run.pk, files, storage)
+    except OSError as exc:  # the rows are back; the files kept aside stay where they are
+        raise SyncError(
+            f"Run #{run.pk} of {database}: its rows were reverted, but its files could not "
+            f"all be put back ({exc}); the files it kept aside are in "
+            f"{journal_folder(run.pk)}, and its notes were: {files[:20]}"
+        ) from exc
     journal.discard([run.pk])
     if pause:
         sync_schedule(Database.objects.get(pk=database.pk))  # disables its periodic task
