@@ -219,8 +219,9 @@ def reap_all():
     return reaped
 
 
-def claim(database, *, status, trigger, options, started_by="", lock_held=True):
-    """Create the run record, or record a refusal and raise AlreadyRunning."""
+def claim(database, *, status, trigger, options, started_by="", lock_held=True, kind=None):
+    """Create the run record (a sync, or ``kind``), or record a refusal and raise
+    AlreadyRunning."""
     with transaction.atomic():
         type(database).objects.select_for_update().get(pk=database.pk)
         reap_orphans(database, lock_held=lock_held)
@@ -232,6 +233,7 @@ def claim(database, *, status, trigger, options, started_by="", lock_held=True):
                 started_by=started_by,
                 options=options,
                 heartbeat=timezone.now(),
+                kind=kind or SyncRun.SYNC,
             )
     # Outside the transaction, which an exception would roll back with the record.
     refuse(database, trigger=trigger, options=options, started_by=started_by)
