@@ -34,7 +34,9 @@ def command(database, *args):
     """(exit status, stdout, stderr) of hcore_remotesyncdb."""
     out, err = io.StringIO(), io.StringIO()
     try:
-        call_command("hcore_remotesyncdb", "-r", database.name, "-N", *args, stdout=out, stderr=err)
+        call_command(
+            "hcore_remotesyncdb", "-r", database.name, "-N", *args, stdout=out, stderr=err
+        )
     except CommandError as exc:
         return exc.returncode, out.getvalue(), err.getvalue() + str(exc)
     return 0, out.getvalue(), err.getvalue()
@@ -50,7 +52,7 @@ def tables_md5():
         digests = {}
         for (table,) in cursor.fetchall():
             cursor.execute(
-                f'SELECT md5(COALESCE(string_agg(t::text, E\'\\n\' ORDER BY t::text), \'\')) '
+                f"SELECT md5(COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
                 f'FROM "{table}" t'
             )
             digests[table] = cursor.fetchone()[0]
@@ -126,14 +128,17 @@ def test_a_change_at_the_remote_after_the_sync_is_no_divergence(remote):
     database = register(remote)
     command(database)
     # Changed through save() (last_modified moves): the next sync's work.
-    remote.sql("UPDATE hcore_gentity SET name = 'renamed', last_modified = now() + "
-               "interval '1 second' WHERE id = (SELECT min(id) FROM hcore_gentity)")
+    remote.sql(
+        "UPDATE hcore_gentity SET name = 'renamed', last_modified = now() + "
+        "interval '1 second' WHERE id = (SELECT min(id) FROM hcore_gentity)"
+    )
     status, out, _ = command(database, "--verify")
     assert status == 0, out
     assert "1 changed at the remote since the last sync" in out
     # Changed behind the application's back (raw SQL, last_modified kept): a divergence.
-    remote.sql("UPDATE hcore_gentity SET name = 'renamed' WHERE id = (SELECT max(id) FROM "
-               "hcore_gentity)")
+    remote.sql(
+        "UPDATE hcore_gentity SET name = 'renamed' WHERE id = (SELECT max(id) FROM hcore_gentity)"
+    )
     status, _out, err = command(database, "--verify")
     assert status == 1 and "hcore.gentity: 1 objects differ (1 changed here)" in err
 
