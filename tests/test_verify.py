@@ -156,3 +156,47 @@ def test_a_never_synced_remote_gives_2(remote):
     database = register(remote)
     status, _out, err = command(database, "--verify")
     assert status == 2 and "never synced" in err
+
+
+def test_the_result_is_shown_by_status_metrics_and_mailed(remote, mailoutbox, settings):
+    settings.ADMINS = [("Ops", "ops@example.org")]
+    database = register(remote)
+    command(database)
+    command(database, "--verify")
+    out = io.StringIO()
+    call_command("dbsync_status", stdout=out)
+    assert "athens: last success" in out.getvalue()
+    assert "; verified equal at " in out.getvalue()
+    assert not mailoutbox
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE hcore_gentity SET name = 'x' WHERE original_db_id = %s", [database.pk]
+        )
+    assert command(database, "--verify")[0] == 1
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_status:
+        call_command("dbsync_status", stdout=out)
+    assert exit_status.value.code == 1
+    assert "differs (at " in out.getvalue() and "hcore.gentity" in out.getvalue()
+    (mail,) = mailoutbox
+    assert "differs from its remote" in mail.subject and "hcore.gentity" in mail.body
+    from dbsync.runs.metrics import SyncCollector
+
+    families = {f.name: f for f in SyncCollector(broker=False).collect()}
+    samples = {s.labels["state"]: s.value for s in families["dbsync_verification_state"].samples}
+    assert samples == {"equal": 0, "differs": 1, "never": 0}
+    # The freshness is the syncs': a verification is no sync.
+    assert "last success" in out.getvalue()
+
+
+def test_a_remote_has_a_weekly_verification_schedule(remote):
+    from django_celery_beat.models import PeriodicTask
+
+    database = register(remote)
+    task = PeriodicTask.objects.get(name=f"dbsync: verify remote #{database.pk}")
+    assert task.task == "dbsync.tasks.verify_remote" and task.enabled
+    assert (task.interval.every, task.interval.period) == (7, "days")
+    database.verify_every_days = 0
+    database.save()
+    task.refresh_from_db()
+    assert not task.enabled

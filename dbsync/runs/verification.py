@@ -22,6 +22,8 @@ from .service import failures_recorded, finish
 
 logger = logging.getLogger(__name__)
 
+EQUAL = engine.EQUAL
+
 
 def run_verify(database, options, *, repair=False, log=quiet):
     """Verify (or, with ``repair``, repair) ``database``'s replica; return the
