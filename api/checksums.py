@@ -2,18 +2,20 @@
 syncer's ``--verify`` compares with its replica without downloading a dump.
 
 ``GET <app>/<model>/checksums/?from=A&to=B&parts=N`` splits the keys [A, B] into N
-equal sub-ranges (``protocol.rowhash.part_bounds``) and gives, for each that holds
-objects, their count, checksum (the sum of their row hashes modulo 2**64, 16 hex
-digits: ``protocol.rowhash``) and lowest and highest key::
+equal sub-ranges (``protocol.rowhash.part_of``; the client computes their bounds with
+``part_bounds``) and gives, for each that holds objects, ``[part, count, checksum, min, max]``: its
+index, how many objects, their checksum (the sum of their row hashes modulo 2**64, 16
+hex digits: ``protocol.rowhash``) and their lowest and highest key. Compact, as a
+verification asks for many::
 
     {"model": "hcore.station", "from": 1, "to": 1000, "parts": [
-     {"part": 0, "from": 1, "to": 250, "count": 12, "checksum": "…", "min": 3, "max": 240},
-     ...]}
+     [0, 12, "9b4812ddd6282372", 3, 240], [2, 7, "…", 501, 610]]}
 
-``GET <app>/<model>/hashes/?from=A&to=B`` lists the objects of [A, B]: ``[pk, hash,
-last_modified]`` each (the hash as 16 hex digits; ``last_modified`` ISO 8601 UTC, or
-null for a model without one), at most API_MAX_KEYS_PER_REQUEST of them; a range
-holding more is refused (400), to be split first.
+``GET <app>/<model>/hashes/?from=A&to=B`` lists the objects of [A, B] by pk, ``[pk,
+hash]`` each, at most API_MAX_KEYS_PER_REQUEST of them (a range holding more is
+refused, 400: ask for its checksums first); ``pks=1,2,3`` instead of a range lists those
+objects. With ``after=<ISO 8601 datetime>``, an object whose ``last_modified`` is later
+is ``[pk, hash, 1]``: a syncer whose cursor that is will get its change anyway.
 
 On PostgreSQL each is one statement over the range (the hashes computed in SQL from the
 rows as they are); on SQLite, in Python, row by row.
@@ -27,7 +29,6 @@ from protocol.rowhash import (
     hash_sql,
     hashed_fields,
     hashed_m2m_fields,
-    part_bounds,
     part_of,
     part_of_sql,
     row_hash,
@@ -35,10 +36,10 @@ from protocol.rowhash import (
 )
 
 from .errors import ApiError
-from .params import check_parameters, parse_key
+from .params import check_parameters, parse_key, parse_modified_after, parse_pks
 
 CHECKSUM_PARAMETERS = ("from", "to", "parts")
-HASHES_PARAMETERS = ("from", "to")
+HASHES_PARAMETERS = ("from", "to", "pks", "after")
 MAX_PARTS = 256
 CHUNK = 2_000
 
@@ -114,37 +115,41 @@ def range_checksums(model, low, high, parts):
             entry[1] += hash_
             entry[3] = pk
         rows = [(part, *entry) for part, entry in sorted(totals.items())]
-    bounds = part_bounds(low, high, parts)
     return [
-        {
-            "part": part,
-            "from": bounds[part][0],
-            "to": bounds[part][1],
-            "count": count,
-            "checksum": format_checksum(total),
-            "min": first,
-            "max": last,
-        }
+        [part, count, format_checksum(total), first, last]
         for part, count, total, first, last in rows
     ]
 
 
-def range_hashes(model, low, high):
-    """[[pk, hash (16 hex digits), last_modified ISO or None]] of [low, high], by pk;
-    ApiError if the range holds more than API_MAX_KEYS_PER_REQUEST objects."""
+def parse_hashes_query(query):
+    """(from, to, pks or None, after or None) of a hashes request."""
+    low, high, _parts = parse_range(query, with_parts=False)
+    pks = parse_pks(query.get("pks"))
+    if pks is not None and ("from" in query or "to" in query):
+        raise ApiError(400, "Give either pks or a range (from, to), not both.")
+    return low, high, pks, parse_modified_after(query.get("after"), "after")
+
+
+def range_hashes(model, low, high, pks=None, after=None):
+    """[[pk, hash (16 hex digits)] or [pk, hash, 1] (changed after ``after``)] of [low,
+    high] (or of ``pks``), by pk; ApiError if more than API_MAX_KEYS_PER_REQUEST."""
     limit = settings.API_MAX_KEYS_PER_REQUEST
     if connection.vendor == "postgresql":
         source, key, row_hash_sql, modified = served_row_sql(model)
+        if pks is not None:
+            where, params = f"{key} = ANY(%s)", [list(pks)]
+        else:
+            where, params = f"{key} BETWEEN %s AND %s", [low, high]
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT {key}, {row_hash_sql}, {modified or 'NULL'} FROM {source} "
-                f"WHERE {key} BETWEEN %s AND %s ORDER BY {key} LIMIT {limit + 1}",
-                [low, high],
+                f"WHERE {where} ORDER BY {key} LIMIT {limit + 1}",
+                params,
             )
             rows = cursor.fetchall()
     else:
         rows = []
-        for row in python_hashes(model, low, high):
+        for row in python_hashes(model, low, high, pks):
             rows.append(row)
             if len(rows) > limit:
                 break
@@ -155,20 +160,25 @@ def range_hashes(model, low, high):
             f"(API_MAX_KEYS_PER_REQUEST); ask for its checksums in parts first.",
         )
     return [
-        [pk, format_checksum(hash_), None if moment is None else moment.isoformat()]
+        [pk, format_checksum(hash_)]
+        + ([1] if after is not None and moment is not None and moment > after else [])
         for pk, hash_, moment in rows
     ]
 
 
-def python_hashes(model, low, high):
-    """(pk, hash, last_modified) of [low, high] by pk, hashed in Python (SQLite)."""
+def python_hashes(model, low, high, pks=None):
+    """(pk, hash, last_modified) of [low, high] (or of ``pks``) by pk, hashed in Python
+    (SQLite)."""
     fields = hashed_fields(model)
     m2m = hashed_m2m_fields(model)
     has_modified = any(f.name == "last_modified" for f in model._meta.concrete_fields)
     columns = ["pk", *(f.attname for f in fields)]
     if has_modified:
         columns.append("last_modified")
-    queryset = model._base_manager.filter(pk__gte=low, pk__lte=high).order_by("pk")
+    if pks is not None:
+        queryset = model._base_manager.filter(pk__in=pks).order_by("pk")
+    else:
+        queryset = model._base_manager.filter(pk__gte=low, pk__lte=high).order_by("pk")
     last = None
     while True:
         page = queryset if last is None else queryset.filter(pk__gt=last)

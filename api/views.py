@@ -175,10 +175,10 @@ def checksums_view(request, app_label, model_name):
 @api_endpoint
 def hashes(request, app_label, model_name):
     model = served_model_or_404(app_label, model_name)
-    low, high, _parts = checksums.parse_range(request.GET, with_parts=False)
+    low, high, pks, after = checksums.parse_hashes_query(request.GET)
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
-    return JsonResponse(checksums.range_hashes(model, low, high), safe=False)
+    return JsonResponse(checksums.range_hashes(model, low, high, pks, after), safe=False)
 
 
 def hcore_served():

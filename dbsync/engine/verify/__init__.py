@@ -22,8 +22,9 @@ from django.conf import settings
 
 from hcore.models import GentityFile, RecordsSyncState
 
+from ..dumps import dump_name
 from ..errors import RemoteError, SyncError
-from ..fetch import check_manifest, make_refetcher
+from ..fetch import check_manifest, key_chunks, make_refetcher
 from ..files import sync_files
 from ..keysets import KeySet
 from ..planner import label, root_of
@@ -137,7 +138,9 @@ def repair(database, plan, client, options, *, log=quiet):
     entries = remote_entries(plan, client)
     with tempfile.TemporaryDirectory(prefix=f"repair-{database.pk}-", dir=work) as tmp:
         refetch = make_refetcher(client, entries, plan, tmp)
-        files, remote_keys = objects_to_install(database, plan, found, refetch)
+        files, remote_keys = objects_to_install(
+            database, plan, found, client, entries, tmp, refetch
+        )
         if files or remote_keys:
             log(f"Repairing {sum(v.differing for v in found.differing())} object(s)", 1)
             install_fetched(
@@ -156,26 +159,29 @@ def repair(database, plan, client, options, *, log=quiet):
     return again
 
 
-def objects_to_install(database, plan, found, refetch):
+def objects_to_install(database, plan, found, client, entries, work, refetch):
     """({model label: [dump paths]}, {root label: KeySet of remote pks the remote has})
-    of what differs: the objects changed or missing here fetched (with their whole row
-    family), and, for the roots some of whose objects the remote no longer has, the
-    listing the deletion goes by: ours, less those."""
-    wanted, gone = {}, {}
+    of what differs: each model's objects changed or missing here, fetched by key (that
+    model's dump only: their other rows are known); and, for the roots some of whose
+    objects the remote no longer has, the listing the deletion goes by: ours, less
+    those. A child row the remote lacks under a root it keeps: the whole row family
+    fetched again (``refetch``)."""
+    files, gone, families, fetched = {}, {}, {}, {}
     for verdict in found.verdicts:
         if not isinstance(verdict, ModelVerdict) or verdict.equal:
             continue
         model = next(m for m in plan.models if label(m) == verdict.model)
         root_label = label(root_of(model))
-        wanted.setdefault(root_label, set()).update(verdict.changed, verdict.missing)
+        wanted = sorted({*verdict.changed, *verdict.missing})
+        if wanted:
+            files[verdict.model] = fetch_keys(client, entries[verdict.model], wanted, work)
+            fetched.setdefault(root_label, set()).update(wanted)
         if root_of(model) is model:
             gone.setdefault(root_label, set()).update(verdict.extra)
-        else:  # a child row the remote lacks, its root's kept: the family is fetched again
-            wanted[root_label].update(verdict.extra)
-    for root_label, pks in gone.items():
-        wanted.get(root_label, set()).difference_update(pks)
-    files = {}
-    for root_label, pks in wanted.items():
+        else:
+            families.setdefault(root_label, set()).update(verdict.extra)
+    for root_label, pks in families.items():
+        pks -= gone.get(root_label, set())  # gone with their root
         if pks:
             for member, paths in refetch(root_label, sorted(pks)).items():
                 files.setdefault(member, []).extend(paths)
@@ -187,10 +193,22 @@ def objects_to_install(database, plan, found, refetch):
         ours = root._base_manager.filter(original_db=database).values_list(
             "original_id", flat=True
         )
-        remote_keys[root_label] = KeySet.from_sorted(
-            sorted((set(ours) - pks) | wanted.get(root_label, set()))
+        # Objects installed by this repair are the remote's too: not to be deleted.
+        listed = (
+            (set(ours) - pks) | fetched.get(root_label, set()) | families.get(root_label, set())
         )
+        remote_keys[root_label] = KeySet.from_sorted(sorted(listed))
     return files, remote_keys
+
+
+def fetch_keys(client, entry, pks, work):
+    """The dumps of the objects ``pks`` of one model, into ``work``; their paths."""
+    paths = []
+    for number, chunk in enumerate(key_chunks(pks)):
+        path = Path(work) / dump_name(entry["model"].lower(), f".repair{number}")
+        client.download(entry["url"], path, {"pks": ",".join(map(str, chunk))})
+        paths.append(str(path))
+    return paths
 
 
 def repair_data(database, client, found, options, result, log):

@@ -113,17 +113,22 @@ class LocalRows:
             for part, (count, total, first, last) in totals.items()
         }
 
-    def hashes(self, low, high):
-        """{remote pk: hash (16 hex digits)} of the rows of [low, high]."""
+    def hashes(self, low=None, high=None, pks=None):
+        """{remote pk: hash (16 hex digits)} of the rows of [low, high], or of ``pks``."""
+        if pks is not None:
+            low, high = min(pks), max(pks)
         if connection.vendor == "postgresql":
             source, key, row_hash_sql = self.sql()
+            where, params = f"{key} BETWEEN %s AND %s", [low, high]
+            if pks is not None:
+                where, params = f"{key} = ANY(%s)", [list(pks)]
             with connection.cursor() as cursor:
-                cursor.execute(
-                    f"SELECT {key}, {row_hash_sql} FROM {source} AND {key} BETWEEN %s AND %s",
-                    [low, high],
-                )
+                cursor.execute(f"SELECT {key}, {row_hash_sql} FROM {source} AND {where}", params)
                 return {pk: format_checksum(h) for pk, h in cursor.fetchall()}
-        return {pk: format_checksum(h) for pk, h in self.python_hashes(low, high)}
+        found = {pk: format_checksum(h) for pk, h in self.python_hashes(low, high)}
+        if pks is not None:
+            found = {pk: h for pk, h in found.items() if pk in set(pks)}
+        return found
 
     # --- SQLite --------------------------------------------------------------------------
 

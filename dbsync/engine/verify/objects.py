@@ -8,18 +8,21 @@ that differ are asked for once more at the end, so that a change at the remote d
 the verification raises no false alarm.
 """
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from protocol.formats import MAX_KEY
 from protocol.rowhash import part_bounds
 
 from ..errors import PayloadError
+from ..fetch import key_chunks
 from ..planner import label
 from .local import LocalRows
 
-PARTS = 16  # sub-ranges a request: 16 parts of a range that differs, then 16 of each
-LEAF_ROWS = 256  # a range with at most this many remote objects is listed, not split
+# Sub-ranges a request: a part costs ~45 bytes of JSON, a listed object ~28. Splitting a
+# range of r objects into PARTS costs PARTS * 45 bytes; listing it r * 28: below about
+# PARTS * 45 / 28 objects, listing is the cheaper (docs/benchmarks.md has the figures).
+PARTS = 16
+LEAF_ROWS = 24
 
 
 @dataclass
@@ -88,22 +91,22 @@ class RemoteRows:
         )
         try:
             return {
-                int(p["part"]): (int(p["count"]), str(p["checksum"]), int(p["min"]), int(p["max"]))
-                for p in body["parts"]
+                int(part): (int(count), str(checksum), int(first), int(last))
+                for part, count, checksum, first, last in body["parts"]
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"{self.client}: malformed checksums of a range: {exc}") from exc
 
-    def hashes(self, low, high):
-        """{pk: (hash, last_modified or None)}."""
+    def hashes(self, low=None, high=None, pks=None, after=None):
+        """{pk: (hash, whether it changed after ``after``)} of [low, high] or ``pks``."""
+        params = {"pks": ",".join(map(str, pks))} if pks is not None else {"from": low, "to": high}
+        if after is not None:
+            params["after"] = after.isoformat()
         self.requests += 1
-        body = self.client.get_json(self.entry["hashes_url"], {"from": low, "to": high})
+        body = self.client.get_json(self.entry["hashes_url"], params)
         try:
-            return {
-                int(pk): (str(h), None if m is None else dt.datetime.fromisoformat(m))
-                for pk, h, m in body
-            }
-        except (TypeError, ValueError) as exc:
+            return {int(row[0]): (str(row[1]), len(row) > 2 and row[2] == 1) for row in body}
+        except (IndexError, TypeError, ValueError) as exc:
             raise PayloadError(f"{self.client}: malformed hashes of a range: {exc}") from exc
 
 
@@ -114,20 +117,19 @@ def verify_model(database, model, client, entry, cursor):
     local = LocalRows(database, model)
     verdict = ModelVerdict(label(model))
     leaves = differing_leaves(remote, local, verdict)
-    found = compare_leaves(remote, local, leaves, cursor)
-    if found.changed or found.missing or found.extra:
-        # Once more, the leaves that differ: what changed meanwhile is not a divergence.
-        keys = set(found.changed) | set(found.missing) | set(found.extra)
-        again = compare_leaves(
-            remote,
-            local,
-            [leaf for leaf in leaves if any(leaf[0] <= k <= leaf[1] for k in keys)],
-            cursor,
-        )
+    found = Found()
+    for low, high in leaves:
+        compare(remote.hashes(low, high, after=cursor), local.hashes(low, high), found)
+    keys = sorted({*found.changed, *found.missing, *found.extra})
+    if keys:
+        # Once more, the objects that differ: what changed meanwhile is not a divergence.
+        again = Found()
+        for chunk in key_chunks(keys):
+            compare(remote.hashes(pks=chunk, after=cursor), local.hashes(pks=chunk), again)
         found.changed = sorted(set(found.changed) & set(again.changed))
         found.missing = sorted(set(found.missing) & set(again.missing))
         found.extra = sorted(set(found.extra) & set(again.extra))
-        found.pending = max(found.pending, again.pending)
+        found.pending += again.pending
     verdict.changed, verdict.missing, verdict.extra = found.changed, found.missing, found.extra
     verdict.pending = found.pending
     verdict.requests = remote.requests
@@ -169,23 +171,19 @@ class Found:
     pending: int = 0
 
 
-def compare_leaves(remote, local, leaves, cursor):
-    found = Found()
-    for low, high in leaves:
-        theirs = remote.hashes(low, high)
-        ours = local.hashes(low, high)
-        for pk in sorted(set(theirs) | set(ours)):
-            mine = ours.get(pk)
-            if pk not in theirs:
-                found.extra.append(pk)
-                continue
-            hash_, modified = theirs[pk]
-            if mine == hash_:
-                continue
-            if cursor is not None and modified is not None and modified > cursor:
-                found.pending += 1  # the next sync brings it
-            elif mine is None:
-                found.missing.append(pk)
-            else:
-                found.changed.append(pk)
-    return found
+def compare(theirs, ours, found):
+    """Add to ``found`` what differs between the remote's hashes and ours."""
+    for pk in sorted(set(theirs) | set(ours)):
+        mine = ours.get(pk)
+        if pk not in theirs:
+            found.extra.append(pk)
+            continue
+        hash_, changed_since = theirs[pk]
+        if mine == hash_:
+            continue
+        if changed_since:
+            found.pending += 1  # changed after the cursor: the next sync brings it
+        elif mine is None:
+            found.missing.append(pk)
+        else:
+            found.changed.append(pk)

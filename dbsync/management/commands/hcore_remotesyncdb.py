@@ -220,7 +220,12 @@ class Command(BaseCommand):
             raise CommandError(f"Could not verify: {message}", returncode=EXIT_UNVERIFIED) from exc
         if result.repaired is not None and options["repair"]:
             self.log(f"Repair: {result.repaired.summary()}", 1)
-        self.log(f"{result.summary()} {result.requests} requests.", 1)
+        self.log(result.summary(), 1)
+        self.log(
+            f"Read {result.bytes} bytes from the remote ({result.requests} checksum and hash "
+            f"requests).",
+            1,
+        )
         if not result.equal:
             for verdict in result.differing():
                 self.stderr.write(verdict.describe())
