@@ -67,7 +67,6 @@ a syncer takes the ``changed_after`` of its next run.
 
 import csv
 import datetime as dt
-import hashlib
 import io
 import logging
 import re
@@ -81,10 +80,12 @@ from hcore.models import Record, RecordsSummary, Timeseries
 from protocol.formats import (
     EPOCH,
     MAX_KEY,
+    RECORD_HASH_SQL,
     SERIES_HEADER,
     SERIES_NOT_FOUND,
     SERIES_TRAILER,
     format_checksum,
+    python_record_hash,
 )
 
 from .errors import ApiError
@@ -96,15 +97,12 @@ RECORDS_PARAMETERS = ("start_date", "end_date")
 SUMMARY_PARAMETERS = ("changed_after",)
 BATCH_PARAMETERS = ("series",)
 BATCH_ITEM = re.compile(r"(?P<pk>[0-9]{1,19})(:(?P<after>-?[0-9]{1,19}))?")
-# Nonzero, so that a missing value (NULL, hashed as 0) and 0.0 hash differently.
-HASH_SEED = 1
 CHUNK_ROWS = 5_000
 SUMMARY_PAGE_ROWS = 50_000  # series read from the database a query
 SEND_BYTES = 1 << 16
 TEXTS_A_FETCH = 10  # series: the text of one may be large
 TABLE = Record._meta.db_table
 SPECIAL_FLOATS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
-RECORD_HASH_SQL = f'hash_record_extended(row("timestamp", value, flags), {HASH_SEED})'
 
 
 def local_time(moment, offset_minutes):
@@ -353,13 +351,6 @@ def format_float(value):
     text = repr(float(value))
     text = SPECIAL_FLOATS.get(text, text)
     return text[:-2] if text.endswith(".0") else text
-
-
-def python_record_hash(timestamp, value, flags):
-    """The record hash of servers on SQLite (PostgreSQL's is not available there)."""
-    micros = (timestamp - EPOCH) // dt.timedelta(microseconds=1)
-    text = f"{micros}|{'' if value is None else repr(float(value))}|{flags}"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def python_block(pk, utc_offset, start, end, buffer):

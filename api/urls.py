@@ -26,6 +26,8 @@ urlpatterns = [
     path("hcore/gentityfile/<int:pk>/content/", views.file_content, name="file-content"),
     path("<str:app_label>/<str:model_name>/", views.dump, name="dump"),
     path("<str:app_label>/<str:model_name>/keys/", views.keys, name="keys"),
+    path("<str:app_label>/<str:model_name>/checksums/", views.checksums_view, name="checksums"),
+    path("<str:app_label>/<str:model_name>/hashes/", views.hashes, name="hashes"),
     # Anything else under the API is a JSON 404 too. Only paths ending in "/", so
     # that Django's APPEND_SLASH still redirects ".../station" to ".../station/".
     re_path(r"^(?P<path>.*/)$", views.not_found, name="not-found"),

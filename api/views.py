@@ -23,7 +23,7 @@ from protocol.schema import (
     served_models,
 )
 
-from . import dumps, files, record_formats, records
+from . import checksums, dumps, files, record_formats, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
 from .params import check_parameters, parse_dump_query, parse_modified_after
@@ -132,6 +132,9 @@ def describe_served_model(model):
         "model": opts.label_lower,
         "url": reverse("api:dump", args=(opts.app_label, opts.model_name)),
         "keys_url": reverse("api:keys", args=(opts.app_label, opts.model_name)),
+        # --verify's (api.checksums): checksums over key ranges, a small range's hashes.
+        "checksums_url": reverse("api:checksums", args=(opts.app_label, opts.model_name)),
+        "hashes_url": reverse("api:hashes", args=(opts.app_label, opts.model_name)),
         "count": model._base_manager.count(),
         "fingerprint": fingerprint(model),
         "parents": describe_model(model)["parents"],
@@ -156,6 +159,26 @@ def keys(request, app_label, model_name):
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
     return StreamingHttpResponse(dumps.stream_keys(model), content_type=JSON)
+
+
+@api_endpoint
+def checksums_view(request, app_label, model_name):
+    model = served_model_or_404(app_label, model_name)
+    low, high, parts = checksums.parse_range(request.GET, with_parts=True)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    body = checksums.range_checksums(model, low, high, parts)
+    label = model._meta.label_lower
+    return JsonResponse({"model": label, "from": low, "to": high, "parts": body})
+
+
+@api_endpoint
+def hashes(request, app_label, model_name):
+    model = served_model_or_404(app_label, model_name)
+    low, high, pks, after = checksums.parse_hashes_query(request.GET)
+    if request.method == "HEAD":
+        return HttpResponse(content_type=JSON)
+    return JsonResponse(checksums.range_hashes(model, low, high, pks, after), safe=False)
 
 
 def hcore_served():

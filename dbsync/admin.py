@@ -34,7 +34,7 @@ from .engine.errors import AlreadyRunning, SyncError
 from .engine.offboard import refusal as offboard_refusal
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import offboarding, reverts, service, tasks
+from .runs import offboarding, reverts, service, tasks, verification
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -94,6 +94,17 @@ def start_sync(database, started_by="", backup=None):
     if run is None:  # its remote was deleted meanwhile
         return messages.WARNING, f"Queued a sync of {database}, whose run is gone."
     return messages.SUCCESS, f"Queued a sync of {database}: run #{run.pk} ({run.status})."
+
+
+def start_verify(database, started_by="", repair=False):
+    """Queue a verification (or repair) of ``database``: the task runs the command's
+    path (``runs.verification.run_verify``); return (level, message) for the user."""
+    what = "repair" if repair else "verification"
+    try:
+        tasks.enqueue_verify(database, trigger="admin", started_by=started_by, repair=repair)
+    except SyncError as exc:
+        return messages.ERROR, f"Could not queue the {what} of {database}: {exc}"
+    return messages.SUCCESS, f"Queued a {what} of {database}; its run appears in Sync runs."
 
 
 def secret_field(name):
@@ -170,6 +181,7 @@ class DatabaseAdmin(admin.ModelAdmin):
         "last_run_status",
         "last_run_age",
         "fresh",
+        "verified",
         "runs",
     )
     list_filter = ("is_active", "removal", "scheme", "api_layout")
@@ -188,6 +200,8 @@ class DatabaseAdmin(admin.ModelAdmin):
         "resume_schedule",
         "remove_purge",
         "remove_detach",
+        "verify_now",
+        "repair_now",
     )
     fieldsets = fieldsets_for(
         Database,
@@ -210,7 +224,10 @@ class DatabaseAdmin(admin.ModelAdmin):
                 ("username", "password", "clear_password", "token", "clear_token"),
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
-            ("Schedule", ("interval_minutes", "crontab", "schedule_pause_note")),
+            (
+                "Schedule",
+                ("interval_minutes", "crontab", "verify_every_days", "schedule_pause_note"),
+            ),
             ("State", ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")),
         ],
         extra=[*(f"clear_{name}" for name in SECRET_FIELDS), "schedule_pause_note"],
@@ -218,7 +235,15 @@ class DatabaseAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # The latest run of each remote, as columns of the one list query.
-        latest = SyncRun.objects.filter(database=OuterRef("pk")).order_by("-started_at", "-pk")
+        # Syncs only: a verification says nothing of the replica's freshness.
+        latest = SyncRun.objects.filter(database=OuterRef("pk"), kind=SyncRun.SYNC).order_by(
+            "-started_at", "-pk"
+        )
+        verified = SyncRun.objects.filter(
+            database=OuterRef("pk"),
+            kind__in=(SyncRun.VERIFY, SyncRun.REPAIR),
+            status=SyncRun.SUCCEEDED,
+        ).order_by("-pk")
         return (
             super()
             .get_queryset(request)
@@ -226,6 +251,9 @@ class DatabaseAdmin(admin.ModelAdmin):
                 last_run_id=Subquery(latest.values("pk")[:1]),
                 last_run_state=Subquery(latest.values("status")[:1]),
                 last_run_started=Subquery(latest.values("started_at")[:1]),
+                verified_run_id=Subquery(verified.values("pk")[:1]),
+                verified_state=Subquery(verified.values("verification__state")[:1]),
+                verified_at=Subquery(verified.values("finished_at")[:1]),
             )
         )
 
@@ -389,6 +417,34 @@ class DatabaseAdmin(admin.ModelAdmin):
             f'action "Resume the schedule" on the list of remotes'
         )
 
+    @admin.action(description="Verify the replica against the remote", permissions=["sync"])
+    def verify_now(self, request, queryset):
+        for database in queryset:
+            level, message = start_verify(database, started_by=request.user.get_username())
+            self.message_user(request, message, level)
+
+    @admin.action(description="Repair what differs from the remote", permissions=["sync"])
+    def repair_now(self, request, queryset):
+        for database in queryset:
+            level, message = start_verify(
+                database, started_by=request.user.get_username(), repair=True
+            )
+            self.message_user(request, message, level)
+
+    @admin.display(description="verified")
+    def verified(self, obj):
+        """'verified equal at …' or 'differs: …' (``runs.verification.describe``)."""
+        run_id = getattr(obj, "verified_run_id", None)
+        if run_id is None:
+            return "never verified"
+        url = reverse("admin:dbsync_syncrun_change", args=[run_id])
+        when = timezone.localtime(obj.verified_at).strftime("%Y-%m-%d %H:%M")
+        if obj.verified_state == verification.EQUAL:
+            return format_html('<a href="{}">verified equal at {}</a>', url, when)
+        return format_html(
+            '<a href="{}"><strong style="color: #ba2121">differs (at {})</strong></a>', url, when
+        )
+
     @admin.display(description="address")
     def endpoint(self, obj):
         return f"{obj.address}:{obj.port}"
@@ -433,6 +489,7 @@ class SyncRunAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "database",
+        "kind",
         "status",
         "progress",
         "trigger",
@@ -443,7 +500,7 @@ class SyncRunAdmin(admin.ModelAdmin):
         "run_totals",
     )
     list_display_links = ("id", "database")
-    list_filter = ("status", "trigger", "database")
+    list_filter = ("kind", "status", "trigger", "database")
     list_select_related = ("database",)
     search_fields = ("database__name", "started_by", "message")
     date_hierarchy = "started_at"
@@ -460,12 +517,24 @@ class SyncRunAdmin(admin.ModelAdmin):
         SyncRun,
         [
             # A running run's phase and counts (runs/progress.py) next to its status.
-            (None, ("database", "status", "progress", "trigger", "started_by", "full", "dry_run")),
+            (
+                None,
+                (
+                    "database",
+                    "kind",
+                    "status",
+                    "progress",
+                    "trigger",
+                    "started_by",
+                    "full",
+                    "dry_run",
+                ),
+            ),
             (
                 "Timing",
                 ("started_at", "finished_at", "run_duration", "heartbeat", "remote_time"),
             ),
-            ("Result", ("run_totals", "counts_table", "error_list", "message")),
+            ("Result", ("run_totals", "counts_table", "error_list", "message", "verification")),
             (
                 "Refused deletions",
                 (

@@ -214,6 +214,12 @@ class Database(models.Model):
         help_text="With 'crontab': minute hour day-of-month month day-of-week, in the "
         "server's time zone; e.g. '30 3 * * *' is 03:30 every day.",
     )
+    verify_every_days = models.PositiveIntegerField(
+        default=7,
+        verbose_name="verify every (days)",
+        help_text="How often Celery beat verifies this remote's replica against the remote "
+        "(hcore_remotesyncdb --verify: checksums, read-only); 0: never.",
+    )
 
     class Meta:
         ordering = ("name",)
@@ -461,10 +467,28 @@ class SyncRun(models.Model):
     ]
     OFFBOARD = "offboard"
 
+    SYNC, VERIFY, REPAIR = "sync", "verify", "repair"
+    KIND_CHOICES = [(SYNC, "sync"), (VERIFY, "verification"), (REPAIR, "repair")]
+
     database = models.ForeignKey(
         Database, on_delete=models.CASCADE, related_name="runs", verbose_name="remote"
     )
     status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
+    kind = models.CharField(
+        max_length=10,
+        choices=KIND_CHOICES,
+        default=SYNC,
+        verbose_name="kind",
+        help_text="A sync, a verification of the replica against the remote (--verify), "
+        "or a repair of what differs (--repair).",
+    )
+    verification = models.JSONField(
+        default=dict,
+        blank=True,
+        verbose_name="verification",
+        help_text="A verification or repair: its finding ('equal' or 'differs'), the "
+        "bytes read from the remote, and per model what differs (remote pks).",
+    )
     trigger = models.CharField(
         max_length=10,
         choices=TRIGGER_CHOICES,

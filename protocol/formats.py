@@ -4,8 +4,9 @@ and the framing and checksums of the records' batches (see ``api.records``).
 Both sides import these; neither defines them again.
 """
 
+import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 # Keys are PostgreSQL bigints (``original_id`` too): no key of either side is larger.
 MAX_KEY = 2**63 - 1
@@ -28,6 +29,21 @@ def add_checksums(first, second):
 
 
 ZERO_CHECKSUM = format_checksum(0)
+
+# A record's hash: PostgreSQL's own, in SQL, on a server on PostgreSQL; on SQLite, the
+# Python one below. Nonzero seed, so that a missing value (NULL, hashed as 0) and 0.0
+# hash differently. Both the API (the trailers and the summary) and --verify (the
+# replica's records, ``dbsync.engine.verify.records``) compute it.
+RECORD_HASH_SEED = 1
+RECORD_HASH_SQL = f'hash_record_extended(row("timestamp", value, flags), {RECORD_HASH_SEED})'
+
+
+def python_record_hash(timestamp, value, flags):
+    """The record hash of servers on SQLite (PostgreSQL's is not available there)."""
+    micros = (timestamp - EPOCH) // timedelta(microseconds=1)
+    text = f"{micros}|{'' if value is None else repr(float(value))}|{flags}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
 
 # A batch's series: a header line, its CSV lines, and a trailer line, or one "not found".
 SERIES_HEADER = "# timeseries {pk} utc_offset={utc_offset}\n"

@@ -196,6 +196,15 @@ API_URLS = {
         reverse("api:keys", args=(model._meta.app_label, model._meta.model_name))
         for model in served_models()
     ],
+    "checksums": lambda: [
+        reverse("api:checksums", args=(model._meta.app_label, model._meta.model_name)) + query
+        for model in served_models()
+        for query in ("", "?parts=3&from=1&to=9")
+    ],
+    "hashes": lambda: [
+        reverse("api:hashes", args=(model._meta.app_label, model._meta.model_name))
+        for model in served_models()
+    ],
     "legacy-listing": lambda: [
         reverse("api:legacy-listing", args=(name,)) for name in served_legacy_names()
     ],

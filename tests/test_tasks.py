@@ -390,6 +390,17 @@ def test_storage_overwrites_a_repeated_fetch_and_checks_checksums(
         storage.local_copies(7, [second], work)
 
 
+def test_a_verification_runs_in_a_worker_as_the_command_does(remote, workers):
+    database = register(remote)
+    sync_remote.delay(database.pk)  # by the worker: the files are in its storage
+    synced = wait_for_run(database, SyncRun.SUCCEEDED).pk
+    outcome = tasks.verify_remote.delay(database.pk).get(timeout=RUN_TIMEOUT)
+    assert outcome["state"] == "equal"
+    run = wait_for_run(database, after=synced)
+    assert (run.kind, run.trigger, run.status) == (SyncRun.VERIFY, "beat", SyncRun.SUCCEEDED)
+    assert run.verification["state"] == "equal" and run.message.startswith("Verified equal")
+
+
 def test_schedule_fields_keep_the_periodic_task_in_step(remote):
     database = register(remote)
     assert schedules.periodic_task_of(database) is None

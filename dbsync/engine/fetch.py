@@ -77,7 +77,7 @@ def make_refetcher(client, entries, plan, dest_dir):
         found = {}
         for member in plan.family(model):
             member_label = label(member)
-            for chunk in _key_chunks(pks):
+            for chunk in key_chunks(pks):
                 counter["n"] += 1
                 path = Path(dest_dir) / dump_name(member_label, f".refetch{counter['n']}")
                 client.download(
@@ -89,7 +89,7 @@ def make_refetcher(client, entries, plan, dest_dir):
     return refetch
 
 
-def _key_chunks(pks):
+def key_chunks(pks):
     """``pks`` in chunks of at most REFETCH_CHUNK keys and REFETCH_QUERY_CHARS characters
     once URL-encoded (a comma is ``%2C``)."""
     chunk, size = [], 0

@@ -16,6 +16,7 @@ that trickles its answer fails the run with ``DeadlineExceeded``, which is not r
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -58,6 +59,19 @@ class HostnameTLSAdapter(WatchedAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+class Received:
+    """The bytes of the response bodies that a client and its clones read: what a run
+    transferred (``--verify`` and ``--repair`` report it)."""
+
+    def __init__(self):
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, size):
+        with self.lock:
+            self.bytes += size
+
+
 class RemoteClient:
     def __init__(
         self,
@@ -70,9 +84,12 @@ class RemoteClient:
         budget=None,
         request_deadline=None,
         run_deadline=None,
+        received=None,
     ):
-        """``run_deadline``: a ``deadlines.RunDeadline`` that no request may pass."""
+        """``run_deadline``: a ``deadlines.RunDeadline`` that no request may pass;
+        ``received``: a ``Received`` shared with other clients (else one of its own)."""
         self.database = database
+        self.received = received or Received()
         self.budget = budget  # a DiskBudget shared by the clones, or None
         self.port = port or database.port
         self.timeout = timeout if timeout is not None else settings.DBSYNC_HTTP_TIMEOUT
@@ -141,6 +158,7 @@ class RemoteClient:
             "budget": self.budget,
             "request_deadline": self.request_deadline,
             "run_deadline": self.run_deadline,
+            "received": self.received,
         }
         return RemoteClient(self.database, **{**options, **changes})
 
@@ -264,6 +282,7 @@ class RemoteClient:
             with self._deadline(path):
                 response = self._get(url)
                 body = self._read_capped(response)
+            self.received.add(len(body))
             return jsoncaps.loads(body, f"{self}: {path}")
 
         return self._attempts(f"GET {path}", attempt)
@@ -347,6 +366,7 @@ class RemoteClient:
         if not is_complete(tmp):
             raise TransientRemoteError(f"{self}: response truncated after {size} bytes")
         os.replace(tmp, dest)
+        self.received.add(size)
         return size
 
     # --- the API -------------------------------------------------------------------

@@ -87,11 +87,11 @@ LOOK_UP = object()
 
 
 def freshness(database, now=None, last_run=LOOK_UP):
-    """The Freshness of ``database`` at ``now``; ``last_run``: its latest SyncRun (or
-    None: no run), looked up unless given."""
+    """The Freshness of ``database`` at ``now``; ``last_run``: its latest sync run (or
+    None: no run), looked up unless given (verifications and repairs are not syncs)."""
     now = now or timezone.now()
     if last_run is LOOK_UP:
-        last_run = database.runs.order_by("-pk").first()
+        last_run = database.runs.filter(kind=SyncRun.SYNC).order_by("-pk").first()
     if database.is_removed:
         return Freshness(database, REMOVED, None, last_run)
     if not database.is_active:

@@ -219,10 +219,10 @@ def reap_all():
     return reaped
 
 
-def claim(database, *, status, trigger, options, started_by="", lock_held=True):
-    """Create the run record, or record a refusal and raise AlreadyRunning; an
-    offboarded remote raises RemoteRemoved (nothing is recorded: it has no runs any
-    more)."""
+def claim(database, *, status, trigger, options, started_by="", lock_held=True, kind=None):
+    """Create the run record (a sync, or ``kind``), or record a refusal and raise
+    AlreadyRunning; an offboarded remote raises RemoteRemoved (nothing is recorded: it
+    has no runs any more)."""
     with transaction.atomic():
         current = type(database).objects.select_for_update().get(pk=database.pk)
         if current.is_removed:
@@ -236,6 +236,7 @@ def claim(database, *, status, trigger, options, started_by="", lock_held=True):
                 started_by=started_by,
                 options=options,
                 heartbeat=timezone.now(),
+                kind=kind or SyncRun.SYNC,
             )
     # Outside the transaction, which an exception would roll back with the record.
     refuse(database, trigger=trigger, options=options, started_by=started_by)

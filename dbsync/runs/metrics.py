@@ -11,8 +11,8 @@ Per remote (label ``remote``, its name): the last success, the last run's durati
 and status, what the runs installed, the runs by final status, the current failure
 streak, and whether it is overdue (``freshness``, the judgement ``dbsync_status``
 makes). For the workers: the runs in each active state, and the length of each
-Celery queue when the broker says so cheaply. Verification of a replica against its
-remote does not exist yet: its figures will be one more family in ``collect``.
+Celery queue when the broker says so cheaply. The verification of each replica against
+its remote (``runs.verification``): its state and when it was last verified.
 """
 
 import logging
@@ -58,6 +58,7 @@ class SyncCollector:
         now = timezone.now()
         remotes = list(Database.objects.all())
         yield from self.freshness_families(remotes, now)
+        yield from self.verification_families(remotes)
         yield from self.run_families()
         yield from self.installed_families()
         yield from self.active_families()
@@ -70,7 +71,10 @@ class SyncCollector:
         last_runs = {
             run.database_id: run
             for run in SyncRun.objects.filter(
-                pk__in=SyncRun.objects.values("database").annotate(last=Max("pk")).values("last")
+                pk__in=SyncRun.objects.filter(kind=SyncRun.SYNC)
+                .values("database")
+                .annotate(last=Max("pk"))
+                .values("last")
             )
         }
         success = GaugeMetricFamily(
@@ -122,10 +126,40 @@ class SyncCollector:
                 finished.add_metric([name, run.status], timestamp(run.finished_at))
         yield from (success, overdue, state, due, duration, finished)
 
+    def verification_families(self, remotes):
+        """The last verification (or repair) of each remote that compared: equal,
+        differs, or never (``hcore_remotesyncdb --verify``)."""
+        state = GaugeMetricFamily(
+            "dbsync_verification_state",
+            "The replica against its remote, as its last verification found it: 1 for the "
+            "current state (equal, differs, never).",
+            labels=["remote", "state"],
+        )
+        when = GaugeMetricFamily(
+            "dbsync_last_verification_timestamp_seconds",
+            "When the last verification of the remote's replica finished (unix time).",
+            labels=["remote"],
+        )
+        verified = SyncRun.objects.filter(
+            kind__in=(SyncRun.VERIFY, SyncRun.REPAIR), status=SyncRun.SUCCEEDED
+        )
+        last = verified.values("database").annotate(last=Max("pk")).values("last")
+        runs = {run.database_id: run for run in verified.filter(pk__in=last)}
+        for database in remotes:
+            run = runs.get(database.pk)
+            found = "never" if run is None else run.verification.get("state", "never")
+            for each in ("equal", "differs", "never"):
+                state.add_metric([database.name, each], 1 if found == each else 0)
+            if run is not None:
+                when.add_metric([database.name], timestamp(run.finished_at))
+        yield from (state, when)
+
     def last_finished_runs(self):
         """Per remote, its last run that ended (succeeded or failed; a refusal is no run)."""
         ended = SyncRun.objects.filter(
-            status__in=(SyncRun.SUCCEEDED, SyncRun.FAILED), finished_at__isnull=False
+            status__in=(SyncRun.SUCCEEDED, SyncRun.FAILED),
+            finished_at__isnull=False,
+            kind=SyncRun.SYNC,
         )
         last = ended.values("database").annotate(last=Max("pk")).values("last")
         return {run.database_id: run for run in ended.filter(pk__in=last)}
@@ -137,7 +171,7 @@ class SyncCollector:
             labels=["remote", "status"],
         )
         counted = (
-            SyncRun.objects.filter(status__in=FINAL)
+            SyncRun.objects.filter(status__in=FINAL, kind=SyncRun.SYNC)
             .values_list("database__name", "status")
             .annotate(n=Count("pk"))
             .order_by()
@@ -267,8 +301,8 @@ class SyncCollector:
 STREAK_SQL = """
     SELECT f.database_id, count(*) FROM {runs} f
     LEFT JOIN (SELECT database_id, max(id) AS ok FROM {runs} WHERE status = %s
-               GROUP BY database_id) s ON s.database_id = f.database_id
-    WHERE f.status = %s AND f.id > COALESCE(s.ok, 0)
+               AND kind = 'sync' GROUP BY database_id) s ON s.database_id = f.database_id
+    WHERE f.status = %s AND f.kind = 'sync' AND f.id > COALESCE(s.ok, 0)
     GROUP BY f.database_id
 """
 

@@ -45,3 +45,20 @@ def _streak_already_notified(run):
     if last_success is not None:
         earlier = earlier.filter(pk__gt=last_success.pk)
     return earlier.exists()
+
+
+def divergence(run):
+    """A verification found the replica differing from its remote: mailed to the
+    admins, each time (verifications are weekly, and a divergence is never expected)."""
+    logger.error(
+        "Replica of %s differs from its remote (run %s): %s", run.database, run.pk, run.message
+    )
+    mail_admins(
+        f"Replica of {run.database} differs from its remote",
+        f"The {run.get_kind_display()} of the remote {run.database} (run {run.pk}, "
+        f"{run.started_at:%Y-%m-%d %H:%M:%S %Z}) found its replica differing:\n\n"
+        f"{run.message}\n\nRepair it with `manage.py hcore_remotesyncdb -r "
+        f"{run.database.name} --repair` (only what differs is fetched).",
+        fail_silently=True,
+    )
+    return True

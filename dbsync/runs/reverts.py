@@ -27,7 +27,7 @@ from dbsync.models import Database, SchedulePause, SyncRun
 from hcore.models import GentityFile
 
 from .locking import LockBusy, remote_lock
-from .schedules import sync_schedule
+from .schedules import sync_schedule, sync_verify_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ def revert_run(run, by="command", pause=True):
         ) from exc
     journal.discard([run.pk])
     if pause:
-        sync_schedule(Database.objects.get(pk=database.pk))  # disables its periodic task
+        paused = Database.objects.get(pk=database.pk)
+        sync_schedule(paused)  # disables its periodic tasks
+        sync_verify_schedule(paused)
     rows = sum(d for d, _r in done.values()), sum(r for _d, r in done.values())
     message = (
         f"Reverted run #{run.pk} of {database}: {rows[0]} rows removed, {rows[1]} put back "
@@ -211,7 +213,9 @@ def _revert_locked(run, by, pause):
 def resume_schedule(database):
     """End the pause of ``database``'s schedule; return a sentence for the user."""
     deleted, _ = SchedulePause.objects.filter(database=database).delete()
-    sync_schedule(Database.objects.get(pk=database.pk))
+    resumed = Database.objects.get(pk=database.pk)
+    sync_schedule(resumed)
+    sync_verify_schedule(resumed)
     if not deleted:
         return f"The schedule of {database} was not paused."
     return f"Resumed the schedule of {database}."

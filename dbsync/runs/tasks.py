@@ -32,7 +32,7 @@ from dbsync.engine.errors import (
 from dbsync.engine.sync import DUMP, SyncOptions
 from dbsync.models import Database, SyncRun
 
-from . import service
+from . import service, verification
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,36 @@ def install_run(fetched, run_id):
 def run_failed(request, exc, traceback, run_id):
     """Error callback of the pipeline: the run failed (unless already recorded)."""
     service.fail_run(run_id, f"The sync pipeline failed: {exc}")
+
+
+@shared_task(name="dbsync.tasks.verify_remote", throws=(SyncError,))
+def verify_remote(database_id, trigger="beat", started_by="", repair=False):
+    """Verify (or repair) one remote's replica in this worker: ``verification.run_verify``,
+    the path of ``hcore_remotesyncdb --verify``."""
+    database = Database.objects.filter(pk=database_id).first()
+    if database is None or not database.is_active:
+        logger.warning("Remote %s is gone or inactive; not verifying it", database_id)
+        return {"status": "skipped", "database": database_id}
+    options = SyncOptions.for_task(database, trigger, started_by)
+    try:
+        result = verification.run_verify(database, options, repair=repair, log=run_log("verify"))
+    except AlreadyRunning as exc:
+        logger.warning("Not verifying %s: %s", database, exc)
+        return {"status": SyncRun.REFUSED, "database": database_id, "message": str(exc)}
+    return {"database": database_id, "state": result.state, "summary": result.summary()}
+
+
+def enqueue_verify(database, trigger="admin", started_by="", repair=False):
+    """Queue a verification (or repair) of ``database`` now (the admin's action)."""
+    if not database.is_active:
+        raise SyncError(f"The remote {database} is inactive; activate it first.")
+    try:
+        return verify_remote.delay(database.pk, trigger, started_by, repair)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: tell the user
+        raise SyncError(
+            f"Could not queue the verification of {database}: the task queue is unreachable "
+            f"({exc})."
+        ) from exc
 
 
 @shared_task(name="dbsync.tasks.reap_stale_runs")

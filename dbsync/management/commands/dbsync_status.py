@@ -1,7 +1,9 @@
 """manage.py dbsync_status: is every remote's replica as fresh as promised?
 
 Exit status as a monitoring plugin's: 0 all fresh, 1 a remote's last run failed (its
-replica is still within its schedule), 2 a remote is overdue or never synced.
+replica is still within its schedule) or its last verification found it differing from
+the remote, 2 a remote is overdue or never synced. A verified remote's line ends
+with its last verification: "verified equal at …" or "differs (at …): …".
 """
 
 import json
@@ -10,13 +12,24 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from dbsync.models import Database
-from dbsync.runs.freshness import EXIT_OK, freshness
+from dbsync.runs.freshness import EXIT_OK, EXIT_WARNING, freshness
+from dbsync.runs.verification import EQUAL, describe, last_verification
+
+
+def severity(item):
+    """The freshness's, or a warning if the last verification found the replica
+    differing from its remote."""
+    run = last_verification(item.database)
+    if run is not None and run.verification.get("state") != EQUAL:
+        return max(item.severity, EXIT_WARNING)
+    return item.severity
 
 
 class Command(BaseCommand):
     help = (
-        "Report how fresh each remote's replica is. Exit status: 0 all fresh, 1 a last "
-        "run failed, 2 a remote overdue or never synced (see dbsync.runs.freshness)."
+        "Report how fresh each remote's replica is, and its last verification. Exit status: "
+        "0 all fresh, 1 a last run failed or a replica differs from its remote, 2 a remote "
+        "overdue or never synced (see dbsync.runs.freshness)."
     )
     requires_system_checks = []  # a monitoring probe: quick, and never refused by a warning
 
@@ -38,10 +51,14 @@ class Command(BaseCommand):
             self.stdout.write(dumps(found, now))
         else:
             for item in found:
-                if quiet and item.severity == EXIT_OK:
+                if quiet and severity(item) == EXIT_OK:
                     continue
-                self.stdout.write(f"{item.database.name}: {item.describe(now)}")
-        worst = max((item.severity for item in found), default=EXIT_OK)
+                verified = last_verification(item.database)
+                line = f"{item.database.name}: {item.describe(now)}"
+                if verified is not None:
+                    line += f"; {describe(verified)}"
+                self.stdout.write(line)
+        worst = max((severity(item) for item in found), default=EXIT_OK)
         if worst != EXIT_OK:
             raise SystemExit(worst)
 
@@ -57,6 +74,7 @@ def dumps(found, now):
                 "due_by": _iso(item.due_by),
                 "last_run_status": item.last_run.status if item.last_run else None,
                 "message": item.describe(now),
+                "verification": describe(last_verification(item.database)),
             }
             for item in found
         ],

@@ -6,9 +6,14 @@ from django.db.models import Q
 from dbsync.engine.errors import SyncError
 from dbsync.engine.install import validate_max_delete
 from dbsync.engine.sync import SyncOptions
+from dbsync.engine.verify import Unverifiable
 from dbsync.management.progress_bars import CommandProgress
 from dbsync.models import Database
 from dbsync.runs.service import run_sync
+from dbsync.runs.verification import run_verify
+
+# --verify and --repair: equal, differs, could not verify.
+EXIT_EQUAL, EXIT_DIFFERS, EXIT_UNVERIFIED = 0, 1, 2
 
 
 class Command(BaseCommand):
@@ -120,6 +125,20 @@ class Command(BaseCommand):
             "GentityFile objects (both are synced after the objects by default).",
         )
         parser.add_argument(
+            "--verify",
+            action="store_true",
+            help="Compare the replica with the remote (checksums over key ranges, no dump "
+            "downloaded) and change nothing; print per model whether it is equal. Exit "
+            "status: 0 equal, 1 differs, 2 could not verify.",
+        )
+        parser.add_argument(
+            "--repair",
+            action="store_true",
+            help="As --verify, then fetch and install only what differs (one transaction, "
+            "the delete guard in force: --max-delete), and verify again. Exit status as "
+            "--verify's, after the repair.",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="Show, per model, what would be created, updated and deleted; change nothing.",
@@ -142,6 +161,8 @@ class Command(BaseCommand):
                 except ValueError as exc:
                     raise CommandError(f"--{name.replace('_', '-')}: {exc}") from exc
         database = self.find_remote(options["remote"])
+        if options["verify"] or options["repair"]:
+            return self.verify(database, options)
         # Empty names ("-e ''") are dropped here, so that make_plan sees real ones only.
         sync_options = SyncOptions(
             app_label=options["app"],
@@ -170,6 +191,57 @@ class Command(BaseCommand):
                 message = f"{database}: {message}"  # the operator is told which remote
             raise CommandError(message) from exc
         self.report(result, sync_options)
+
+    def verify(self, database, options):
+        """--verify / --repair: the verdict per model, and the exit status."""
+        if options["verify"] and options["repair"]:
+            raise CommandError("--verify and --repair exclude each other (--repair verifies).")
+        other = [
+            f"--{name.replace('_', '-')}"
+            for name in ("fetch_only", "resume", "full", "dry_run", "skip", "work_dir")
+            if options[name]
+        ]
+        if other:
+            raise CommandError(f"{', '.join(other)} cannot go with --verify or --repair.")
+        verify_options = SyncOptions(
+            app_label=options["app"],
+            exclude=[
+                n.strip() for item in options["exclude"] for n in item.split(",") if n.strip()
+            ],
+            port=options["port"],
+            backup=not options["no_backups"],
+            max_delete=options["max_delete"],
+            max_records_delete=options["max_records_delete"],
+            records=not options["no_records"],
+            trigger="command",
+        )
+        try:
+            result = run_verify(
+                database, verify_options, repair=options["repair"], log=self.progress
+            )
+        except Unverifiable as exc:
+            raise CommandError(str(exc), returncode=EXIT_UNVERIFIED) from exc
+        except SyncError as exc:
+            message = str(exc)
+            if database.name not in message and database.hostname not in message:
+                message = f"{database}: {message}"
+            if options["repair"]:
+                raise CommandError(message) from exc
+            raise CommandError(f"Could not verify: {message}", returncode=EXIT_UNVERIFIED) from exc
+        if result.repaired is not None and options["repair"]:
+            self.log(f"Repair: {result.repaired.summary()}", 1)
+        self.log(result.summary(), 1)
+        self.log(
+            f"Read {result.bytes} bytes from the remote ({result.requests} checksum and hash "
+            f"requests).",
+            1,
+        )
+        if not result.equal:
+            for verdict in result.differing():
+                self.stderr.write(verdict.describe())
+            raise CommandError(
+                f"The replica of {database} differs from the remote.", returncode=EXIT_DIFFERS
+            )
 
     def log(self, message, level=1):
         self.progress(message, level)

@@ -1,0 +1,205 @@
+"""A model's checksums over key ranges, and the row hashes of a small range: what a
+syncer's ``--verify`` compares with its replica without downloading a dump.
+
+``GET <app>/<model>/checksums/?from=A&to=B&parts=N`` splits the keys [A, B] into N
+equal sub-ranges (``protocol.rowhash.part_of``; the client computes their bounds with
+``part_bounds``) and gives, for each that holds objects, ``[part, count, checksum, min, max]``: its
+index, how many objects, their checksum (the sum of their row hashes modulo 2**64, 16
+hex digits: ``protocol.rowhash``) and their lowest and highest key. Compact, as a
+verification asks for many::
+
+    {"model": "hcore.station", "from": 1, "to": 1000, "parts": [
+     [0, 12, "9b4812ddd6282372", 3, 240], [2, 7, "…", 501, 610]]}
+
+``GET <app>/<model>/hashes/?from=A&to=B`` lists the objects of [A, B] by pk, ``[pk,
+hash]`` each, at most API_MAX_KEYS_PER_REQUEST of them (a range holding more is
+refused, 400: ask for its checksums first); ``pks=1,2,3`` instead of a range lists those
+objects. With ``after=<ISO 8601 datetime>``, an object whose ``last_modified`` is later
+is ``[pk, hash, 1]``: a syncer whose cursor that is will get its change anyway.
+
+On PostgreSQL each is one statement over the range (the hashes computed in SQL from the
+rows as they are); on SQLite, in Python, row by row.
+"""
+
+from django.conf import settings
+from django.db import connection
+
+from protocol.formats import MAX_KEY, format_checksum
+from protocol.rowhash import (
+    hash_sql,
+    hashed_fields,
+    hashed_m2m_fields,
+    part_of,
+    part_of_sql,
+    row_hash,
+    row_text_sql,
+)
+
+from .errors import ApiError
+from .params import check_parameters, parse_key, parse_modified_after, parse_pks
+
+CHECKSUM_PARAMETERS = ("from", "to", "parts")
+HASHES_PARAMETERS = ("from", "to", "pks", "after")
+MAX_PARTS = 256
+CHUNK = 2_000
+
+
+def parse_range(query, with_parts):
+    """(from, to, parts) of a request: keys from 0 to MAX_KEY, from <= to, and parts
+    from 1 to MAX_PARTS (default 16)."""
+    check_parameters(query, CHECKSUM_PARAMETERS if with_parts else HASHES_PARAMETERS)
+    low = parse_key("from", query.get("from", "0"))
+    high = parse_key("to", query.get("to", str(MAX_KEY)))
+    if low < 0 or high < 0 or low > high:
+        raise ApiError(400, f"from and to must be keys from 0 to {MAX_KEY}, from <= to.")
+    parts = 1
+    if with_parts:
+        text = query.get("parts", "16")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
+            raise ApiError(400, f"parts must be an integer from 1 to {MAX_PARTS}, not {text!r}.")
+        parts = int(text)
+    return low, high, parts
+
+
+# --- the SQL of the served rows -------------------------------------------------------------
+
+
+def qn(name):
+    return connection.ops.quote_name(name)
+
+
+def served_row_sql(model):
+    """(FROM clause, key SQL, hash SQL, last_modified SQL or None) of the served rows of
+    ``model`` as this instance serves them: keys are its own pks."""
+    opts = model._meta
+    pk = f"t.{qn(opts.pk.column)}"
+
+    def column(field):
+        return f"t.{qn(field.column)}"
+
+    def m2m_keys(field):
+        through = field.remote_field.through._meta.db_table
+        source, target = field.m2m_column_name(), field.m2m_reverse_name()
+        return f"SELECT x.{qn(target)} FROM {qn(through)} x WHERE x.{qn(source)} = {pk}"
+
+    source = f"{qn(opts.db_table)} t"
+    modified = None
+    parents = opts.get_parent_list()
+    root = parents[-1] if parents else model
+    if any(f.name == "last_modified" for f in root._meta.concrete_fields):
+        if root is model:
+            modified = "t.last_modified"
+        else:
+            source += f" JOIN {qn(root._meta.db_table)} r ON r.{qn(root._meta.pk.column)} = {pk}"
+            modified = "r.last_modified"
+    return source, pk, hash_sql(row_text_sql(model, pk, column, m2m_keys)), modified
+
+
+def range_checksums(model, low, high, parts):
+    """The non-empty parts of [low, high]: {part, from, to, count, checksum, min, max}."""
+    if connection.vendor == "postgresql":
+        source, key, row_hash_sql, _modified = served_row_sql(model)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {part_of_sql('s.k', low, high, parts)} AS part, count(*), sum(s.h), "
+                f"min(s.k), max(s.k) FROM (SELECT {key} AS k, {row_hash_sql} AS h "
+                f"FROM {source} WHERE {key} BETWEEN %s AND %s) s GROUP BY part ORDER BY part",
+                [low, high],
+            )
+            rows = cursor.fetchall()
+    else:
+        totals = {}
+        for pk, hash_, _modified in python_hashes(model, low, high):
+            entry = totals.setdefault(part_of(pk, low, high, parts), [0, 0, pk, pk])
+            entry[0] += 1
+            entry[1] += hash_
+            entry[3] = pk
+        rows = [(part, *entry) for part, entry in sorted(totals.items())]
+    return [
+        [part, count, format_checksum(total), first, last]
+        for part, count, total, first, last in rows
+    ]
+
+
+def parse_hashes_query(query):
+    """(from, to, pks or None, after or None) of a hashes request."""
+    low, high, _parts = parse_range(query, with_parts=False)
+    pks = parse_pks(query.get("pks"))
+    if pks is not None and ("from" in query or "to" in query):
+        raise ApiError(400, "Give either pks or a range (from, to), not both.")
+    return low, high, pks, parse_modified_after(query.get("after"), "after")
+
+
+def range_hashes(model, low, high, pks=None, after=None):
+    """[[pk, hash (16 hex digits)] or [pk, hash, 1] (changed after ``after``)] of [low,
+    high] (or of ``pks``), by pk; ApiError if more than API_MAX_KEYS_PER_REQUEST."""
+    limit = settings.API_MAX_KEYS_PER_REQUEST
+    if connection.vendor == "postgresql":
+        source, key, row_hash_sql, modified = served_row_sql(model)
+        if pks is not None:
+            where, params = f"{key} = ANY(%s)", [list(pks)]
+        else:
+            where, params = f"{key} BETWEEN %s AND %s", [low, high]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {key}, {row_hash_sql}, {modified or 'NULL'} FROM {source} "
+                f"WHERE {where} ORDER BY {key} LIMIT {limit + 1}",
+                params,
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = []
+        for row in python_hashes(model, low, high, pks):
+            rows.append(row)
+            if len(rows) > limit:
+                break
+    if len(rows) > limit:
+        raise ApiError(
+            400,
+            f"The range {low}-{high} holds more than {limit} objects "
+            f"(API_MAX_KEYS_PER_REQUEST); ask for its checksums in parts first.",
+        )
+    return [
+        [pk, format_checksum(hash_)]
+        + ([1] if after is not None and moment is not None and moment > after else [])
+        for pk, hash_, moment in rows
+    ]
+
+
+def python_hashes(model, low, high, pks=None):
+    """(pk, hash, last_modified) of [low, high] (or of ``pks``) by pk, hashed in Python
+    (SQLite)."""
+    fields = hashed_fields(model)
+    m2m = hashed_m2m_fields(model)
+    has_modified = any(f.name == "last_modified" for f in model._meta.concrete_fields)
+    columns = ["pk", *(f.attname for f in fields)]
+    if has_modified:
+        columns.append("last_modified")
+    if pks is not None:
+        queryset = model._base_manager.filter(pk__in=pks).order_by("pk")
+    else:
+        queryset = model._base_manager.filter(pk__gte=low, pk__lte=high).order_by("pk")
+    last = None
+    while True:
+        page = queryset if last is None else queryset.filter(pk__gt=last)
+        rows = list(page.values_list(*columns)[:CHUNK])
+        if not rows:
+            return
+        pks = [row[0] for row in rows]
+        links = {f.name: m2m_links(f, pks) for f in m2m}
+        for row in rows:
+            pk = row[0]
+            values = {f.name: value for f, value in zip(fields, row[1:], strict=False)}
+            row_links = {name: by_pk.get(pk, ()) for name, by_pk in links.items()}
+            yield pk, row_hash(model, pk, values, row_links), row[-1] if has_modified else None
+        last = pks[-1]
+
+
+def m2m_links(field, pks):
+    through = field.remote_field.through
+    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
+    links = {}
+    rows = through._base_manager.filter(**{f"{source}__in": pks}).values_list(source, target)
+    for source_pk, target_pk in rows:
+        links.setdefault(source_pk, []).append(target_pk)
+    return links

@@ -1,0 +1,202 @@
+"""hcore_remotesyncdb --verify and --repair, against a real remote over HTTP."""
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from dbsync.models import Database, SyncRun
+from hcore.models import Gentity, GentityAltCode, Station
+from tests.instance import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def remote(make_instance):
+    instance = make_instance(hostname="verify.example.org")
+    instance.generate(stations=20, seed=5, files_per_station=0.3)
+    return instance.start()
+
+
+def register(instance, name="athens", port=None):
+    return Database.objects.create(
+        name=name,
+        hostname=instance.hostname if instance else "nowhere.example.org",
+        ip_address="127.0.0.1",
+        port=port or instance.port,
+    )
+
+
+def command(database, *args):
+    """(exit status, stdout, stderr) of hcore_remotesyncdb."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(
+            "hcore_remotesyncdb", "-r", database.name, "-N", *args, stdout=out, stderr=err
+        )
+    except CommandError as exc:
+        return exc.returncode, out.getvalue(), err.getvalue() + str(exc)
+    return 0, out.getvalue(), err.getvalue()
+
+
+def tables_md5():
+    """An MD5 of every hcore and dbsync table but the run history, rows in order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND "
+            "(tablename LIKE 'hcore%%' OR tablename = 'dbsync_database') ORDER BY tablename"
+        )
+        digests = {}
+        for (table,) in cursor.fetchall():
+            cursor.execute(
+                f"SELECT md5(COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+                f'FROM "{table}" t'
+            )
+            digests[table] = cursor.fetchone()[0]
+        return digests
+
+
+def test_verify_finds_hand_edits_and_changes_nothing(remote):
+    database = register(remote)
+    assert command(database)[0] == 0  # the first sync
+    status, out, _ = command(database, "--verify")
+    assert status == 0, out
+    assert "Verified equal" in out
+    # By hand: a station's coordinate edited, an alternative code deleted.
+    station = Station.objects.filter(original_db=database).order_by("pk").first()
+    code = GentityAltCode.objects.filter(original_db=database).order_by("pk").first()
+    assert code is not None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE hcore_gpoint SET abscissa = abscissa + 0.001 WHERE gentity_ptr_id = %s",
+            [station.pk],
+        )
+        cursor.execute("DELETE FROM hcore_gentityaltcode WHERE id = %s", [code.pk])
+    before = tables_md5()
+    status, out, err = command(database, "--verify")
+    assert status == 1
+    assert "hcore.gpoint: 1 objects differ (1 changed here)" in err
+    assert "hcore.gentityaltcode: 1 objects differ (1 missing here)" in err
+    assert "hcore.station" not in err  # its own fields are intact
+    assert tables_md5() == before  # read-only
+    run = SyncRun.objects.filter(database=database).order_by("-pk").first()
+    assert run.kind == SyncRun.VERIFY and run.status == SyncRun.SUCCEEDED
+    assert run.verification["state"] == "differs"
+    gpoint = next(v for v in run.verification["verdicts"] if v["model"] == "hcore.gpoint")
+    assert gpoint["changed"] == [station.original_id]
+
+
+def test_repair_restores_equality(remote):
+    database = register(remote)
+    command(database)
+    station = Station.objects.filter(original_db=database).order_by("pk").first()
+    code = GentityAltCode.objects.filter(original_db=database).order_by("pk").first()
+    name = Gentity.objects.get(pk=station.pk).name
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE hcore_gentity SET name = 'vandalised' WHERE id = %s", [station.pk])
+        cursor.execute("DELETE FROM hcore_gentityaltcode WHERE id = %s", [code.pk])
+    status, out, err = command(database, "--repair")
+    assert status == 0, out + err
+    assert Gentity.objects.get(pk=station.pk).name == name
+    assert GentityAltCode.objects.filter(
+        original_db=database, original_id=code.original_id
+    ).exists()
+    assert command(database, "--verify")[0] == 0
+
+
+def test_repair_deletes_what_the_remote_no_longer_has_under_the_guard(remote):
+    database = register(remote)
+    command(database)
+    # The remote deletes an object without touching anything the sync would see as
+    # changed, and the replica is not synced since: the repair deletes it.
+    pk = int(remote.sql("SELECT min(id) FROM hcore_gentityaltcode")[0][0])
+    remote.sql("DELETE FROM hcore_gentityaltcode WHERE id = %s", [pk])
+    status, _out, err = command(database, "--verify")
+    assert status == 1 and "1 no longer at the remote" in err
+    status, out, err = command(database, "--repair", "--max-delete=0")
+    assert status == 1 and "refused" in err  # the guard holds
+    assert GentityAltCode.objects.filter(original_db=database, original_id=pk).exists()
+    status, out, err = command(database, "--repair")
+    assert status == 0, out + err
+    assert not GentityAltCode.objects.filter(original_db=database, original_id=pk).exists()
+
+
+def test_a_change_at_the_remote_after_the_sync_is_no_divergence(remote):
+    database = register(remote)
+    command(database)
+    # Changed through save() (last_modified moves): the next sync's work.
+    remote.sql(
+        "UPDATE hcore_gentity SET name = 'renamed', last_modified = now() + "
+        "interval '1 second' WHERE id = (SELECT min(id) FROM hcore_gentity)"
+    )
+    status, out, _ = command(database, "--verify")
+    assert status == 0, out
+    assert "1 changed at the remote since the last sync" in out
+    # Changed behind the application's back (raw SQL, last_modified kept): a divergence.
+    remote.sql(
+        "UPDATE hcore_gentity SET name = 'renamed' WHERE id = (SELECT max(id) FROM hcore_gentity)"
+    )
+    status, _out, err = command(database, "--verify")
+    assert status == 1 and "hcore.gentity: 1 objects differ (1 changed here)" in err
+
+
+def test_an_unreachable_remote_gives_2(remote):
+    database = register(remote)
+    command(database)
+    Database.objects.filter(pk=database.pk).update(port=free_port())
+    status, _out, err = command(database, "--verify")
+    assert status == 2
+    assert "Could not verify" in err
+
+
+def test_a_never_synced_remote_gives_2(remote):
+    database = register(remote)
+    status, _out, err = command(database, "--verify")
+    assert status == 2 and "never synced" in err
+
+
+def test_the_result_is_shown_by_status_metrics_and_mailed(remote, mailoutbox, settings):
+    settings.ADMINS = [("Ops", "ops@example.org")]
+    database = register(remote)
+    command(database)
+    command(database, "--verify")
+    out = io.StringIO()
+    call_command("dbsync_status", stdout=out)
+    assert "athens: last success" in out.getvalue()
+    assert "; verified equal at " in out.getvalue()
+    assert not mailoutbox
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE hcore_gentity SET name = 'x' WHERE original_db_id = %s", [database.pk]
+        )
+    assert command(database, "--verify")[0] == 1
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_status:
+        call_command("dbsync_status", stdout=out)
+    assert exit_status.value.code == 1
+    assert "differs (at " in out.getvalue() and "hcore.gentity" in out.getvalue()
+    (mail,) = mailoutbox
+    assert "differs from its remote" in mail.subject and "hcore.gentity" in mail.body
+    from dbsync.runs.metrics import SyncCollector
+
+    families = {f.name: f for f in SyncCollector(broker=False).collect()}
+    samples = {s.labels["state"]: s.value for s in families["dbsync_verification_state"].samples}
+    assert samples == {"equal": 0, "differs": 1, "never": 0}
+    # The freshness is the syncs': a verification is no sync.
+    assert "last success" in out.getvalue()
+
+
+def test_a_remote_has_a_weekly_verification_schedule(remote):
+    from django_celery_beat.models import PeriodicTask
+
+    database = register(remote)
+    task = PeriodicTask.objects.get(name=f"dbsync: verify remote #{database.pk}")
+    assert task.task == "dbsync.tasks.verify_remote" and task.enabled
+    assert (task.interval.every, task.interval.period) == (7, "days")
+    database.verify_every_days = 0
+    database.save()
+    task.refresh_from_db()
+    assert not task.enabled
