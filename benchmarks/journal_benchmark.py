@@ -30,6 +30,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -68,6 +69,28 @@ TRANSACTION_LINES = (
 def transaction_seconds(out):
     """The seconds a run spent in its objects' and records' transactions (-v 2)."""
     return sum(float(m[1]) for p in TRANSACTION_LINES for m in p.finditer(out))
+
+
+def trigger_cost(url, turns=5):
+    """The records' nightly insert alone, in the database at ``url``: 144 records in
+    every series, one INSERT, journaled (``dbsync.run_id`` set) and not, in turns,
+    each rolled back; returns the medians (not journaled, journaled) in seconds. The
+    triggers' own work, apart from the command, the HTTP and the machine's drift."""
+    times = {False: [], True: []}
+    with psycopg.connect(url) as conn:
+        for turn in range(turns):
+            for journaled in (False, True) if turn % 2 == 0 else (True, False):
+                with conn.transaction(force_rollback=True):
+                    if journaled:
+                        conn.execute("SELECT set_config('dbsync.run_id', '999999999', true)")
+                    started = time.perf_counter()
+                    conn.execute(
+                        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+                        "SELECT s.id, timestamptz '2040-01-01' + n * interval '10 minutes', n, '' "
+                        "FROM hcore_timeseries s, generate_series(0, 143) n"
+                    )
+                    times[journaled].append(time.perf_counter() - started)
+    return statistics.median(times[False]), statistics.median(times[True])
 
 
 def main():
@@ -139,7 +162,7 @@ def main():
 
     try:
         print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
-        print(f"Generating {options.stations} stations (objects remote)…", flush=True)
+        print("Generating the stations of the objects' remote…", flush=True)
         objects.generate(
             stations=10 if options.only == "records" else options.stations,
             timeseries_per_station=2,
@@ -204,9 +227,22 @@ def main():
         if options.only != "records":
             step("objects: 1 % changed", "bench", change_one_percent)
 
-        # The records: a first sync (-N both: not measured here), then nightly runs.
+        # The records: a first sync once each, then nightly runs.
         for kind in () if options.only == "objects" else ("plain", "journal"):
-            run_measured(sync_args("records", "plain"), locals_[kind][1])
+            db, env = locals_[kind]
+            seconds, _peak, out = run_measured(sync_args("records", kind), env)
+            inside = transaction_seconds(out)
+            print(
+                f"  first sync of the records, {kind}: {seconds:.1f} s "
+                f"({inside:.1f} s in the transactions)",
+                flush=True,
+            )
+            if kind == "journal":
+                rows, size, changed = last_journal(f"{PG_BASE}/{db}")
+                results.append(
+                    ("records: first sync (once)", first, seconds, rows, size, changed, None)
+                )
+            first = seconds
 
         def add_a_day(turn):
             records.sql(
@@ -220,6 +256,11 @@ def main():
         if options.only != "objects":
             step("records: nightly, +144 records a series", "records", add_a_day)
             step("records: unchanged re-sync", "records")
+            plain, journaled = trigger_cost(f"{PG_BASE}/{locals_['journal'][0]}")
+            results.append(
+                ("records: the nightly INSERT alone (SQL)", plain, journaled, 0, 0, 0, None)
+            )
+            print(f"  the nightly INSERT alone: {plain:.2f} s, journaled {journaled:.2f} s")
     finally:
         objects.stop()
         records.stop()

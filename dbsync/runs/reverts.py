@@ -47,9 +47,20 @@ def start_journal(run, options, result, log):
         result.notes.append(note)
         log(note, 1)
         return
-    options.journal_run = run.pk
+    options.journal_run = journal_run(run)
+
+
+def journal_run(run):
+    """Mark ``run`` journaled and return the id its changes are journaled under, or
+    None where nothing can be (SQLite). Other work that changes replicated data (e.g.
+    offboarding a remote) journals itself so: a SyncRun of its own, then
+    ``with transaction.atomic(), journal.recording(journal_run(run)):``, and files
+    through ``journal.FileJournal``; ``revert_run`` undoes it like a sync."""
+    if not journal.supported():
+        return None
     run.journal = SyncRun.JOURNAL_KEPT
     run.save(update_fields=["journal"])
+    return run.pk
 
 
 def prune_journals(database, now=None):
