@@ -9,7 +9,9 @@ record, so they are view-only, but for one action: a run refused by a deletion g
 may have its deletions approved once ("Approve these deletions once",
 ``runs.service.approve_deletions``). "Sync now" (a button on a remote's page and an
 action on the list) queues the same Celery sync as the schedules, through
-``start_sync``.
+``start_sync``. "Remove (purge)…" and "Remove (detach)…" offboard a remote after a
+confirmation page that lists what would happen, through ``runs.offboarding``, as
+``manage.py dbsync_removeremote`` does.
 """
 
 import json

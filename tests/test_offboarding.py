@@ -474,6 +474,9 @@ def test_what_changed_since_the_confirmation_is_refused(two):
     assert tables_md5() == before
     run = SyncRun.objects.get(database=athens, trigger=SyncRun.OFFBOARD)
     assert run.status == SyncRun.FAILED and "changed since" in run.message
+    # It changed nothing, so it has nothing to revert.
+    with pytest.raises(CommandError, match="has no journal"):
+        call_command("dbsync_revert", str(run.pk), stdout=io.StringIO())
 
 
 def test_an_offboarded_remote_is_not_offboarded_again_nor_synced(two):

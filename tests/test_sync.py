@@ -118,6 +118,22 @@ def test_changes_additions_and_deletions_at_the_remote_arrive(fresh_remote):
     assert UnitOfMeasurement.objects.filter(variables__descr="New variable").exists()
 
 
+def test_a_link_whose_both_ends_go_is_deleted_once(fresh_remote):
+    """A unit and the variables it links to, deleted at the remote in one go: the guard
+    counts each many-to-many link once, though it reaches it from both ends (it counted
+    it twice, and the deletion, which removes it once, was refused as reaching more)."""
+    database = register(fresh_remote)
+    sync(database)
+    fresh_remote.shell(
+        "from hcore.models import *\n"
+        "u = UnitOfMeasurement.objects.exclude(variables=None).order_by('pk')[0]\n"
+        "Variable.objects.filter(unitofmeasurement=u).delete(); u.delete()\n"
+    )
+    sync(database, "--max-delete", "all")
+    assert_same_graph(remote_graph(fresh_remote), local_graph(database))
+    assert last_run(database).status == SyncRun.SUCCEEDED
+
+
 def test_two_remotes_and_local_objects_coexist(remote, fresh_remote):
     local_station = Station.objects.create(
         name="Local", owner=_local_person(), type=_local_station_type()

@@ -36,7 +36,6 @@ from dbsync.engine.result import SyncResult
 from dbsync.models import Database, SyncRun
 
 from .locking import claim, lock_or_refuse
-from .reverts import prune_journals
 from .schedules import remove_schedule
 from .service import failures_recorded, finish
 
@@ -46,14 +45,17 @@ PURGE, DETACH = engine.PURGE, engine.DETACH
 REMOVAL = {PURGE: Database.PURGED, DETACH: Database.DETACHED}
 
 
-def start_journal(run):
+def journal_of(run):
     """The offboarding's journal: its run's id, or None where there is none (SQLite:
     then it cannot be reverted, and the files of purged objects are deleted)."""
-    if not journal.supported():
-        return None
-    run.journal = SyncRun.JOURNAL_KEPT
-    run.save(update_fields=["journal"])
-    return run.pk
+    return run.pk if journal.supported() else None
+
+
+def mark_journaled(run, journal_run):
+    """In the offboarding's transaction: the run has a journal once, and only if, its
+    changes commit."""
+    if journal_run is not None:
+        SyncRun.objects.filter(pk=run.pk).update(journal=SyncRun.JOURNAL_KEPT)
 
 
 def find_remote(name):
@@ -104,7 +106,7 @@ def offboard_remote(database, mode, *, started_by="", via="command", expected=No
         )
         result = SyncResult(remote=str(database))
         with failures_recorded(run, result):
-            journal_run = start_journal(run)
+            journal_run = journal_of(run)
             with (
                 detach_copies(database, mode) as copies,
                 transaction.atomic(),
@@ -112,9 +114,11 @@ def offboard_remote(database, mode, *, started_by="", via="command", expected=No
             ):
                 found = engine.offboard(database, mode, result, expected=expected, files=copies)
                 mark_removed(database, mode)
+                mark_journaled(run, journal_run)
+            if journal_run is not None:  # committed: as the run's row now says
+                run.journal = SyncRun.JOURNAL_KEPT
             settle_files(found, copies, journal_run, result)
         finish(run, SyncRun.SUCCEEDED, result, describe(database, found, run, journal_run, result))
-    prune_journals(database)
     logger.warning("%s offboarded %s (%s): run %s", started_by or via, database, mode, run.pk)
     return run, found
 
