@@ -12,24 +12,29 @@ action on the list) queues the same Celery sync as the schedules, through
 ``start_sync``.
 """
 
+import json
 from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
+from .engine import journal
 from .engine.errors import AlreadyRunning, SyncError
+from .engine.offboard import refusal as offboard_refusal
 from .engine.result import COUNT_KEYS
 from .models import Database, SyncRun
-from .runs import service, tasks, verification
+from .runs import offboarding, reverts, service, tasks, verification
 from .runs.freshness import NEVER, OVERDUE, freshness
 
 SECRET_FIELDS = ("password", "token")
@@ -179,10 +184,25 @@ class DatabaseAdmin(admin.ModelAdmin):
         "verified",
         "runs",
     )
-    list_filter = ("is_active", "scheme", "api_layout")
+    list_filter = ("is_active", "removal", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
-    readonly_fields = ("last_sync", "sync_cursor", "records_cursor")
-    actions = ("sync_now", "sync_now_with_backup", "verify_now", "repair_now")
+    readonly_fields = (
+        "last_sync",
+        "sync_cursor",
+        "records_cursor",
+        "removed_at",
+        "removal",
+        "schedule_pause_note",
+    )
+    actions = (
+        "sync_now",
+        "sync_now_with_backup",
+        "resume_schedule",
+        "remove_purge",
+        "remove_detach",
+        "verify_now",
+        "repair_now",
+    )
     fieldsets = fieldsets_for(
         Database,
         [
@@ -204,10 +224,13 @@ class DatabaseAdmin(admin.ModelAdmin):
                 ("username", "password", "clear_password", "token", "clear_token"),
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
-            ("Schedule", ("interval_minutes", "crontab", "verify_every_days")),
-            ("State", ("last_sync", "sync_cursor", "records_cursor")),
+            (
+                "Schedule",
+                ("interval_minutes", "crontab", "verify_every_days", "schedule_pause_note"),
+            ),
+            ("State", ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")),
         ],
-        extra=[f"clear_{name}" for name in SECRET_FIELDS],
+        extra=[*(f"clear_{name}" for name in SECRET_FIELDS), "schedule_pause_note"],
     )
 
     def get_queryset(self, request):
@@ -268,6 +291,8 @@ class DatabaseAdmin(admin.ModelAdmin):
             problem = database and database.unreadable_secrets_message()
             if problem:
                 self.message_user(request, problem, messages.WARNING)
+            if database and database.is_removed:
+                self.message_user(request, database.removed_message(), messages.WARNING)
         extra_context = {
             **(extra_context or {}),
             "has_sync_permission": self.has_sync_permission(request),
@@ -301,6 +326,96 @@ class DatabaseAdmin(admin.ModelAdmin):
                 database, started_by=request.user.get_username(), backup=True
             )
             self.message_user(request, message, level)
+
+    def has_offboard_permission(self, request):
+        """Offboarding removes a remote: whoever may delete remotes may offboard one."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
+
+    @admin.action(description="Remove (purge)…", permissions=["offboard"])
+    def remove_purge(self, request, queryset):
+        return self.offboard(request, queryset, offboarding.PURGE, "remove_purge")
+
+    @admin.action(description="Remove (detach)…", permissions=["offboard"])
+    def remove_detach(self, request, queryset):
+        return self.offboard(request, queryset, offboarding.DETACH, "remove_detach")
+
+    def offboard(self, request, queryset, mode, action):
+        """Show what offboarding the selected remote would do (a confirmation page, as
+        Django's delete has); on its POST, do it (``runs.offboarding``, as the command)."""
+        if len(queryset) != 1:
+            self.message_user(
+                request, "Select one remote to offboard at a time.", messages.WARNING
+            )
+            return None
+        database = queryset[0]
+        try:
+            found = offboarding.survey_remote(database, mode)
+        except SyncError as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+            return None
+        refusal = offboard_refusal(database, found)
+        if request.POST.get("post") == "yes" and not refusal:
+            return self.offboard_confirmed(request, database, mode)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{'Purge' if mode == offboarding.PURGE else 'Detach'} {database.name}",
+            "opts": self.opts,
+            "database": database,
+            "mode": mode,
+            "action": action,
+            "lines": found.lines(),
+            "refusal": refusal,
+            "expected": json.dumps(found.counts(), sort_keys=True),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/dbsync/database/offboard_confirmation.html", context
+        )
+
+    def offboard_confirmed(self, request, database, mode):
+        try:
+            expected = json.loads(request.POST.get("expected", ""))
+        except ValueError:
+            expected = None
+        if not isinstance(expected, dict):
+            self.message_user(
+                request,
+                f"Not offboarded: the confirmation of {database} did not say what was "
+                f"confirmed. Start again from the list.",
+                messages.ERROR,
+            )
+            return None
+        try:
+            run, _found = offboarding.offboard_remote(
+                database,
+                mode,
+                started_by=request.user.get_username(),
+                via="admin",
+                expected=expected,
+            )
+        except SyncError as exc:
+            self.message_user(request, f"Not offboarded: {exc}", messages.ERROR)
+            return None
+        self.message_user(request, run.message, messages.SUCCESS)
+        return None
+
+    @admin.action(description="Resume the schedule (paused by a revert)", permissions=["sync"])
+    def resume_schedule(self, request, queryset):
+        for database in queryset:
+            self.message_user(request, reverts.resume_schedule(database), messages.SUCCESS)
+
+    @admin.display(description="schedule paused")
+    def schedule_pause_note(self, obj):
+        pause = getattr(obj, "schedule_pause", None) if obj.pk else None
+        if pause is None:
+            return "no"
+        return (
+            f"since {pause.paused_at:%Y-%m-%d %H:%M} ({pause.reason}); resume it with the "
+            f'action "Resume the schedule" on the list of remotes'
+        )
 
     @admin.action(description="Verify the replica against the remote", permissions=["sync"])
     def verify_now(self, request, queryset):
@@ -389,13 +504,14 @@ class SyncRunAdmin(admin.ModelAdmin):
     list_select_related = ("database",)
     search_fields = ("database__name", "started_by", "message")
     date_hierarchy = "started_at"
-    actions = ("approve_deletions",)
+    actions = ("approve_deletions", "revert_runs")
     readonly_fields = (
         "run_duration",
         "run_totals",
         "counts_table",
         "error_list",
         "deletions_listing",
+        "journal_size",
     )
     fieldsets = fieldsets_for(
         SyncRun,
@@ -429,6 +545,7 @@ class SyncRunAdmin(admin.ModelAdmin):
                     "approval_used_at",
                 ),
             ),
+            ("Journal", ("journal", "journal_size", "reverted_at", "reverted_by")),
             (
                 "Details",
                 ("options", "backup_path", "fetch_plan", "task_id", "notified_at", "deletions"),
@@ -465,6 +582,32 @@ class SyncRunAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.WARNING)
             else:
                 self.message_user(request, message, messages.SUCCESS)
+
+    def has_revert_permission(self, request):
+        """Whoever may start a sync may revert one."""
+        return request.user.has_perm(sync_permission())
+
+    @admin.action(
+        description="Revert: bring the database back to its state before this run",
+        permissions=["revert"],
+    )
+    def revert_runs(self, request, queryset):
+        # Newest first: a later run that changed the same rows must be reverted first.
+        for run in queryset.select_related("database").order_by("-pk"):
+            try:
+                message = reverts.revert_run(run, by=request.user.get_username())
+            except SyncError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                self.message_user(request, message, messages.SUCCESS)
+
+    @admin.display(description="journal size")
+    def journal_size(self, obj):
+        """What the run's journal holds (rows noted, their bytes), to revert it."""
+        if obj.journal != SyncRun.JOURNAL_KEPT or obj.reverted_at is not None:
+            return None
+        size = journal.size(obj.pk)
+        return f"{size['rows']} rows, {size['bytes']} bytes"
 
     @admin.display(description="would have removed")
     def deletions_listing(self, obj):

@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_migrate, post_save, pre_delete
 
 
 class DbsyncConfig(AppConfig):
@@ -9,8 +9,22 @@ class DbsyncConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401 - registers the system checks
-        from .runs import schedules
+        from .runs import offboarding, schedules
 
         database = self.get_model("Database")
         post_save.connect(schedules.on_save, sender=database, dispatch_uid="dbsync-schedule")
         post_delete.connect(schedules.on_delete, sender=database, dispatch_uid="dbsync-unschedule")
+        pre_delete.connect(offboarding.before_delete, sender=database, dispatch_uid="dbsync-gone")
+        post_migrate.connect(journal_triggers, sender=self, dispatch_uid="dbsync-journal")
+
+
+def journal_triggers(sender, using="default", plan=None, **kwargs):
+    """After every migrate: the journal's triggers on every journaled table, those added
+    since the journal's migration included (idempotent)."""
+    from django.db import connections
+
+    from .engine.journal.schema import TABLE, install_triggers
+
+    connection = connections[using]
+    if TABLE in connection.introspection.table_names():  # not before its migration ran
+        install_triggers(connection)

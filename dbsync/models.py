@@ -159,6 +159,31 @@ class Database(models.Model):
         "records changed since then (empty: every series').",
     )
 
+    # Offboarding (``manage.py dbsync_removeremote``): the row is kept, so that its run
+    # history (and the journal of the offboarding run) stays and a revert can bring the
+    # remote back as it was; an offboarded remote is never synced.
+    PURGED, DETACHED = "purged", "detached"
+    REMOVAL_CHOICES = [
+        (PURGED, "purged (its objects deleted)"),
+        (DETACHED, "detached (its objects kept as local ones)"),
+    ]
+    removed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="offboarded at",
+        help_text="When the remote was offboarded (manage.py dbsync_removeremote, or the "
+        "admin's Remove actions); it is never synced since. Reverting that run brings it back.",
+    )
+    removal = models.CharField(
+        max_length=10,
+        choices=REMOVAL_CHOICES,
+        blank=True,
+        editable=False,
+        verbose_name="offboarded how",
+        help_text="What the offboarding did with its replicated objects.",
+    )
+
     SCHEDULE_NONE = "none"
     SCHEDULE_INTERVAL = "interval"
     SCHEDULE_CRONTAB = "crontab"
@@ -237,10 +262,36 @@ class Database(models.Model):
             raise ValidationError(refusal, code="credentials_over_http")
 
     @property
+    def is_removed(self):
+        return self.removed_at is not None
+
+    def removed_message(self):
+        """Why this remote is not synced any more, and what to do, or None."""
+        if self.removed_at is None:
+            return None
+        return (
+            f"The remote {self.name!r} was offboarded ({self.get_removal_display()}) on "
+            f"{self.removed_at:%Y-%m-%d %H:%M %Z} and is never synced again. To bring it back "
+            f"as it was, revert its offboarding run (manage.py dbsync_revert RUN, or the "
+            f"admin's action on that run); to replicate the instance anew, register it "
+            f"under another name."
+        )
+
+    @property
+    def schedule_paused(self):
+        """Whether a revert paused the schedule (``SchedulePause``) until resumed."""
+        return self.pk is not None and SchedulePause.objects.filter(database=self).exists()
+
+    @property
     def is_scheduled(self):
-        return self.is_active and (
-            (self.schedule_kind == self.SCHEDULE_INTERVAL and bool(self.interval_minutes))
-            or (self.schedule_kind == self.SCHEDULE_CRONTAB and bool(self.crontab.strip()))
+        return (
+            self.is_active
+            and not self.is_removed
+            and not self.schedule_paused
+            and (
+                (self.schedule_kind == self.SCHEDULE_INTERVAL and bool(self.interval_minutes))
+                or (self.schedule_kind == self.SCHEDULE_CRONTAB and bool(self.crontab.strip()))
+            )
         )
 
     @property
@@ -412,7 +463,9 @@ class SyncRun(models.Model):
         ("admin", "admin"),
         ("beat", "beat"),
         ("task", "task"),
+        ("offboard", "offboarding (dbsync_removeremote)"),
     ]
+    OFFBOARD = "offboard"
 
     SYNC, VERIFY, REPAIR = "sync", "verify", "repair"
     KIND_CHOICES = [(SYNC, "sync"), (VERIFY, "verification"), (REPAIR, "repair")]
@@ -516,6 +569,34 @@ class SyncRun(models.Model):
         verbose_name="approval used at",
         help_text="When a later run had this approval in hand.",
     )
+    JOURNAL_NONE, JOURNAL_KEPT, JOURNAL_PRUNED = "", "kept", "pruned"
+    JOURNAL_CHOICES = [
+        (JOURNAL_NONE, "none"),
+        (JOURNAL_KEPT, "kept"),
+        (JOURNAL_PRUNED, "pruned (retention)"),
+    ]
+    journal = models.CharField(
+        max_length=10,
+        choices=JOURNAL_CHOICES,
+        blank=True,
+        default=JOURNAL_NONE,
+        verbose_name="journal",
+        help_text="Whether the run's changes are journaled, so that it can be reverted "
+        "(none: run with -N, on SQLite, or a dry run; pruned: past DBSYNC_JOURNAL_KEEP or "
+        "DBSYNC_JOURNAL_MAX_AGE_DAYS).",
+    )
+    reverted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="reverted at",
+        help_text="When the database was brought back to its state before this run.",
+    )
+    reverted_by = models.CharField(
+        max_length=150,
+        blank=True,
+        verbose_name="reverted by",
+        help_text="Who reverted this run (a user, or 'command').",
+    )
 
     class Meta:
         ordering = ("-started_at",)
@@ -541,6 +622,12 @@ class SyncRun(models.Model):
         return self.status == self.FAILED and bool(self.deletions) and self.approved_at is None
 
     @property
+    def can_be_reverted(self):
+        """Journaled, ended, and not reverted yet (later runs are checked by the revert)."""
+        kept = self.journal == self.JOURNAL_KEPT
+        return kept and self.reverted_at is None and not self.is_active
+
+    @property
     def approval_pending(self):
         return self.approved_at is not None and self.approval_used_at is None
 
@@ -551,3 +638,25 @@ class SyncRun(models.Model):
         keys = ("fetched", "created", "updated", "deleted", "unchanged", "skipped")
         counts = [c for label, c in self.model_counts.items() if label not in DATA_LABELS]
         return {key: sum(c.get(key, 0) for c in counts) for key in keys}
+
+
+class SchedulePause(models.Model):
+    """A remote's schedule held back (after a revert, so that the next scheduled run
+    does not bring back at once what was just undone), until an operator resumes it.
+    A model of its own, not a field of the remote: the revert restores the remote's row
+    exactly as it was before the run."""
+
+    database = models.OneToOneField(
+        Database,
+        on_delete=models.CASCADE,
+        related_name="schedule_pause",
+        verbose_name="remote",
+    )
+    paused_at = models.DateTimeField(default=timezone.now, verbose_name="paused at")
+    reason = models.TextField(blank=True, verbose_name="reason")
+
+    class Meta:
+        verbose_name = "paused schedule"
+
+    def __str__(self):
+        return f"{self.database}: paused since {self.paused_at:%Y-%m-%d %H:%M}"

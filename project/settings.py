@@ -194,6 +194,13 @@ DBSYNC_WORK_DIR = Path(env_str("DBSYNC_WORK_DIR", str(VAR_DIR / "dbsync-work")))
 DBSYNC_BACKUP_DIR = Path(env_str("DBSYNC_BACKUP_DIR", str(VAR_DIR / "backups")))
 DBSYNC_BACKUP_KEEP = env_int("DBSYNC_BACKUP_KEEP", 7)  # per remote
 DBSYNC_BACKUP_MAX_AGE_DAYS = env_int("DBSYNC_BACKUP_MAX_AGE_DAYS", 30)  # 0: no age bound
+# The journal of each run (dbsync.engine.journal), the default backup: kept for the
+# newest DBSYNC_JOURNAL_KEEP runs of each remote, none older than the age (0: no bound).
+DBSYNC_JOURNAL_DIR = Path(env_str("DBSYNC_JOURNAL_DIR", str(VAR_DIR / "journal")))
+DBSYNC_JOURNAL_KEEP = env_int("DBSYNC_JOURNAL_KEEP", 14)
+DBSYNC_JOURNAL_MAX_AGE_DAYS = env_int("DBSYNC_JOURNAL_MAX_AGE_DAYS", 30)
+# A whole-database pg_dump before every run too (disaster recovery), besides the journal.
+DBSYNC_PG_DUMP = env_bool("DBSYNC_PG_DUMP", False)
 # The deletion guards: the most replicated objects of a model (with their cascades),
 # and the most records of a series, one run may remove; a count, a share or "all".
 DBSYNC_MAX_DELETE = env_str("DBSYNC_MAX_DELETE", "50%")
@@ -288,7 +295,7 @@ DBSYNC_TASK_TIME_LIMIT = env_int("DBSYNC_TASK_TIME_LIMIT", 6 * 3600)
 DBSYNC_TASK_HTTP_RETRIES = env_int("DBSYNC_TASK_HTTP_RETRIES", 1)
 DBSYNC_TASK_MAX_RETRIES = env_int("DBSYNC_TASK_MAX_RETRIES", 3)
 DBSYNC_TASK_RETRY_BACKOFF = env_int("DBSYNC_TASK_RETRY_BACKOFF", 30)  # seconds, doubled each time
-DBSYNC_TASK_BACKUP = env_bool("DBSYNC_TASK_BACKUP", True)  # pg_dump before a task's install
+DBSYNC_TASK_BACKUP = env_bool("DBSYNC_TASK_BACKUP", True)  # a task's run journaled
 DBSYNC_HEARTBEAT_SECONDS = env_int("DBSYNC_HEARTBEAT_SECONDS", 60)
 # How often a running run's phase and counts are written on its record (dbsync/runs/progress.py).
 DBSYNC_PROGRESS_SECONDS = env_float("DBSYNC_PROGRESS_SECONDS", 1.0)

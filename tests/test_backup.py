@@ -52,7 +52,13 @@ def scratch_database():
 def sync_with_backup(database, *args):
     out = io.StringIO()
     call_command(
-        "hcore_remotesyncdb", "-r", database.name, *args, stdout=out, stderr=io.StringIO()
+        "hcore_remotesyncdb",
+        "-r",
+        database.name,
+        "--pg-dump",
+        *args,
+        stdout=out,
+        stderr=io.StringIO(),
     )
     return out.getvalue()
 

@@ -281,9 +281,14 @@ def test_first_run_replicates_stations_series_records_and_files(world):
     assert status.stdout.strip() == f"{NAME}: last success 0 min ago"
 
 
-def test_the_command_backs_up_the_sqlite_database_first(world):
-    found = re.search(r"Backed up the local database to (\S+)", world.first.stdout)
-    assert found, world.first.stdout[-2000:]
+def test_sqlite_runs_unjournaled_and_backs_up_the_whole_file_when_asked(world):
+    # the journal needs PostgreSQL: the run says so, and works
+    assert "not journaled: the journal needs PostgreSQL" in world.first.stdout
+    assert "Backed up" not in world.first.stdout
+    stations = world.local.sql("SELECT count(*) FROM hcore_station")[0][0]
+    again = world.local.manage("hcore_remotesyncdb", "-r", NAME, "--pg-dump")
+    found = re.search(r"Backed up the local database to (\S+)", again.stdout)
+    assert found, again.stdout[-2000:]
     backup = Path(found.group(1))
     assert backup.parent == world.local.var_dir / "backups"
     assert backup.suffix == ".sqlite3" and backup.is_file()
@@ -291,7 +296,7 @@ def test_the_command_backs_up_the_sqlite_database_first(world):
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         # a migrated database as it was before the first run changed anything
         assert conn.execute("SELECT count(*) FROM django_migrations").fetchone()[0] > 10
-        assert conn.execute("SELECT count(*) FROM hcore_station").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM hcore_station").fetchone()[0] == stations > 0
         assert conn.execute("SELECT name FROM dbsync_database").fetchall() == [(NAME,)]
 
 

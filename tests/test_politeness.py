@@ -26,6 +26,8 @@ from django.core.management import call_command
 from django.db import connection
 
 from dbsync.engine import request_slots
+from dbsync.engine.deadlines import RunDeadline
+from dbsync.engine.errors import DeadlineExceeded
 from dbsync.engine.remote import RemoteClient
 from dbsync.engine.request_slots import SlotTimeout, request_slot
 from dbsync.models import Database, SyncRun
@@ -381,6 +383,28 @@ def test_a_killed_holder_frees_its_slot_and_waiting_is_bounded(
     assert client.get_json("/slow/") == [0] * 2001
     assert time.monotonic() - started < 10
     assert server.total == 1
+
+
+def test_the_wait_for_a_slot_ends_at_the_run_deadline(
+    server, remote, settings, sync_dir, children
+):
+    """The slot wait allows 30 s, the run has 1 s left: the request fails at the run's
+    deadline, naming it, with nothing sent."""
+    settings.DBSYNC_MAX_REQUESTS_PER_REMOTE = 1
+    settings.DBSYNC_REQUEST_SLOT_WAIT_SECONDS = 30
+    children.append(start_child(remote, "hold", sync_dir, limit=1))
+    wait_for_files(sync_dir, "held", 1, children)
+    client = RemoteClient(remote, retries=0, run_deadline=RunDeadline.since(seconds=1))
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as caught:
+        client.get_json("/slow/")
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "slow:" in message
+    assert "DBSYNC_RUN_DEADLINE=1 s" in message
+    assert "request slots" in message
+    assert server.total == 0
 
 
 def test_a_retry_pause_holds_no_slot(remote, settings):

@@ -175,7 +175,7 @@ def test_backup_is_taken_before_changes(remote, tmp_path, settings):
     settings.DBSYNC_BACKUP_DIR = tmp_path
     database = register(remote)
     out = io.StringIO()
-    call_command("hcore_remotesyncdb", "-r", database.name, stdout=out)
+    call_command("hcore_remotesyncdb", "-r", database.name, "--pg-dump", stdout=out)
     backups = list(tmp_path.glob("*.pgdump"))
     assert len(backups) == 1 and backups[0].stat().st_size > 1000
     assert str(backups[0]) in out.getvalue()

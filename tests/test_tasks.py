@@ -158,7 +158,8 @@ def test_delay_installs_the_same_graph_as_the_command(remote, workers, storage_r
     assert len(fetched) == len(set(run.model_counts) - DATA_LABELS)
     assert all(len(m["sha256"]) == 64 and m["name"].startswith(f"runs/{run.pk}/") for m in fetched)
     assert stored_files(storage_root, run) == []
-    assert run.backup_path.endswith(".pgdump")
+    # journaled, the default backup; no whole-database dump unless asked for
+    assert run.journal == SyncRun.JOURNAL_KEPT and run.backup_path == ""
     database.refresh_from_db()
     assert database.sync_cursor == run.remote_time
 

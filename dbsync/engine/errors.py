@@ -81,3 +81,7 @@ class DeleteGuardError(SyncError):
 
 class AlreadyRunning(SyncError):
     """Another sync of the same remote is in progress."""
+
+
+class RemoteRemoved(SyncError):
+    """The remote was offboarded (``dbsync_removeremote``): it is never synced again."""

@@ -14,9 +14,14 @@ before it is stored. A file over DBSYNC_MAX_FILE_BYTES is refused and reported; 
 object keeps what it had. Whatever is in a remote's folder that no object points at
 any more (objects deleted at the remote, earlier versions) is removed.
 
+A detached remote's objects (``dbsync.engine.offboard``) are local: their files move
+to ``gentityfile/local/<local pk>/<checksum>/<basename>`` (``detached_name``).
+
 Files are not in the database's transaction: each is stored first and its object
 updated after, so a run that stops half-way leaves objects that point at whole
-files, and the next run finishes the work.
+files, and the next run finishes the work. A journaled run (``journal_run``) notes
+every file it stores and moves aside, rather than deletes, every file it replaces or
+removes (``journal.FileJournal``); each object's update is journaled too.
 """
 
 import hashlib
@@ -31,6 +36,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
+from django.db import transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -38,6 +44,7 @@ from hcore.models import GentityFile
 
 from .dumps import listing_entries
 from .errors import DeadlineExceeded, PayloadError, RemoteError
+from .journal import FileJournal, recording
 from .progress import FILES, quiet, steps
 from .remote import check_api_path
 from .result import FILES_LABEL, SyncResult
@@ -46,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_LABEL = "hcore.gentityfile"
 ROOT = "gentityfile"
+LOCAL_FOLDER = "local"  # the files of a detached remote's objects (not a remote's pk)
 DEFAULT_MAX_FILE_BYTES = 100 * 2**20
 HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 16
@@ -87,6 +95,17 @@ def folder(database, remote_pk=None):
     return path if remote_pk is None else f"{path}/{int(remote_pk)}"
 
 
+def detached_name(database, local_pk, name):
+    """Where the file ``name`` (in ``database``'s folder) of the object ``local_pk`` goes
+    when the remote is detached: ``gentityfile/local/<local pk>/`` and the rest of its
+    path (checksum folder, basename), out of the folder a sync of the remote prunes."""
+    prefix = folder(database) + "/"
+    if not name.startswith(prefix):
+        raise ValueError(f"{name!r} is not in the folder of {database}")
+    rest = name[len(prefix) :].split("/", 1)[-1]  # past the remote pk
+    return f"{ROOT}/{LOCAL_FOLDER}/{int(local_pk)}/{rest}"
+
+
 def local_name(database, remote_pk, entry):
     """Where the file of a remote's object is stored here (see the module's docstring)."""
     prefix = f"{folder(database, remote_pk)}/{entry['sha256'][:12]}/"
@@ -107,13 +126,15 @@ def check_entry(entry):
 
 
 class FilesSync:
-    def __init__(self, database, client, *, dry_run=False, log=quiet):
+    def __init__(self, database, client, *, dry_run=False, log=quiet, journal_run=None):
         self.database = database
+        self.journal_run = journal_run
         self.client = client
         self.dry_run = dry_run
         self.log = log
         self.result = SyncResult.of_part(FILES_LABEL, str(database), dry_run)
         self.storage = GentityFile._meta.get_field("content").storage
+        self.journal = FileJournal(journal_run, self.storage)
         self.max_bytes = int(getattr(settings, "DBSYNC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES))
         self.workers = max(1, int(getattr(settings, "DBSYNC_RECORDS_WORKERS", 4)))
         self.now = timezone.now()
@@ -247,9 +268,10 @@ class FilesSync:
         if self.dry_run:
             return
         if self.storage.exists(wanted):  # a leftover of a run that stopped half-way
-            self.storage.delete(wanted)
+            self.journal.delete(wanted)
         with open(path, "rb") as fh:
             saved = self.storage.save(wanted, File(fh, name=posixpath.basename(wanted)))
+        self.journal.stored(saved)
         path.unlink(missing_ok=True)
         self.set_content(local_pk, saved, current)
         self.log(f"\t- gentityfile {remote_pk}: {saved} ({entry['size']} bytes)", 3)
@@ -257,13 +279,16 @@ class FilesSync:
     def set_content(self, local_pk, name, old):
         if self.dry_run:
             return
-        GentityFile._base_manager.filter(pk=local_pk).update(content=name, last_modified=self.now)
+        with transaction.atomic(), recording(self.journal_run):
+            GentityFile._base_manager.filter(pk=local_pk).update(
+                content=name, last_modified=self.now
+            )
         if old and old != name and old.startswith(folder(self.database) + "/"):
             self.delete_file(old)
 
     def delete_file(self, name):
         try:
-            self.storage.delete(name)
+            self.journal.delete(name)  # journaled: kept for the revert
         except OSError as exc:
             logger.warning("Could not delete %s: %s", name, exc)
             return
@@ -314,9 +339,10 @@ def checksum(path):
     return size, digest.hexdigest()
 
 
-def sync_files(database, client, *, dry_run=False, log=quiet):
+def sync_files(database, client, *, dry_run=False, log=quiet, journal_run=None):
     """Sync the files of the GentityFile objects replicated from ``database`` into the
     local default storage; return a SyncResult (its counts under FILES_LABEL). A file
     that cannot be fetched is a reported problem, not an error; a remote that cannot be
-    reached raises."""
-    return FilesSync(database, client, dry_run=dry_run, log=log).run()
+    reached raises. ``journal_run``: the run whose journal keeps the files it replaces
+    or removes (None: they are deleted)."""
+    return FilesSync(database, client, dry_run=dry_run, log=log, journal_run=journal_run).run()

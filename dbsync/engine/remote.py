@@ -179,7 +179,7 @@ class RemoteClient:
         attempt = 0
         while True:
             try:
-                with request_slot(self.database):
+                with request_slot(self.database, self.run_deadline):
                     return func()
             except TransientRemoteError as exc:
                 attempt += 1

@@ -23,7 +23,9 @@ all are taken) and lets the gate go. In the process, a freed slot is handed to t
 thread that waited longest.
 
 A request waits at most DBSYNC_REQUEST_SLOT_WAIT_SECONDS for its slot, then fails with
-SlotTimeout. A limit of 0 or less means no limit.
+SlotTimeout; and never past its run's deadline (``deadlines.RunDeadline``), when it has
+one: then it fails with DeadlineExceeded, naming that deadline. A limit of 0 or less
+means no limit.
 """
 
 import atexit
@@ -38,7 +40,7 @@ from contextlib import contextmanager
 from django.conf import settings
 from django.db import connections
 
-from .errors import RemoteError
+from .errors import DeadlineExceeded, RemoteError
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +74,32 @@ def limit():
 
 
 @contextmanager
-def request_slot(database):
-    """Hold one of the request slots of ``database`` (a dbsync Database) for the block."""
+def request_slot(database, run_deadline=None):
+    """Hold one of the request slots of ``database`` (a dbsync Database) for the block,
+    waiting for it until DBSYNC_REQUEST_SLOT_WAIT_SECONDS or ``run_deadline`` (a
+    ``deadlines.RunDeadline``), whichever comes first."""
     n = limit()
     if n is None:
         yield None
         return
     key = remote_key(database)
     wait = settings.DBSYNC_REQUEST_SLOT_WAIT_SECONDS
+    run_left = None if run_deadline is None else run_deadline.remaining()
+    if run_left is not None and run_left <= 0:
+        raise DeadlineExceeded(
+            f"{database}: waiting for a request slot: {run_deadline.describe()} has passed"
+        )
+    bounded_by_run = run_left is not None and run_left < wait
     backend = _backend()
     try:
-        held = backend.acquire(key, n, time.monotonic() + wait)
+        held = backend.acquire(key, n, time.monotonic() + (run_left if bounded_by_run else wait))
     except _Waited:
+        if bounded_by_run:
+            raise DeadlineExceeded(
+                f"{database}: all {n} request slots of this remote stayed taken until "
+                f"{run_deadline.describe()} (DBSYNC_MAX_REQUESTS_PER_REMOTE={n}): other "
+                f"requests to it (of this sync or others) are still in flight."
+            ) from None
         raise SlotTimeout(
             f"{database}: all {n} request slots of this remote stayed taken for {wait:g} s "
             f"(DBSYNC_MAX_REQUESTS_PER_REMOTE={n}, DBSYNC_REQUEST_SLOT_WAIT_SECONDS="

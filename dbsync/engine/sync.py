@@ -47,6 +47,7 @@ from .fetch import (
 )
 from .files import sync_files
 from .install import Installer
+from .journal import recording
 from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import FETCH, quiet, steps
@@ -69,7 +70,9 @@ class SyncOptions:
     work_dir: str | None = None
     fetch_only: bool = False
     resume: bool = False
-    backup: bool = True
+    backup: bool = True  # journal the run (and pg_dump first, if pg_dump says so); -N: off
+    pg_dump: bool | None = None  # a whole-database dump first; None: as DBSYNC_PG_DUMP says
+    journal_run: int | None = None  # the run the changes are journaled under (dbsync.runs)
     skip: bool = False
     full: bool = False
     max_delete: str | None = None
@@ -82,14 +85,24 @@ class SyncOptions:
     def as_json(self):
         return asdict(self)
 
+    @property
+    def wants_pg_dump(self):
+        """A whole-database dump before the install: a backed-up run, asked for (per
+        run, or by DBSYNC_PG_DUMP)."""
+        if not self.backup or self.dry_run:
+            return False
+        return settings.DBSYNC_PG_DUMP if self.pg_dump is None else bool(self.pg_dump)
+
     @classmethod
     def for_task(cls, database, trigger, started_by="", full=False, backup=None):
         """The options of a Celery run: the remote's own settings, the task's defaults
-        (``backup`` None: as ``DBSYNC_TASK_BACKUP`` says; True or False: this run's)."""
+        (journaled as ``DBSYNC_TASK_BACKUP`` says; ``backup`` True: journaled and a
+        whole-database pg_dump first, this run; False: neither)."""
         return cls(
             app_label=database.app_label,
             exclude=[name.strip() for name in database.exclude.split(",") if name.strip()],
             backup=settings.DBSYNC_TASK_BACKUP if backup is None else bool(backup),
+            pg_dump=True if backup else None,
             full=full,
             trigger=trigger,
             started_by=started_by,
@@ -397,7 +410,7 @@ def install_fetched(
     open, and the install starts again with them: at most REFETCH_ROUNDS times, and
     never for the same objects twice; what still dangles is then an error (or, with
     ``skip``, skipped)."""
-    if options.backup and not options.dry_run:
+    if options.wants_pg_dump:
         result.backup_path = take_backup(database.name)  # raises if it fails its check
         log(f"Backed up the local database to {result.backup_path}", 1)
     summary = None
@@ -448,7 +461,7 @@ def install_fetched(
 def install_objects(database, plan, options, result, fetched, asked, log, approval=None):
     """The objects' transaction: the install, and the remote's cursor moved; returns
     the Installer. Raises MissingObjects (rolled back) for objects to ask for again."""
-    with _install_transaction():
+    with _install_transaction(), recording(options.journal_run):
         installer = Installer(
             database,
             plan,
@@ -528,11 +541,15 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
                 full=options.full,
                 max_delete=options.max_records_delete or settings.DBSYNC_MAX_RECORDS_DELETE,
                 approval=approval,
+                journal_run=options.journal_run,
             )
             records.add_to(result)
         if "hcore.gentityfile" in plan.labels:
             log("Syncing files", 1)
-            sync_files(database, client, dry_run=options.dry_run, log=log).add_to(result)
+            files = sync_files(
+                database, client, dry_run=options.dry_run, log=log, journal_run=options.journal_run
+            )
+            files.add_to(result)
     except SyncError as exc:
         again = type(exc)(
             f"{exc} (the objects of this run were installed; records and files were not "
@@ -555,6 +572,7 @@ def sync_legacy_data(database, plan, client, options, result, log=quiet, approva
             log=log,
             max_delete=options.max_records_delete or settings.DBSYNC_MAX_RECORDS_DELETE,
             approval=approval,
+            journal_run=options.journal_run,
         )
         records.add_to(result)
     if "hcore.gentityfile" in plan.labels:

@@ -20,11 +20,13 @@ from django.utils import timezone
 from dbsync.models import Database, SyncRun
 
 OK, FAILING, OVERDUE, NEVER, INACTIVE = "ok", "failing", "overdue", "never synced", "inactive"
+REMOVED = "offboarded"  # dbsync_removeremote: never synced again, nothing promised
 # Exit statuses of a monitoring plugin (Nagios and its descendants).
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
 SEVERITY = {
     OK: EXIT_OK,
     INACTIVE: EXIT_OK,
+    REMOVED: EXIT_OK,
     FAILING: EXIT_WARNING,
     OVERDUE: EXIT_CRITICAL,
     NEVER: EXIT_CRITICAL,
@@ -44,6 +46,9 @@ class Freshness:
 
     def describe(self, now):
         last = self.database.last_sync
+        if self.state == REMOVED:
+            when = f"{self.database.removed_at:%Y-%m-%d %H:%M %Z}"
+            return f"offboarded ({self.database.get_removal_display()}) on {when}"
         if self.state == INACTIVE:
             return "inactive: never synced by itself"
         if self.state == NEVER:
@@ -87,6 +92,8 @@ def freshness(database, now=None, last_run=LOOK_UP):
     now = now or timezone.now()
     if last_run is LOOK_UP:
         last_run = database.runs.filter(kind=SyncRun.SYNC).order_by("-pk").first()
+    if database.is_removed:
+        return Freshness(database, REMOVED, None, last_run)
     if not database.is_active:
         return Freshness(database, INACTIVE, None, last_run)
     if database.last_sync is None:

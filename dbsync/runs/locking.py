@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from dbsync.engine.errors import AlreadyRunning
+from dbsync.engine.errors import AlreadyRunning, RemoteRemoved
 from dbsync.models import Database, SyncRun
 
 from . import notify
@@ -221,9 +221,12 @@ def reap_all():
 
 def claim(database, *, status, trigger, options, started_by="", lock_held=True, kind=None):
     """Create the run record (a sync, or ``kind``), or record a refusal and raise
-    AlreadyRunning."""
+    AlreadyRunning; an offboarded remote raises RemoteRemoved (nothing is recorded: it
+    has no runs any more)."""
     with transaction.atomic():
-        type(database).objects.select_for_update().get(pk=database.pk)
+        current = type(database).objects.select_for_update().get(pk=database.pk)
+        if current.is_removed:
+            raise RemoteRemoved(current.removed_message())
         reap_orphans(database, lock_held=lock_held)
         if not SyncRun.objects.filter(database=database, status__in=SyncRun.ACTIVE).exists():
             return SyncRun.objects.create(

@@ -51,6 +51,7 @@ from .locking import (
     reap_all,
     remote_lock,
 )
+from .reverts import prune_journals, start_journal
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def run_sync(database, options, log=quiet):
                 approval_in_hand(run, result) as approval,
                 progress.recording(run.pk, log) as run_log,
             ):
+                start_journal(run, options, result, run_log)
                 sync(
                     database,
                     plan,
@@ -180,6 +182,10 @@ def finish(run, status, result, message):
     run.progress = ""
     run.save()
     notify.run_finished(run)
+    try:
+        prune_journals(run.database)
+    except (DatabaseError, OSError) as exc:  # the run's end is recorded: that stands
+        logger.warning("Could not apply the retention to the journals: %s", exc)
 
 
 def fail_run(run_id, message):
@@ -360,6 +366,7 @@ def _install_run(run, fetched, log):
         fetch_plan = FetchPlan.from_json(run.fetch_plan)
         result.full = fetch_plan.full
         _check_complete(fetch_plan, fetched)
+        start_journal(run, options, result, log)
         plan = make_plan(options.app_label, options.exclude)
         with _temp_dir(f"run{run.pk}-install-") as work:
             local = storage.local_copies(run.pk, fetched, work)

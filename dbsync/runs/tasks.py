@@ -25,6 +25,7 @@ from dbsync.engine.errors import (
     AlreadyRunning,
     DeadlineExceeded,
     RemoteError,
+    RemoteRemoved,
     SyncError,
     TransientRemoteError,
 )
@@ -204,6 +205,8 @@ def enqueue_sync(database, trigger="admin", started_by="", full=False, backup=No
     busy, the refusal is recorded and AlreadyRunning raised, with a message for the
     user. If the broker cannot be reached, the run is recorded as failed.
     """
+    if database.is_removed:
+        raise RemoteRemoved(database.removed_message())
     if not database.is_active:
         raise SyncError(f"The remote {database} is inactive; activate it first.")
     options = SyncOptions.for_task(database, trigger, started_by, full, backup)

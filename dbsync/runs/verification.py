@@ -18,6 +18,7 @@ from dbsync.models import SyncRun
 
 from . import notify
 from .locking import claim, lock_or_refuse
+from .reverts import start_journal
 from .service import failures_recorded, finish
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def run_verify(database, options, *, repair=False, log=quiet):
             kind=SyncRun.REPAIR if repair else SyncRun.VERIFY,
         )
         repaired = SyncResult(remote=str(database))
+        if repair:  # a repair writes like a sync: journaled, so that it can be reverted
+            start_journal(run, options, repaired, log)
         with failures_recorded(run, repaired):
             client = RemoteClient(
                 database, port=options.port, run_deadline=RunDeadline.since(run.started_at)

@@ -73,15 +73,20 @@ class Impact:
     """Everything that deleting some of ``database``'s objects would remove.
 
     ``remote_keys``: root label -> the remote pks the remote lists (a model not in
-    it is not judged for contradictions). Call ``add`` with the objects to delete.
+    it is not judged for contradictions). ``links_of_others``: a many-to-many link
+    from an object of another origin to one that goes is an outsider too (an
+    offboarding must not change a local object's links; a sync's deletions count
+    such links only). Call ``add`` with the objects to delete.
     """
 
-    def __init__(self, database, remote_keys=None):
+    def __init__(self, database, remote_keys=None, *, links_of_others=False):
         self.database = database
         self.remote_keys = remote_keys or {}
+        self.links_of_others = links_of_others
         self.rows = defaultdict(set)  # concrete model -> local pks
         self.counted = defaultdict(int)  # label -> rows of data models (records, ...)
         self.links = defaultdict(int)  # through label -> links removed
+        self.link_pks = defaultdict(set)  # through label -> their pks (both ends may go)
         self.unlinked = defaultdict(int)  # "label.field" -> rows kept, their key cleared
         self.outsiders = []
         self.contradictions = []
@@ -114,7 +119,11 @@ class Impact:
         on_delete = relation.on_delete
         referrers = related._base_manager.filter(**{f"{field.name}__in": pks})
         if related._meta.auto_created:  # a many-to-many through table: links
-            self.links[label(related)] += referrers.count()
+            # A link between two objects that both go is reached from either: once.
+            self.link_pks[label(related)].update(referrers.values_list("pk", flat=True))
+            self.links[label(related)] = len(self.link_pks[label(related)])
+            if self.links_of_others:
+                self.note_linked_outsiders(related, field, referrers)
             return None
         if on_delete is models.DO_NOTHING:
             return None
@@ -148,6 +157,22 @@ class Impact:
         found = dict(referrers.filter(original_db=self.database).values_list("pk", "original_id"))
         self.check_listed(model, field, related, found, referrers)
         return set(found)
+
+    def note_linked_outsiders(self, through, field, links):
+        """The objects of another origin at the other end of ``links`` (rows of the
+        many-to-many table ``through`` whose ``field`` points at what goes)."""
+        for other in through._meta.concrete_fields:
+            if other is field or not other.is_relation or not is_replicated(other.related_model):
+                continue
+            pks = (
+                links.exclude(**{f"{other.name}__original_db": self.database})
+                .values_list(other.attname, flat=True)
+                .distinct()[:MAX_LISTED]
+            )
+            self.outsiders.extend(
+                f"{label(other.related_model)}(pk={pk}) links to it ({label(through)})"
+                for pk in pks
+            )
 
     def check_listed(self, model, field, related, found, referrers):
         """A cascade to objects the remote still lists is a contradiction."""

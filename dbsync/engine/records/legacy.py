@@ -27,6 +27,7 @@ from protocol.formats import SERIES_TRAILER_LINE
 from protocol.legacy import TSDATA
 
 from ..errors import PayloadError, RemoteError
+from ..journal import recording
 from ..legacy import listing_path
 from ..progress import RECORDS, RECORDS_FETCH, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
@@ -56,9 +57,10 @@ class LegacyRecordsSync:
 
     def __init__(
         self, database, client, *, skip=False, dry_run=False, log=quiet, max_delete=None,
-        approval=None,
+        approval=None, journal_run=None,
     ):  # fmt: skip
         self.database = database
+        self.journal_run = journal_run
         self.client = client
         self.dry_run = dry_run
         self.log = log
@@ -95,7 +97,7 @@ class LegacyRecordsSync:
                 deadline.check(f"{self.database}: the install of the records")
             progress.begin(RECORDS, len(fetched))
             try:
-                with transaction.atomic():
+                with transaction.atomic(), recording(self.journal_run):
                     self.loader.begin()
                     for job, source in fetched:
                         if job.mode == CLEAR:
@@ -169,8 +171,9 @@ class LegacyRecordsSync:
 
 
 def sync_legacy_records(
-    database, client, *, skip=False, dry_run=False, log=quiet, max_delete=None, approval=None
-):
+    database, client, *, skip=False, dry_run=False, log=quiet, max_delete=None, approval=None,
+    journal_run=None,
+):  # fmt: skip
     """Sync the records of the time series replicated from the legacy remote
     ``database``, after its objects' install has committed; returns a SyncResult as
     ``records.sync_records`` does. ``max_delete`` and ``approval``: the records
@@ -183,4 +186,5 @@ def sync_legacy_records(
         log=log,
         max_delete=max_delete,
         approval=approval,
+        journal_run=journal_run,
     ).run()

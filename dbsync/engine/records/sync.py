@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone as django_timezone
 
 from ..errors import SyncError
+from ..journal import recording
 from ..progress import RECORDS, RECORDS_FETCH, quiet, steps
 from ..result import RECORDS_LABEL, SyncResult
 from .batches import BatchFetcher
@@ -66,8 +67,10 @@ class RecordsSync:
         full=False,
         max_delete=None,
         approval=None,
+        journal_run=None,
     ):
         self.database = database
+        self.journal_run = journal_run  # the run the records' changes are journaled under
         self.client = client
         self.prefetch = summary
         self.full = full
@@ -138,7 +141,7 @@ class RecordsSync:
             if deadline is not None:
                 deadline.check(f"{self.database}: the install of the records")
             started = time.monotonic()
-            with transaction.atomic():
+            with transaction.atomic(), recording(self.journal_run):
                 self.install(plan.jobs, fetched)
                 self.guard.raise_if_refused()
                 self.loader.install_empty(plan.empty)
@@ -269,6 +272,7 @@ def sync_records(
     full=False,
     max_delete=None,
     approval=None,
+    journal_run=None,
 ):
     """Sync the records of the time series replicated from ``database``.
 
@@ -282,6 +286,8 @@ def sync_records(
     cursor. ``max_delete`` (default DBSYNC_MAX_RECORDS_DELETE) and ``approval``: the
     records guard's (``records.guard``);
     a series over it raises DeleteGuardError, and nothing of the records is installed.
+    ``journal_run``: the run whose journal keeps what the records sync changes (None:
+    not journaled).
     """
     sync = RecordsSync(
         database,
@@ -293,5 +299,6 @@ def sync_records(
         full=full,
         max_delete=max_delete,
         approval=approval,
+        journal_run=journal_run,
     )
     return sync.run()

@@ -69,7 +69,14 @@ class Command(BaseCommand):
             "--no-backups",
             action="store_true",
             help="Default behaviour is to take a backup of the local db before doing any "
-            "changes. This overrides this behaviour.",
+            "changes (a journal of the run, which `manage.py dbsync_revert RUN` undoes; "
+            "and a pg_dump with --pg-dump or DBSYNC_PG_DUMP). This overrides this behaviour.",
+        )
+        parser.add_argument(
+            "--pg-dump",
+            action="store_true",
+            help="Also dump the whole local database (pg_dump, checked) before the install, "
+            "for disaster recovery; default: DBSYNC_PG_DUMP.",
         )
         parser.add_argument(
             "-s",
@@ -145,6 +152,8 @@ class Command(BaseCommand):
         self.progress = CommandProgress(self.stdout, self.verbosity)
         if options["fetch_only"] and options["resume"]:
             raise CommandError("--fetch-only and --resume exclude each other.")
+        if options["pg_dump"] and options["no_backups"]:
+            raise CommandError("--pg-dump and -N (--no-backups) exclude each other.")
         for name in ("max_delete", "max_records_delete"):
             if options[name] is not None:
                 try:
@@ -165,6 +174,7 @@ class Command(BaseCommand):
             fetch_only=options["fetch_only"],
             resume=options["resume"],
             backup=not options["no_backups"],
+            pg_dump=True if options["pg_dump"] else None,
             skip=options["skip"],
             full=options["full"],
             max_delete=options["max_delete"],
@@ -240,6 +250,8 @@ class Command(BaseCommand):
         found = Database.objects.filter(Q(hostname=name) | Q(name=name))
         if len(found) == 1:
             database = found[0]
+            if database.is_removed:
+                raise CommandError(database.removed_message())
             if not database.is_active:
                 raise CommandError(f"The remote {database} is inactive; activate it first.")
             return database

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbsync', '0008_records_cursor_database_clock'),
+        ('dbsync', '0010_database_offboarding'),
     ]
 
     operations = [
