@@ -98,9 +98,13 @@ def test_repair_restores_equality(remote):
     with connection.cursor() as cursor:
         cursor.execute("UPDATE hcore_gentity SET name = 'vandalised' WHERE id = %s", [station.pk])
         cursor.execute("DELETE FROM hcore_gentityaltcode WHERE id = %s", [code.pk])
+    database.refresh_from_db()
+    synced = (database.last_sync, database.sync_cursor)
     status, out, err = command(database, "--repair")
     assert status == 0, out + err
     assert Gentity.objects.get(pk=station.pk).name == name
+    database.refresh_from_db()
+    assert (database.last_sync, database.sync_cursor) == synced  # a repair is no sync
     assert GentityAltCode.objects.filter(
         original_db=database, original_id=code.original_id
     ).exists()

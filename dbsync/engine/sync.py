@@ -148,6 +148,7 @@ class Fetched:
     files: dict  # model label -> [paths]
     keys: object  # "present" (full dumps) or root label -> set of remote pks
     server_time: datetime | None
+    is_sync: bool = True  # False: a repair (engine.verify), which is no sync of the remote
 
 
 # --- the command: everything in one process ------------------------------------------
@@ -476,7 +477,7 @@ def install_objects(database, plan, options, result, fetched, asked, log, approv
         installer.run()
         if options.dry_run:
             transaction.set_rollback(True)
-        else:
+        elif fetched.is_sync:
             database.last_sync = timezone.now()
             update = ["last_sync"]
             if fetched.server_time is not None:

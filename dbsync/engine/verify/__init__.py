@@ -27,9 +27,11 @@ from ..errors import RemoteError, SyncError
 from ..fetch import check_manifest, key_chunks, make_refetcher
 from ..files import sync_files
 from ..keysets import KeySet
+from ..legacy import is_legacy
 from ..planner import label, root_of
 from ..progress import quiet
 from ..records import sync_records
+from ..remote import check_api_path
 from ..result import SyncResult
 from ..sync import Fetched, install_fetched
 from .files import FilesVerdict, verify_files
@@ -83,6 +85,11 @@ class VerifyResult:
 
 def remote_entries(plan, client):
     """The manifest's entries of the planned models, each with its checksums URLs."""
+    if is_legacy(client.database):
+        raise Unverifiable(
+            f"{client.database} serves the 2010 layout, which has no checksums: it cannot be "
+            f"verified (a --full sync compares everything)."
+        )
     entries = check_manifest(plan, client.manifest(), client)
     lacking = [lbl for lbl, entry in entries.items() if not entry.get("checksums_url")]
     if lacking:
@@ -90,6 +97,9 @@ def remote_entries(plan, client):
             f"{client} serves no checksums (an earlier release of the API): cannot verify "
             f"{', '.join(lacking)}; upgrade the remote."
         )
+    for entry in entries.values():
+        for key in ("checksums_url", "hashes_url"):
+            check_api_path(entry.get(key), client)
     return entries
 
 
@@ -148,7 +158,8 @@ def repair(database, plan, client, options, *, log=quiet):
                 plan,
                 replace(options, records=False, dry_run=False, full=False),
                 repaired,
-                Fetched(files, remote_keys, None),  # no cursor: the cursor stays
+                # No cursor, and no sync: the cursor and the last sync's time stay.
+                Fetched(files, remote_keys, None, is_sync=False),
                 refetch,
                 log,
             )
