@@ -204,3 +204,17 @@ def test_a_remote_has_a_weekly_verification_schedule(remote):
     database.save()
     task.refresh_from_db()
     assert not task.enabled
+
+
+def test_a_repair_is_journaled_as_a_sync(remote):
+    database = register(remote)
+    command(database)
+    station = Station.objects.filter(original_db=database).order_by("pk").first()
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE hcore_gentity SET name = 'vandalised' WHERE id = %s", [station.pk])
+    out, err = io.StringIO(), io.StringIO()
+    call_command("hcore_remotesyncdb", "-r", database.name, "--repair", stdout=out, stderr=err)
+    run = SyncRun.objects.filter(database=database).order_by("-pk").first()
+    assert (run.kind, run.status) == (SyncRun.REPAIR, SyncRun.SUCCEEDED)
+    assert run.journal == SyncRun.JOURNAL_KEPT  # it may be reverted as a sync may
+    assert Gentity.objects.get(pk=station.pk).name != "vandalised"
