@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from dbsync.models import Database, SyncRun
-from hcore.models import Gentity, GentityAltCode, Station
+from hcore.models import Gentity, GentityAltCode, GentityFile, Station, Timeseries
 from tests.instance import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -204,3 +204,46 @@ def test_a_remote_has_a_weekly_verification_schedule(remote):
     database.save()
     task.refresh_from_db()
     assert not task.enabled
+
+
+def test_a_repair_is_journaled_as_a_sync(remote):
+    database = register(remote)
+    command(database)
+    station = Station.objects.filter(original_db=database).order_by("pk").first()
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE hcore_gentity SET name = 'vandalised' WHERE id = %s", [station.pk])
+    out, err = io.StringIO(), io.StringIO()
+    call_command("hcore_remotesyncdb", "-r", database.name, "--repair", stdout=out, stderr=err)
+    run = SyncRun.objects.filter(database=database).order_by("-pk").first()
+    assert (run.kind, run.status) == (SyncRun.REPAIR, SyncRun.SUCCEEDED)
+    assert run.journal == SyncRun.JOURNAL_KEPT  # it may be reverted as a sync may
+    assert Gentity.objects.get(pk=station.pk).name != "vandalised"
+
+
+def test_records_and_files_edited_by_hand_are_found_and_repaired(make_instance, settings):
+    # The remote's records were written a moment ago: within the default overlap, a
+    # series counts as changed since the records cursor (pending), not as a divergence.
+    settings.DBSYNC_OVERLAP_SECONDS = 0
+    instance = make_instance(hostname="records.example.org")
+    instance.generate(stations=4, seed=9, records_per_series=30, files_per_station=1)
+    instance.start()
+    database = register(instance, name="records")
+    assert command(database)[0] == 0
+    assert command(database, "--verify")[0] == 0
+    series = Timeseries.objects.filter(original_db=database).order_by("pk").first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE hcore_record SET value = COALESCE(value, 0) + 1 WHERE timeseries_id = %s "
+            "AND timestamp = (SELECT min(timestamp) FROM hcore_record WHERE timeseries_id = %s)",
+            [series.pk, series.pk],
+        )
+    stored = GentityFile.objects.filter(original_db=database).exclude(content="").first()
+    with stored.content.storage.open(stored.content.name, "wb") as fh:
+        fh.write(b"not the remote's file")
+    status, _out, err = command(database, "--verify")
+    assert status == 1
+    assert "hcore.record: the records of 1 series differ" in err
+    assert "hcore.gentityfile.content: 1 files differ" in err
+    status, out, err = command(database, "--repair")
+    assert status == 0, out + err
+    assert command(database, "--verify")[0] == 0

@@ -236,10 +236,11 @@ def repair_data(database, client, found, options, result, log):
                 log=log,
                 full=True,
                 max_delete=options.max_records_delete or settings.DBSYNC_MAX_RECORDS_DELETE,
+                journal_run=options.journal_run,
             ).add_to(result)
         elif isinstance(verdict, FilesVerdict):
             forget_files(database, verdict.differ)
-            sync_files(database, client, log=log).add_to(result)
+            sync_files(database, client, log=log, journal_run=options.journal_run).add_to(result)
 
 
 def forget_files(database, remote_pks):
