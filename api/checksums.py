@@ -36,7 +36,7 @@ from protocol.rowhash import (
 )
 
 from .errors import ApiError
-from .params import check_parameters, parse_key, parse_modified_after, parse_pks
+from .params import INTEGER, check_parameters, parse_key, parse_modified_after, parse_pks
 
 CHECKSUM_PARAMETERS = ("from", "to", "parts")
 HASHES_PARAMETERS = ("from", "to", "pks", "after")
@@ -55,7 +55,8 @@ def parse_range(query, with_parts):
     parts = 1
     if with_parts:
         text = query.get("parts", "16")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses
+        if not INTEGER.fullmatch(text) or not 1 <= int(text) <= MAX_PARTS:
             raise ApiError(400, f"parts must be an integer from 1 to {MAX_PARTS}, not {text!r}.")
         parts = int(text)
     return low, high, parts

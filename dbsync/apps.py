@@ -16,6 +16,7 @@ class DbsyncConfig(AppConfig):
         post_delete.connect(schedules.on_delete, sender=database, dispatch_uid="dbsync-unschedule")
         pre_delete.connect(offboarding.before_delete, sender=database, dispatch_uid="dbsync-gone")
         post_migrate.connect(journal_triggers, sender=self, dispatch_uid="dbsync-journal")
+        post_migrate.connect(verification_schedules, sender=self, dispatch_uid="dbsync-verify")
 
 
 def journal_triggers(sender, using="default", plan=None, **kwargs):
@@ -28,3 +29,21 @@ def journal_triggers(sender, using="default", plan=None, **kwargs):
     connection = connections[using]
     if TABLE in connection.introspection.table_names():  # not before its migration ran
         install_triggers(connection)
+
+
+def verification_schedules(sender, using="default", plan=None, **kwargs):
+    """After every migrate: a verification task for each remote that has none (those
+    registered before verifications existed: migration 0011 gave them a weekly
+    ``verify_every_days`` but no periodic task). One that exists is left as it is."""
+    from django.db import connections
+    from django_celery_beat.models import PeriodicTask
+
+    from .runs.schedules import sync_verify_schedule, verify_task_name
+
+    database = sender.get_model("Database")
+    if database._meta.db_table not in connections[using].introspection.table_names():
+        return
+    have = set(PeriodicTask.objects.using(using).values_list("name", flat=True))
+    for remote in database.objects.using(using).all():
+        if verify_task_name(remote) not in have:
+            sync_verify_schedule(remote)

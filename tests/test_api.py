@@ -816,3 +816,16 @@ def test_streaming_200k_objects_keeps_memory_flat(make_instance):
     # The machine is shared: judge the server by its CPU time, the wall clock loosely.
     assert count / cpu > 40_000
     assert rate > 10_000
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    ["parts=²", "parts=0", "parts=257", "parts=-1", "parts=1e3", "from=abc", "from=9&to=1"],
+)
+def test_odd_checksum_ranges_are_a_400_naming_the_parameter(client, sample, query):
+    """Anything but ASCII digits in range is refused with a JSON 400 (``'²'.isdigit()``
+    is true in Python, and ``int('²')`` raised: a 500)."""
+    response = client.get(f"/api/hcore/station/checksums/?{query}")
+    name = query.split("=")[0]
+    assert_json_error(response, 400, "from" if name == "to" else name)

@@ -146,6 +146,8 @@ class SyncCollector:
         last = verified.values("database").annotate(last=Max("pk")).values("last")
         runs = {run.database_id: run for run in verified.filter(pk__in=last)}
         for database in remotes:
+            if database.is_removed or not database.is_active:
+                continue  # nothing verifies it any more: an old finding must not alert
             run = runs.get(database.pk)
             found = "never" if run is None else run.verification.get("state", "never")
             for each in ("equal", "differs", "never"):
@@ -331,8 +333,10 @@ INSTALLED_SQL = """
     WHERE jsonb_typeof(e.value) = 'object'
     GROUP BY 1, 2
 """
+# A remote's last succeeded sync: a verification since (which installs nothing) must not
+# blank what the last sync installed.
 LAST_ONLY_SQL = """AND id IN (SELECT max(id) FROM {runs} WHERE status = %(succeeded)s
-                              AND NOT dry_run GROUP BY database_id)"""
+                              AND NOT dry_run AND kind = 'sync' GROUP BY database_id)"""
 
 
 def installed_counts(after, until, last_only=False):
@@ -356,7 +360,8 @@ def installed_counts(after, until, last_only=False):
             return {(remote, kind): (int(n), int(d)) for remote, kind, n, d in cursor.fetchall()}
     # SQLite (the embedded default, with a short history): the same sums in Python.
     if last_only:
-        runs = runs.filter(pk__in=runs.values("database").annotate(last=Max("pk")).values("last"))
+        syncs = runs.filter(kind=SyncRun.SYNC)
+        runs = runs.filter(pk__in=syncs.values("database").annotate(last=Max("pk")).values("last"))
     runs = runs.filter(finished_at__gt=after, finished_at__lte=until)
     sums = {}
     for remote, counts in runs.values_list("database_id", "model_counts").iterator():

@@ -2,8 +2,9 @@
 
 A scheduled (Celery beat) run that fails is logged at ERROR and mailed to
 settings.ADMINS. Later failures of the same remote are only logged, until a run of
-that remote succeeds: an hourly schedule against a remote that is down for a day
-sends one mail, not 24. Retries inside a run never reach here; only a run's end.
+that remote, of the same kind (a sync, a verification), succeeds: an hourly
+schedule against a remote that is down for a day sends one mail, not 24. Retries
+inside a run never reach here; only a run's end.
 """
 
 import logging
@@ -22,14 +23,15 @@ def run_finished(run):
     """Called by every path that ends a run (success, failure, interruption)."""
     if run.status != SyncRun.FAILED or run.trigger not in NOTIFIED_TRIGGERS:
         return False
-    logger.error("Scheduled sync of %s failed (run %s): %s", run.database, run.pk, run.message)
+    what = run.get_kind_display()  # a sync, or a weekly verification: streaks of their own
+    logger.error("Scheduled %s of %s failed (run %s): %s", what, run.database, run.pk, run.message)
     if _streak_already_notified(run):
         return False
     mail_admins(
-        f"Scheduled sync of {run.database} failed",
-        f"The scheduled sync of the remote {run.database} (run {run.pk}, started "
+        f"Scheduled {what} of {run.database} failed",
+        f"The scheduled {what} of the remote {run.database} (run {run.pk}, started "
         f"{run.started_at:%Y-%m-%d %H:%M:%S %Z}) failed:\n\n{run.message}\n\n"
-        f"Further failures of this remote are not mailed until one of its runs succeeds; "
+        f"Further failures of this remote's {what}s are not mailed until one succeeds; "
         f"see its run history in the admin.",
         fail_silently=True,
     )
@@ -39,7 +41,7 @@ def run_finished(run):
 
 
 def _streak_already_notified(run):
-    runs = SyncRun.objects.filter(database_id=run.database_id).exclude(pk=run.pk)
+    runs = SyncRun.objects.filter(database_id=run.database_id, kind=run.kind).exclude(pk=run.pk)
     last_success = runs.filter(status=SyncRun.SUCCEEDED).order_by("-pk").first()
     earlier = runs.filter(status=SyncRun.FAILED, notified_at__isnull=False)
     if last_success is not None:

@@ -146,10 +146,11 @@ def revert_run(run, by="command", pause=True):
             f"{journal_folder(run.pk)}, and its notes were: {files[:20]}"
         ) from exc
     journal.discard([run.pk])
-    if pause:
-        paused = Database.objects.get(pk=database.pk)
-        sync_schedule(paused)  # disables its periodic tasks
-        sync_verify_schedule(paused)
+    # The row came back by SQL, with no post_save: its periodic tasks follow it here
+    # (paused, or back after an offboarding's revert with --keep-schedule).
+    reverted = Database.objects.get(pk=database.pk)
+    sync_schedule(reverted)
+    sync_verify_schedule(reverted)
     rows = sum(d for d, _r in done.values()), sum(r for _d, r in done.values())
     message = (
         f"Reverted run #{run.pk} of {database}: {rows[0]} rows removed, {rows[1]} put back "
@@ -171,6 +172,22 @@ def _revert_locked(run, by, pause):
             why = refusal(run)  # again, under the lock: another revert may have won
             if why:
                 raise SyncError(why)
+            # A Celery run queued or fetching holds no remote lock, but it planned its
+            # fetch from the cursor this revert puts back: its install would then move
+            # the cursor past what the revert removed. Runs are claimed under this row's
+            # lock (locking.claim), so none can start while it is held.
+            Database.objects.select_for_update().get(pk=run.database_id)
+            busy = list(
+                SyncRun.objects.filter(database_id=run.database_id, status__in=SyncRun.ACTIVE)
+                .exclude(pk=run.pk)
+                .values_list("pk", flat=True)
+            )
+            if busy:
+                raise SyncError(
+                    f"Run #{run.pk} was not reverted: run(s) "
+                    f"{', '.join(f'#{pk}' for pk in busy)} of {run.database} are queued or "
+                    f"running; revert it once they have ended."
+                )
             blind = unjournaled_later_runs(run)
             if blind:
                 raise SyncError(

@@ -96,13 +96,15 @@ def verify_task_name(database):
 def sync_verify_schedule(database):
     """Create, update or disable the verification task of ``database`` (every
     ``verify_every_days`` days, read-only: ``dbsync.tasks.verify_remote``). An
-    offboarded remote has none, and a paused one (after a revert) has it paused too: its
-    replica is behind on purpose, and a verification would only report that."""
+    offboarded remote has none, nor a legacy one (the 2010 layout serves no checksums:
+    every verification would fail), and a paused one (after a revert) has it paused too:
+    its replica is behind on purpose, and a verification would only report that."""
     task = PeriodicTask.objects.filter(name=verify_task_name(database)).first()
     if (
         not database.is_active
         or database.is_removed
         or database.schedule_paused
+        or database.api_layout == database.LAYOUT_LEGACY  # serves no checksums
         or not database.verify_every_days
     ):
         if task is not None and task.enabled:

@@ -18,7 +18,10 @@ from dbsync.runs.verification import EQUAL, describe, last_verification
 
 def severity(item):
     """The freshness's, or a warning if the last verification found the replica
-    differing from its remote."""
+    differing from its remote (not for an offboarded or inactive remote: nothing
+    syncs or verifies it any more, and an old finding must not alarm for ever)."""
+    if item.database.is_removed or not item.database.is_active:
+        return item.severity
     run = last_verification(item.database)
     if run is not None and run.verification.get("state") != EQUAL:
         return max(item.severity, EXIT_WARNING)
