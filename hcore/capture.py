@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (
     slot integer NOT NULL,
     row_count bigint NOT NULL DEFAULT 0,
     max_xid bigint NOT NULL DEFAULT 0,
+    max_deleted_xid bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (table_name, slot)
 );
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
@@ -67,13 +68,17 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
 );
 INSERT INTO {STATE_TABLE} (id, horizon) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 
-CREATE OR REPLACE FUNCTION dbsync_capture_count(tbl text, delta bigint)
+-- deleted: whether rows went (then max_deleted_xid moves too: a client asks for
+-- tombstones only of the tables where it did).
+CREATE OR REPLACE FUNCTION dbsync_capture_count(tbl text, delta bigint, deleted boolean)
 RETURNS void LANGUAGE sql AS $$
-    INSERT INTO {COUNTER_TABLE} AS c (table_name, slot, row_count, max_xid)
-    VALUES (tbl, pg_backend_pid() % {COUNTER_SLOTS}, delta, {CURRENT_XID})
+    INSERT INTO {COUNTER_TABLE} AS c (table_name, slot, row_count, max_xid, max_deleted_xid)
+    VALUES (tbl, pg_backend_pid() % {COUNTER_SLOTS}, delta, {CURRENT_XID},
+            CASE WHEN deleted THEN {CURRENT_XID} ELSE 0 END)
     ON CONFLICT (table_name, slot) DO UPDATE
     SET row_count = c.row_count + EXCLUDED.row_count,
-        max_xid = GREATEST(c.max_xid, EXCLUDED.max_xid);
+        max_xid = GREATEST(c.max_xid, EXCLUDED.max_xid),
+        max_deleted_xid = GREATEST(c.max_deleted_xid, EXCLUDED.max_deleted_xid);
 $$;
 
 CREATE OR REPLACE FUNCTION dbsync_capture_mark() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -86,14 +91,14 @@ CREATE OR REPLACE FUNCTION dbsync_capture_inserted() RETURNS trigger LANGUAGE pl
 DECLARE n bigint;
 BEGIN
     SELECT count(*) INTO n FROM new_rows;
-    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, n); END IF;
+    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, n, false); END IF;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION dbsync_capture_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM new_rows) THEN
-        PERFORM dbsync_capture_count(TG_TABLE_NAME, 0);
+        PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, false);
     END IF;
     RETURN NULL;
 END $$;
@@ -106,7 +111,7 @@ BEGIN
         'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM old_rows',
         TG_TABLE_NAME, TG_ARGV[0]) USING {CURRENT_XID};
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, -n); END IF;
+    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, -n, true); END IF;
     RETURN NULL;
 END $$;
 
@@ -117,7 +122,7 @@ BEGIN
         'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM %I',
         TG_TABLE_NAME, TG_ARGV[0], TG_TABLE_NAME) USING {CURRENT_XID};
     UPDATE {COUNTER_TABLE} SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
-    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0);
+    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, true);
     RETURN NULL;
 END $$;
 

@@ -81,3 +81,13 @@ class DeleteGuardError(SyncError):
 
 class AlreadyRunning(SyncError):
     """Another sync of the same remote is in progress."""
+
+
+class RemoteIdentityChanged(SyncError):
+    """The remote's database is not the one synced before (rebuilt, restored into a new
+    cluster or database): its keys and transaction ids mean something else now."""
+
+
+class RemoteBehind(SyncError):
+    """The remote's snapshot is behind this replica's cursor: restored from a backup or
+    recovered to an earlier point, it may reuse transaction ids already seen."""

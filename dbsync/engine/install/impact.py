@@ -81,7 +81,9 @@ class Impact:
         self.remote_keys = remote_keys or {}
         self.rows = defaultdict(set)  # concrete model -> local pks
         self.counted = defaultdict(int)  # label -> rows of data models (records, ...)
-        self.links = defaultdict(int)  # through label -> links removed
+        # through label -> pks of the links removed (a set: a link between two objects
+        # that both go is reached from either end, and removed once)
+        self.links = defaultdict(set)
         self.unlinked = defaultdict(int)  # "label.field" -> rows kept, their key cleared
         self.outsiders = []
         self.contradictions = []
@@ -114,7 +116,7 @@ class Impact:
         on_delete = relation.on_delete
         referrers = related._base_manager.filter(**{f"{field.name}__in": pks})
         if related._meta.auto_created:  # a many-to-many through table: links
-            self.links[label(related)] += referrers.count()
+            self.links[label(related)].update(referrers.values_list("pk", flat=True))
             return None
         if on_delete is models.DO_NOTHING:
             return None
@@ -196,7 +198,7 @@ class Impact:
         return {
             "objects": self.total_objects,
             "records": self.records,
-            "links": sum(self.links.values()),
+            "links": sum(len(pks) for pks in self.links.values()),
             "files": self.files,
             "unlinked": sum(self.unlinked.values()),
         }
@@ -204,7 +206,7 @@ class Impact:
     def expected_counts(self):
         """Label -> rows a deletion should report, to check Django's deletion against."""
         expected = {label(m): len(pks) for m, pks in self.rows.items() if pks}
-        expected.update((name, n) for name, n in self.links.items() if n)
+        expected.update((name, len(pks)) for name, pks in self.links.items() if pks)
         if self.records:
             expected[label(Record)] = self.records
         return expected

@@ -113,6 +113,13 @@ class Command(BaseCommand):
             "GentityFile objects (both are synced after the objects by default).",
         )
         parser.add_argument(
+            "--accept-new-identity",
+            action="store_true",
+            help="The remote's database was rebuilt or replaced (its identity changed, and "
+            "runs refuse it): delete this remote's old objects, under the delete guard "
+            "(--max-delete), and sync it anew.",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="Show, per model, what would be created, updated and deleted; change nothing.",
@@ -149,6 +156,7 @@ class Command(BaseCommand):
             max_delete=options["max_delete"],
             max_records_delete=options["max_records_delete"],
             dry_run=options["dry_run"],
+            accept_new_identity=options["accept_new_identity"],
             records=not options["no_records"],
             trigger="command",
         )
