@@ -160,13 +160,19 @@ INSTALL_PHASE = re.compile(
 )
 
 
+RECEIVED = re.compile(r"^Received (\d+) bytes from the remote in all$", re.M)
+
 FETCHED = {}  # sync name -> (bytes, seconds) of its fetch phase
+RECEIVED_BYTES = {}  # sync name -> every response body's bytes (manifest, records, files)
 
 
 def phases(name, rows, out):
     """The fetch and install phases of a sync, from the command's ``-v 2`` lines: rows
     of the table (none from a version that does not log them)."""
     fetch, install = FETCH_PHASE.search(out), INSTALL_PHASE.search(out)
+    if received := RECEIVED.search(out):
+        RECEIVED_BYTES[name] = int(received[1])
+        print(f"  {name}: {int(received[1])} bytes received from the remote", flush=True)
     found = []
     if fetch:
         FETCHED[name] = (int(fetch[1]), float(fetch[2]))
@@ -328,6 +334,8 @@ def main():
             f"first sync's fetch phase: {results[0][1] / seconds:.0f} rows/s, "
             f"{size / seconds / 1e6:.1f} MB/s ({size / 1e6:.1f} MB in {seconds:.1f} s)"
         )
+    for name, size in RECEIVED_BYTES.items():
+        print(f"{name}: {size} bytes received from the remote (every request)")
     if install:
         rate = install[1] / install[2]
         print(

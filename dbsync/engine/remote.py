@@ -16,6 +16,7 @@ that trickles its answer fails the run with ``DeadlineExceeded``, which is not r
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -70,9 +71,12 @@ class RemoteClient:
         budget=None,
         request_deadline=None,
         run_deadline=None,
+        received=None,
     ):
-        """``run_deadline``: a ``deadlines.RunDeadline`` that no request may pass."""
+        """``run_deadline``: a ``deadlines.RunDeadline`` that no request may pass;
+        ``received``: the byte count shared with the client this one is a clone of."""
         self.database = database
+        self.received = received or ReceivedBytes()
         self.budget = budget  # a DiskBudget shared by the clones, or None
         self.port = port or database.port
         self.timeout = timeout if timeout is not None else settings.DBSYNC_HTTP_TIMEOUT
@@ -141,6 +145,7 @@ class RemoteClient:
             "budget": self.budget,
             "request_deadline": self.request_deadline,
             "run_deadline": self.run_deadline,
+            "received": self.received,
         }
         return RemoteClient(self.database, **{**options, **changes})
 
@@ -279,6 +284,7 @@ class RemoteClient:
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
+                self.received.add(len(chunk))
                 if size > cap:
                     raise PayloadError(
                         f"{self}: GET {response.request.path_url}: response larger than the cap "
@@ -327,6 +333,7 @@ class RemoteClient:
             with open(tmp, "wb") as out:
                 for chunk in response.iter_content(CHUNK):
                     size += len(chunk)
+                    self.received.add(len(chunk))
                     if size > self.max_bytes:
                         raise PayloadError(
                             f"{self}: GET {path}: response larger than the cap of "
@@ -363,6 +370,19 @@ class RemoteClient:
 
 
 SyncErrorTypes = (RemoteError, PayloadError, DiskBudgetError)
+
+
+class ReceivedBytes:
+    """The bytes of response bodies a run received from its remote (all its clients,
+    all threads): what a sync costs the network, reported by the command at -v 2."""
+
+    def __init__(self):
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def add(self, n):
+        with self.lock:
+            self.total += n
 
 
 class _TimeUp(Exception):

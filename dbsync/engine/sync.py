@@ -206,6 +206,7 @@ def sync(
             _fetch_and_install(
                 database, plan, options, result, log, client, work, on_fetch_planned, approval
             )
+            log(f"Received {client.received.total} bytes from the remote in all", 2)
             return
         except DiskBudgetError:
             # What was fetched is incomplete and of no use to --resume: it goes.
