@@ -1,5 +1,7 @@
 """manage.py hcore_remotesyncdb: sync the local database from a remote instance."""
 
+import time
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
@@ -160,6 +162,7 @@ class Command(BaseCommand):
             records=not options["no_records"],
             trigger="command",
         )
+        started = time.monotonic()
         try:
             result = run_sync(database, sync_options, log=self.progress)
         except SyncError as exc:
@@ -167,6 +170,7 @@ class Command(BaseCommand):
             if database.name not in message and database.hostname not in message:
                 message = f"{database}: {message}"  # the operator is told which remote
             raise CommandError(message) from exc
+        self.log(f"Sync took {time.monotonic() - started:.2f} s (the process's start apart)", 2)
         self.report(result, sync_options)
 
     def log(self, message, level=1):
