@@ -243,3 +243,62 @@ def test_chained_aggregation_carries_a_change_through_incremental_runs(live, mak
     incremental(database)
     assert Station.objects.filter(original_db=database, name="Changed at A").count() == 1
     compare()
+
+
+@pytest.mark.slow
+def test_a_remote_restored_to_an_earlier_point_is_refused_and_nothing_changes(tmp_path):
+    """A real restore: the remote's PostgreSQL (a private cluster) is stopped, its data
+    folder copied, changed and synced, then put back from the copy. Same cluster, same
+    timeline, same database: only its transactions went back, behind our cursor."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from tests.instance import Instance, instance_env
+    from tests.pgcluster import PrivateCluster
+
+    cluster = PrivateCluster()
+    remote = Instance.__new__(Instance)
+    try:
+        cluster.execute('CREATE DATABASE "restored"')
+        remote.db_name, remote.hostname, remote.settings = "restored", "restored.example.org", {}
+        remote.var_dir = Path(tmp_path / "remote")
+        remote.env = dict(
+            instance_env("restored", remote.var_dir), DATABASE_URL=cluster.url("restored")
+        )
+        remote.port = remote.process = None
+        remote.scheme = "http"
+        remote.manage("migrate", "-v0")
+        remote.generate(stations=6, seed=8)
+        remote.start()
+        database = register(remote)
+        sync(database)
+
+        remote.stop()
+        cluster.pg_ctl("stop")
+        backup = Path(cluster.root) / "backup"
+        subprocess.run(["cp", "-a", str(cluster.data), str(backup)], check=True)
+        cluster.start()
+        remote.start()
+        for n in range(3):
+            cluster.execute(
+                f"UPDATE hcore_gentity SET name = 'Changed {n}' WHERE id = "
+                "(SELECT min(gentity_ptr_id) FROM hcore_gpoint)",
+                db="restored",
+            )
+        incremental(database)
+        assert Station.objects.filter(original_db=database, name="Changed 2").exists()
+
+        remote.stop()
+        cluster.pg_ctl("stop")
+        shutil.rmtree(cluster.data)
+        subprocess.run(["cp", "-a", str(backup), str(cluster.data)], check=True)
+        cluster.start()
+        remote.start()
+        before = local_dump()
+        with pytest.raises(CommandError, match="behind what this replica has seen"):
+            sync(database)
+        assert local_dump() == before
+    finally:
+        remote.stop()
+        cluster.destroy()
