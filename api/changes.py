@@ -89,11 +89,15 @@ def filter_changed_since(queryset, model, since):
     return queryset.extra(where=[f"{table}.{MARKER_COLUMN} >= %s"], params=[since])
 
 
+def check_deleted_since(since):
+    """Before the response starts: a 400 where there are no tombstones to list."""
+    if since is not None and connection.vendor != "postgresql":
+        raise ApiError(400, "deleted_since needs change capture, which this instance lacks.")
+
+
 def deleted_keys(model, since):
     """Keys listing chunks ("1,2,3", n) of the model's tombstones since ``since``,
     ascending, each key once (a key deleted, re-inserted and deleted again is one)."""
-    if connection.vendor != "postgresql":
-        raise ApiError(400, "deleted_since needs change capture, which this instance lacks.")
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT string_agg(pk::text, ',' ORDER BY pk), count(*) FROM ("

@@ -168,6 +168,7 @@ def keys(request, app_label, model_name):
     model = served_model_or_404(app_label, model_name)
     check_parameters(request.GET, ("deleted_since",))
     deleted_since = parse_transaction("deleted_since", request.GET.get("deleted_since"))
+    changes.check_deleted_since(deleted_since)
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
     return StreamingHttpResponse(dumps.stream_keys(model, deleted_since), content_type=JSON)

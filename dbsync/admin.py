@@ -169,7 +169,13 @@ class DatabaseAdmin(admin.ModelAdmin):
     )
     list_filter = ("is_active", "scheme", "api_layout")
     search_fields = ("name", "hostname", "descr")
-    readonly_fields = ("last_sync", "sync_cursor", "records_cursor")
+    readonly_fields = (
+        "last_sync",
+        "sync_cursor",
+        "records_cursor",
+        "capture_cursor",
+        "remote_identity",
+    )
     actions = ("sync_now", "sync_now_with_backup")
     fieldsets = fieldsets_for(
         Database,
@@ -193,7 +199,16 @@ class DatabaseAdmin(admin.ModelAdmin):
             ),
             ("What to sync, and when", ("app_label", "exclude", "schedule_kind")),
             ("Schedule", ("interval_minutes", "crontab")),
-            ("State", ("last_sync", "sync_cursor", "records_cursor")),
+            (
+                "State",
+                (
+                    "last_sync",
+                    "sync_cursor",
+                    "records_cursor",
+                    "capture_cursor",
+                    "remote_identity",
+                ),
+            ),
         ],
         extra=[f"clear_{name}" for name in SECRET_FIELDS],
     )
