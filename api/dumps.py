@@ -33,6 +33,8 @@ from django.utils.encoding import is_protected_type
 
 from protocol.schema import served_fields, served_m2m_fields
 
+from .changes import deleted_keys, filter_changed_since
+
 logger = logging.getLogger(__name__)
 
 # Rows per query: big enough to amortize the round trip, small enough to stay flat.
@@ -195,9 +197,12 @@ def m2m_links(field, pks):
     return links
 
 
-def select(model, modified_after=None, pks=None):
+def select(model, modified_after=None, pks=None, changed_since=None):
     """The objects of a dump request, unordered (the chunks order them)."""
     queryset = model._base_manager.all()
+    if changed_since is not None:
+        # The model's own table: a child's dump serves its own fields only.
+        queryset = filter_changed_since(queryset, model, changed_since)
     if modified_after is not None:
         # For a multi-table child this is its root's ``last_modified`` (a join).
         queryset = queryset.filter(last_modified__gt=modified_after)
@@ -291,7 +296,7 @@ def fast_timestamptz_loader(alias):
 def stream_dump(model, query):
     """The body of a dump, as chunks of bytes (see the module's docstring)."""
     dumper = ModelDumper(model)
-    queryset = select(model, query.modified_after, query.pks)
+    queryset = select(model, query.modified_after, query.pks, query.changed_since)
     chunks = keyset_chunks(
         queryset, dumper.columns, CHUNK_SIZE, after=query.after, limit=query.limit
     )
@@ -309,11 +314,14 @@ def stream_dump(model, query):
     yield b"\n]\n" if count else b"]\n"
 
 
-def stream_keys(model):
-    """All primary keys of a model, ascending, as a JSON array in chunks of bytes."""
+def stream_keys(model, deleted_since=None):
+    """All primary keys of a model, ascending, as a JSON array in chunks of bytes; or,
+    given ``deleted_since``, the keys deleted since that transaction (tombstones)."""
     label = model._meta.label_lower
     queryset = model._base_manager.all()
-    if connections[queryset.db].vendor == "postgresql":
+    if deleted_since is not None:
+        chunks = deleted_keys(model, deleted_since)
+    elif connections[queryset.db].vendor == "postgresql":
         chunks = key_text_chunks(queryset, PG_KEYS_CHUNK_SIZE)
     else:
         chunks = (

@@ -11,7 +11,7 @@ from protocol.formats import MAX_KEY
 
 from .errors import ApiError
 
-DUMP_PARAMETERS = ("modified_after", "pks", "after", "limit")
+DUMP_PARAMETERS = ("modified_after", "changed_since", "pks", "after", "limit")
 INTEGER = re.compile(r"-?[0-9]{1,19}")
 # An unescaped "+" in a query string arrives as a space: "...00 00:00" means "+00:00".
 SPACED_OFFSET = re.compile(r"^(?P<local>.*[0-9]) (?P<offset>[0-9]{2}(:?[0-9]{2})?)$")
@@ -22,6 +22,7 @@ class DumpQuery:
     """Which objects of a model a dump request asks for."""
 
     modified_after: dt.datetime | None = None
+    changed_since: int | None = None  # a transaction id (api.changes)
     pks: tuple | None = None
     after: int | None = None
     limit: int | None = None
@@ -32,6 +33,7 @@ def parse_dump_query(query):
     check_parameters(query, DUMP_PARAMETERS)
     return DumpQuery(
         modified_after=parse_modified_after(query.get("modified_after")),
+        changed_since=parse_transaction("changed_since", query.get("changed_since")),
         pks=parse_pks(query.get("pks")),
         after=parse_key("after", query.get("after")),
         limit=parse_limit(query.get("limit")),
@@ -73,6 +75,17 @@ def parse_pks(value):
                 400, f"pks must be comma-separated integer primary keys; {item!r} is not one."
             )
     return tuple(sorted({int(item) for item in items}))
+
+
+def parse_transaction(name, value):
+    """A transaction id, as the manifest's capture cursor gives it."""
+    if value is None:
+        return None
+    if not INTEGER.fullmatch(value) or not 0 <= int(value) < 2**63:
+        raise ApiError(
+            400, f"{name} must be a transaction id (the manifest's capture cursor), not {value!r}."
+        )
+    return int(value)
 
 
 def parse_limit(value):

@@ -23,10 +23,10 @@ from protocol.schema import (
     served_models,
 )
 
-from . import checksums, dumps, files, record_formats, records
+from . import changes, checksums, dumps, files, record_formats, records
 from .auth import check_credentials
 from .errors import ApiError, error_response
-from .params import check_parameters, parse_dump_query, parse_modified_after
+from .params import check_parameters, parse_dump_query, parse_modified_after, parse_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +91,16 @@ def served_model_or_404(app_label, model_name):
 @api_endpoint
 def manifest(request):
     check_parameters(request.GET)
+    state = changes.capture_state()
+    tables = state.pop("tables") if state else {}
     return JsonResponse(
         {
             "version": API_VERSION,
+            "protocol": changes.PROTOCOL_VERSION,
             "server_time": format_server_time(request.api_time),
+            "capture": state or {"guarantee": changes.GUARANTEE_CLOCK},
             "apps": served_apps(),
-            "models": [describe_served_model(model) for model in served_models()],
+            "models": [describe_served_model(model, tables) for model in served_models()],
             **describe_records_and_files(),
         }
     )
@@ -126,19 +130,29 @@ def describe_records_and_files():
     }
 
 
-def describe_served_model(model):
+def describe_served_model(model, tables=None):
+    """A model's entry; ``tables``: table -> (count, highest writer, highest deleter)
+    from the change counters, which make the count O(models) and tell whether anything
+    changed (``changed``: the highest transaction that wrote the model's own table;
+    ``deleted``: that deleted from it)."""
     opts = model._meta
-    return {
+    counted = (tables or {}).get(opts.db_table)
+    entry = {
         "model": opts.label_lower,
         "url": reverse("api:dump", args=(opts.app_label, opts.model_name)),
         "keys_url": reverse("api:keys", args=(opts.app_label, opts.model_name)),
         # --verify's (api.checksums): checksums over key ranges, a small range's hashes.
         "checksums_url": reverse("api:checksums", args=(opts.app_label, opts.model_name)),
         "hashes_url": reverse("api:hashes", args=(opts.app_label, opts.model_name)),
-        "count": model._base_manager.count(),
+        "count": counted[0] if counted else model._base_manager.count(),
         "fingerprint": fingerprint(model),
         "parents": describe_model(model)["parents"],
     }
+    if counted:
+        entry["changed"], entry["deleted"] = counted[1], counted[2]
+    elif tables:
+        entry["changed"] = entry["deleted"] = 0  # never written since capture began
+    return entry
 
 
 @api_endpoint
@@ -155,10 +169,12 @@ def dump(request, app_label, model_name):
 @api_endpoint
 def keys(request, app_label, model_name):
     model = served_model_or_404(app_label, model_name)
-    check_parameters(request.GET)
+    check_parameters(request.GET, ("deleted_since",))
+    deleted_since = parse_transaction("deleted_since", request.GET.get("deleted_since"))
+    changes.check_deleted_since(deleted_since)
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
-    return StreamingHttpResponse(dumps.stream_keys(model), content_type=JSON)
+    return StreamingHttpResponse(dumps.stream_keys(model, deleted_since), content_type=JSON)
 
 
 @api_endpoint

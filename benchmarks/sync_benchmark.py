@@ -160,13 +160,23 @@ INSTALL_PHASE = re.compile(
 )
 
 
+RECEIVED = re.compile(r"^Received (\d+) bytes from the remote in all$", re.M)
+SYNC_TOOK = re.compile(r"^Sync took ([\d.]+) s", re.M)
+
 FETCHED = {}  # sync name -> (bytes, seconds) of its fetch phase
+RECEIVED_BYTES = {}  # sync name -> every response body's bytes (manifest, records, files)
 
 
 def phases(name, rows, out):
     """The fetch and install phases of a sync, from the command's ``-v 2`` lines: rows
     of the table (none from a version that does not log them)."""
     fetch, install = FETCH_PHASE.search(out), INSTALL_PHASE.search(out)
+    if received := RECEIVED.search(out):
+        RECEIVED_BYTES[name] = int(received[1])
+        print(f"  {name}: {int(received[1])} bytes received from the remote", flush=True)
+    if took := SYNC_TOOK.search(out):
+        # The sync itself, without Python's and Django's start (seconds on a busy machine).
+        print(f"  {name}: the sync itself took {took[1]} s (the process's start apart)")
     found = []
     if fetch:
         FETCHED[name] = (int(fetch[1]), float(fetch[2]))
@@ -202,6 +212,11 @@ def main():
     parser.add_argument("--timeseries-per-station", type=float, default=2)
     parser.add_argument("--loaddata-share", type=float, default=0.1)
     parser.add_argument("--keep", action="store_true", help="Keep the databases afterwards.")
+    parser.add_argument(
+        "--syncs-only",
+        action="store_true",
+        help="The three syncs only: no raw COPY nor loaddata to compare with.",
+    )
     options = parser.parse_args()
 
     template = Template()
@@ -259,6 +274,8 @@ def main():
         results.append(("dbsync: re-sync, 1 % changed", rows, seconds, peak))
         results.extend(phases("1 % changed", rows, out))
         results.append(("remote API server (gunicorn worker)", rows, None, server_peak_mb(remote)))
+        if options.syncs_only:
+            return
 
         copy_rows, seconds = raw_copy(remote_url, f"{PG_BASE}/{copy_db}")
         results.append(("raw COPY of the same rows", copy_rows, seconds, None))
@@ -328,6 +345,8 @@ def main():
             f"first sync's fetch phase: {results[0][1] / seconds:.0f} rows/s, "
             f"{size / seconds / 1e6:.1f} MB/s ({size / 1e6:.1f} MB in {seconds:.1f} s)"
         )
+    for name, size in RECEIVED_BYTES.items():
+        print(f"{name}: {size} bytes received from the remote (every request)")
     if install:
         rate = install[1] / install[2]
         print(

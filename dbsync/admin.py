@@ -192,6 +192,8 @@ class DatabaseAdmin(admin.ModelAdmin):
         "last_sync",
         "sync_cursor",
         "records_cursor",
+        "capture_cursor",
+        "remote_identity",
         "removed_at",
         "removal",
         "schedule_pause_note",
@@ -230,7 +232,18 @@ class DatabaseAdmin(admin.ModelAdmin):
                 "Schedule",
                 ("interval_minutes", "crontab", "verify_every_days", "schedule_pause_note"),
             ),
-            ("State", ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal")),
+            (
+                "State",
+                (
+                    "last_sync",
+                    "sync_cursor",
+                    "records_cursor",
+                    "capture_cursor",
+                    "remote_identity",
+                    "removed_at",
+                    "removal",
+                ),
+            ),
         ],
         extra=[*(f"clear_{name}" for name in SECRET_FIELDS), "schedule_pause_note"],
     )

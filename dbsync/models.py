@@ -148,6 +148,24 @@ class Database(models.Model):
         help_text="The remote's clock when the last successful full or incremental "
         "fetch began; the next incremental run asks for changes since then.",
     )
+    capture_cursor = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="change cursor",
+        help_text="From a remote with change capture: the oldest transaction still running "
+        "when the last successful run read the remote's manifest; the next run asks for "
+        "the rows and deletions of that transaction and later ones (empty: the remote "
+        "gives its clock only, and the sync cursor is used).",
+    )
+    remote_identity = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="remote identity",
+        help_text="The remote database's identity (cluster, timeline, database) at the last "
+        "successful run; a remote whose identity changed is refused.",
+    )
     records_cursor = models.DateTimeField(
         null=True,
         blank=True,

@@ -112,9 +112,10 @@ class Instance:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else None
 
-    def start(self, workers=2, extra_env=None, tls=None):
+    def start(self, workers=2, extra_env=None, tls=None, root=ROOT):
         """Serve the instance; ``tls``: a ``trustme.CA`` that issues its certificate (for
-        its hostname), and HTTPS is served instead of HTTP."""
+        its hostname), and HTTPS is served instead of HTTP; ``root``: the code served
+        (another release's tree, say)."""
         self.port = free_port()
         env = dict(self.env, **(extra_env or {}))
         tls_args = []
@@ -143,7 +144,7 @@ class Instance:
                 *tls_args,
             ],
             env=env,
-            cwd=ROOT,
+            cwd=root,
             start_new_session=True,
         )
         deadline = time.monotonic() + 60

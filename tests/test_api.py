@@ -829,3 +829,56 @@ def test_odd_checksum_ranges_are_a_400_naming_the_parameter(client, sample, quer
     response = client.get(f"/api/hcore/station/checksums/?{query}")
     name = query.split("=")[0]
     assert_json_error(response, 400, "from" if name == "to" else name)
+
+
+# --- change capture (api.changes) ------------------------------------------------------
+
+
+def capture_of(client):
+    manifest = client.get("/api/").json()
+    assert manifest["protocol"] == 2
+    return manifest, manifest["capture"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_manifest_gives_a_snapshot_cursor_and_changed_since_serves_what_came_after(client):
+    old = make_event_types(1)[0]
+    manifest, capture = capture_of(client)
+    assert capture["guarantee"] == "snapshot"
+    assert set(capture["identity"]) == {
+        "system_identifier",
+        "timeline",
+        "database",
+        "database_oid",
+    }
+    entry = {e["model"]: e for e in manifest["models"]}["hcore.eventtype"]
+    assert entry["count"] == 1 and entry["changed"] < capture["cursor"]
+    cursor = capture["cursor"]
+    assert get_dump(client, "hcore.eventtype", changed_since=cursor) == []
+    # raw SQL, bypassing save(): marked by the database all the same
+    new = make_event_types(1, descr="After")[0]
+    from django.db import connection
+
+    with connection.cursor() as cursor_:
+        cursor_.execute("UPDATE hcore_eventtype SET descr = 'Raw' WHERE id = %s", [old.pk])
+    assert pks_of(get_dump(client, "hcore.eventtype", changed_since=cursor)) == [old.pk, new.pk]
+    manifest, later = capture_of(client)
+    entry = {e["model"]: e for e in manifest["models"]}["hcore.eventtype"]
+    assert entry["count"] == 2 and entry["changed"] >= cursor and later["cursor"] > cursor
+    assert entry["deleted"] < cursor
+    # deletions: tombstones, listed by deleted_since
+    m.EventType.objects.filter(pk=old.pk).delete()
+    response = client.get("/api/hcore/eventtype/keys/", {"deleted_since": cursor})
+    assert json.loads(body(response)) == [old.pk]
+    assert json.loads(body(client.get("/api/hcore/eventtype/keys/"))) == [new.pk]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["x", "-1", "1.5", "", "99999999999999999999"])
+def test_bad_transaction_ids_are_400(client, value):
+    assert_json_error(
+        client.get("/api/hcore/eventtype/", {"changed_since": value}), 400, "changed_since"
+    )
+    assert_json_error(
+        client.get("/api/hcore/eventtype/keys/", {"deleted_since": value}), 400, "deleted_since"
+    )

@@ -153,3 +153,23 @@ def test_an_error_while_writing_unchecked_rows_turns_the_triggers_back_on():
             raise ValueError("a bad object")
         cursor.execute("SHOW session_replication_role")
         assert cursor.fetchone()[0] == "origin"
+
+
+def test_the_capture_triggers_keep_the_fast_path_and_mark_the_installed_rows(remote):  # noqa: F811
+    """hcore.capture's triggers are ENABLE ALWAYS: a first sync still checks its new rows'
+    keys in bulk (replica mode), and the rows it installs are captured all the same
+    (marked, counted), so that this aggregate can serve them as a remote."""
+    from hcore.capture import COUNTER_TABLE, MARKER_COLUMN
+
+    assert KeyChecks(None).allowed("hcore_station")  # its triggers are all the product's
+    database = register(remote)
+    out, _ = sync(database, "-v", "2")
+    assert "Checked the foreign keys of" in out
+    stations = Station.objects.filter(original_db=database).count()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM hcore_station WHERE {MARKER_COLUMN} > 0")
+        assert cursor.fetchone()[0] == stations > 0
+        cursor.execute(
+            f"SELECT sum(row_count) FROM {COUNTER_TABLE} WHERE table_name = 'hcore_station'"
+        )
+        assert cursor.fetchone()[0] == Station.objects.count()

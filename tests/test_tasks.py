@@ -178,14 +178,29 @@ def test_delay_installs_the_same_graph_as_the_command(remote, workers, storage_r
     out, _ = sync(database, "--full")
     assert "0 created, 0 updated" in out and "0 deleted" in out
 
-    # an incremental Celery run fetches the key listings too, and changes nothing
+    # an incremental Celery run of an unchanged remote (change capture) fetches
+    # nothing, changes nothing, and keeps the capture's cursor
+    database.refresh_from_db()
+    cursor = database.capture_cursor
     sync_remote.delay(database.pk, trigger="admin", started_by="alice").get(timeout=60)
     second = wait_for_run(database, after=run.pk + 1)
     assert second.status == SyncRun.SUCCEEDED, second.message
     assert not second.full and second.started_by == "alice"
-    kinds = {m["kind"] for m in second.fetch_plan["fetched"]}
-    assert kinds == {"dump", "keys"}
+    assert second.fetch_plan["jobs"] == [] and second.fetch_plan["changed_since"] == cursor
     assert second.totals()["created"] == second.totals()["deleted"] == 0
+    assert_same_graph(remote_graph(remote), local_graph(database))
+
+    # one model changed by SQL: its dump alone is fetched, by one task, and it arrives
+    remote.sql(
+        "UPDATE hcore_timezone SET code = code || 'x' WHERE id = "
+        "(SELECT min(id) FROM hcore_timezone)"
+    )
+    sync_remote.delay(database.pk).get(timeout=60)
+    third = wait_for_run(database, after=second.pk)
+    assert third.status == SyncRun.SUCCEEDED, third.message
+    assert [(m["model"], m["kind"]) for m in third.fetch_plan["fetched"]] == [
+        ("hcore.timezone", "dump")
+    ]
     assert_same_graph(remote_graph(remote), local_graph(database))
 
 

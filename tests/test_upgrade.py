@@ -165,6 +165,20 @@ def test_a_database_of_the_previous_release_is_migrated_and_syncs_on(
     # admin or the shell, and it was stored as typed.
     sql(db_name, "UPDATE dbsync_database SET token = %s WHERE name = %s", [TOKEN, REMOTE_NAME])
     run(old_code, env, "hcore_remotesyncdb", "-r", REMOTE_NAME, "-N")
+    # The previous release's client, incremental, from this release's server (protocol
+    # 2: it reads what it knows of the manifest, and the timestamp cursor still works).
+    (first,) = remote.sql("SELECT min(gentity_ptr_id) FROM hcore_gpoint")[0]
+    remote.sql(
+        "UPDATE hcore_gentity SET name = 'Renamed for the old client', last_modified = now() "
+        "WHERE id = %s",
+        [first],
+    )
+    run(old_code, env, "hcore_remotesyncdb", "-r", REMOTE_NAME, "-N")
+    assert sql(
+        db_name,
+        "SELECT count(*) FROM hcore_gentity WHERE name = 'Renamed for the old client'",
+    ) == [(1,)]
+    assert sql(db_name, 'SELECT "full" FROM dbsync_syncrun ORDER BY id') == [(True,), (False,)]
 
     assert counts(db_name) == counts(remote.db_name)
     assert counts(db_name)["records"] > 0 and counts(db_name)["files"] > 0
@@ -192,6 +206,21 @@ def test_a_database_of_the_previous_release_is_migrated_and_syncs_on(
         (database_id, cursor_before, records_cursor_before)
     ]
     assert local_stations(db_name) == stations_before
+    # change capture added to the populated tables: every row marked (backfilled), the
+    # triggers on, the counters equal to the tables
+    assert sql(db_name, "SELECT count(*) FROM hcore_gentity WHERE dbsync_xid IS NULL") == [(0,)]
+    assert (
+        sql(
+            db_name,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'dbsync_capture_%%' "
+            "AND tgenabled = 'A'",
+        )[0][0]
+        >= 26 * 5
+    )
+    assert sql(
+        db_name,
+        "SELECT sum(row_count) FROM dbsync_change_counter WHERE table_name = 'hcore_station'",
+    ) == [(len(stations_before),)]
 
     # --- a change at the remote, and this release's incremental sync -------------------
     renamed, *untouched = sorted(
@@ -242,3 +271,58 @@ def test_a_database_of_the_previous_release_is_migrated_and_syncs_on(
         remote_bytes = (remote.var_dir / "media" / name).read_bytes()
         assert (media / local_files[original]).read_bytes() == remote_bytes
     assert sql(db_name, "SELECT count(*) FROM dbsync_database") == [(1,)]
+
+    # That run kept the remote's capture cursor: the next one runs on it.
+    ((capture_cursor,),) = sql(db_name, "SELECT capture_cursor FROM dbsync_database")
+    assert capture_cursor is not None
+    remote.sql("UPDATE hcore_gentity SET name = 'Renamed by SQL' WHERE id = %s", [untouched[0]])
+    out = run(
+        ROOT, dict(env, DBSYNC_ALLOW_HTTP_CREDENTIALS="1"), "hcore_remotesyncdb", "-r",
+        REMOTE_NAME, "-N", "-v", "2",
+    )  # fmt: skip
+    assert "objects written by transaction" in out, out
+    assert local_stations(db_name)[untouched[0]][1] == "Renamed by SQL"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_this_client_syncs_a_remote_of_the_previous_release(old_code, tmp_path):
+    """A server of the previous release (no protocol, no capture): this client syncs it
+    in full, then incrementally on the remote's clock, as before."""
+    from types import SimpleNamespace
+
+    from tests.graph import assert_same_graph, local_graph, remote_graph
+    from tests.instance import Instance
+    from tests.test_capture import sync
+    from tests.test_sync import last_run, register
+
+    template = f"dbsync_oldtpl_{uuid.uuid4().hex[:8]}"
+    admin_execute(f'CREATE DATABASE "{template}"')
+    remote = None
+    try:
+        run(old_code, instance_env(template, tmp_path), "migrate", "-v0")
+        remote = Instance(SimpleNamespace(name=template), hostname="previous.example.org")
+        remote.manage("generate_sample_data", "--stations", "10", "--seed", "4", root=old_code)
+        remote.start(root=old_code)
+        manifest = requests.get(
+            f"{remote.url}/api/", headers={"Host": remote.hostname}, timeout=30
+        ).json()
+        assert "protocol" not in manifest  # truly the previous release's server
+        database = register(remote)
+        sync(database)
+        assert_same_graph(remote_graph(remote), local_graph(database))
+        (first,) = remote.sql("SELECT min(gentity_ptr_id) FROM hcore_gpoint")[0]
+        remote.sql(
+            "UPDATE hcore_gentity SET name = 'Renamed at the old remote', "
+            "last_modified = now() WHERE id = %s",
+            [first],
+        )
+        out = sync(database)
+        assert "objects changed since" in out  # the clock's cursor
+        assert last_run(database).full is False
+        assert_same_graph(remote_graph(remote), local_graph(database))
+        database.refresh_from_db()
+        assert database.capture_cursor is None and database.remote_identity is None
+    finally:
+        if remote is not None:
+            remote.drop()
+        admin_execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')

@@ -85,3 +85,13 @@ class AlreadyRunning(SyncError):
 
 class RemoteRemoved(SyncError):
     """The remote was offboarded (``dbsync_removeremote``): it is never synced again."""
+
+
+class RemoteIdentityChanged(SyncError):
+    """The remote's database is not the one synced before (rebuilt, restored into a new
+    cluster or database): its keys and transaction ids mean something else now."""
+
+
+class RemoteBehind(SyncError):
+    """The remote's snapshot is behind this replica's cursor: restored from a backup or
+    recovered to an earlier point, it may reuse transaction ids already seen."""

@@ -51,20 +51,28 @@ def plan_model(plan, model_label):
     return next(m for m in plan.models if label(m) == model_label)
 
 
-def fetch_model(client, entry, dest_dir, since=None):
-    """Download one model's dump; return {"model", "path", "bytes"}."""
+def fetch_model(client, entry, dest_dir, since=None, changed_since=None):
+    """Download one model's dump (changed after the moment ``since``, or written by
+    transaction ``changed_since`` or later); return {"model", "path", "bytes"}."""
     model_label = entry["model"].lower()
     path = Path(dest_dir) / dump_name(model_label)
     params = {"modified_after": since.isoformat()} if since else None
+    if changed_since is not None:
+        params = {"changed_since": str(changed_since)}
     size = client.download(entry["url"], path, params)
     logger.info("Fetched %s from %s: %d bytes", model_label, client.database, size)
     return {"model": model_label, "path": str(path), "bytes": size}
 
 
-def fetch_keys(client, entry, dest_dir):
-    """Download the keys-only listing of a model; return the file's path."""
-    path = Path(dest_dir) / dump_name(entry["model"].lower(), ".keys")
-    client.download(entry["keys_url"], path)
+def fetch_keys(client, entry, dest_dir, deleted_since=None):
+    """Download the keys-only listing of a model (or, given ``deleted_since``, of the
+    keys deleted by that transaction or later); return the file's path."""
+    if deleted_since is None:
+        path = Path(dest_dir) / dump_name(entry["model"].lower(), ".keys")
+        client.download(entry["keys_url"], path)
+    else:
+        path = Path(dest_dir) / dump_name(entry["model"].lower(), ".deleted")
+        client.download(entry["keys_url"], path, {"deleted_since": str(deleted_since)})
     return str(path)
 
 

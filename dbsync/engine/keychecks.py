@@ -8,7 +8,9 @@ COPYs its new rows with triggers off, then checks each foreign key of those rows
 one query before its COMMIT, and locks the rows they refer to that other sessions
 can see (``FOR KEY SHARE``, as the triggers would have). Nothing else changes:
 updates and deletions keep their triggers, and so does every insert into a table that
-has triggers of its own (replica mode would silence them). Without that right, or with
+has triggers of its own (replica mode would silence them). The product's change-capture
+triggers (``hcore.capture``, ``dbsync_``-named) are ``ENABLE ALWAYS``: they fire in
+replica mode too, so a table that has only them keeps the fast path. Without that right, or with
 ``DBSYNC_BULK_KEY_CHECKS`` off, the triggers check every row, as before.
 """
 
@@ -92,7 +94,9 @@ def foreign_keys(table):
 
 def own_triggers(table):
     """The triggers on ``table`` that are not PostgreSQL's own (foreign keys) and that
-    ``session_replication_role = replica`` would silence (an audit trigger, say)."""
+    ``session_replication_role = replica`` would silence (an audit trigger, say). The
+    product's own (``dbsync_``-named, ``ENABLE ALWAYS``: capture, journal) fire in
+    replica mode too, and are not counted."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass "

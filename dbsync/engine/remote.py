@@ -60,8 +60,9 @@ class HostnameTLSAdapter(WatchedAdapter):
 
 
 class Received:
-    """The bytes of the response bodies that a client and its clones read: what a run
-    transferred (``--verify`` and ``--repair`` report it)."""
+    """The bytes of the response bodies that a client and its clones read, counted as
+    they arrive (a body cut short counts too): what a run transferred (``--verify`` and
+    ``--repair`` report it; a sync logs it at -v 2)."""
 
     def __init__(self):
         self.bytes = 0
@@ -282,7 +283,6 @@ class RemoteClient:
             with self._deadline(path):
                 response = self._get(url)
                 body = self._read_capped(response)
-            self.received.add(len(body))
             return jsoncaps.loads(body, f"{self}: {path}")
 
         return self._attempts(f"GET {path}", attempt)
@@ -298,6 +298,7 @@ class RemoteClient:
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
+                self.received.add(len(chunk))
                 if size > cap:
                     raise PayloadError(
                         f"{self}: GET {response.request.path_url}: response larger than the cap "
@@ -346,6 +347,7 @@ class RemoteClient:
             with open(tmp, "wb") as out:
                 for chunk in response.iter_content(CHUNK):
                     size += len(chunk)
+                    self.received.add(len(chunk))
                     if size > self.max_bytes:
                         raise PayloadError(
                             f"{self}: GET {path}: response larger than the cap of "
@@ -366,7 +368,6 @@ class RemoteClient:
         if not is_complete(tmp):
             raise TransientRemoteError(f"{self}: response truncated after {size} bytes")
         os.replace(tmp, dest)
-        self.received.add(size)
         return size
 
     # --- the API -------------------------------------------------------------------

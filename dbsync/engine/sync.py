@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_options
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from django.utils import timezone
 from protocol.legacy import LAYOUT_LEGACY
 
 from .backup import take_backup
+from .capture import AllBut, changed_since, check_identity, model_changed, read_capture
 from .deadlines import RunDeadline
 from .diskbudget import DiskBudget
 from .dumps import dump_name, read_key_set
@@ -48,6 +50,7 @@ from .fetch import (
 from .files import sync_files
 from .install import Installer
 from .journal import recording
+from .keysets import KeySet
 from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import FETCH, quiet, steps
@@ -59,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 FETCH_ATTEMPTS = 2
 REFETCH_ROUNDS = 3  # installs started again with objects asked for again (see install_fetched)
-DUMP, KEYS = "dump", "keys"
+DUMP, KEYS, DELETED = "dump", "keys", "deleted"
 
 
 @dataclass
@@ -78,6 +81,7 @@ class SyncOptions:
     max_delete: str | None = None
     max_records_delete: str | None = None
     dry_run: bool = False
+    accept_new_identity: bool = False
     records: bool = True  # the time-series records and files, after the objects
     trigger: str = "command"
     started_by: str = ""
@@ -117,10 +121,19 @@ class FetchPlan:
     since: datetime | None
     server_time: datetime | None  # None: not known (a legacy remote has no manifest)
     entries: dict  # model label -> the manifest's entry (url, keys_url, ...)
-    jobs: list  # [(model label, DUMP or KEYS)], in install order
+    jobs: list  # [(model label, DUMP, KEYS or DELETED)], in install order
+    # Change capture (engine.capture): the remote's section ({cursor, horizon,
+    # identity}) or None (a clock remote); the transaction id changes are asked from
+    # (None: a full or clock run).
+    capture: dict | None = None
+    changed_since: int | None = None
+    replace: bool = False  # a new identity accepted: the old copy goes first
 
     def as_json(self):
         return {
+            "capture": self.capture,
+            "changed_since": self.changed_since,
+            "replace": self.replace,
             "full": self.full,
             "since": self.since.isoformat() if self.since else None,
             "server_time": self.server_time.isoformat() if self.server_time else None,
@@ -138,6 +151,9 @@ class FetchPlan:
             ),
             entries=data["entries"],
             jobs=[tuple(job) for job in data["jobs"]],
+            capture=data.get("capture"),
+            changed_since=data.get("changed_since"),
+            replace=data.get("replace", False),
         )
 
 
@@ -149,6 +165,12 @@ class Fetched:
     keys: object  # "present" (full dumps) or root label -> set of remote pks
     server_time: datetime | None
     is_sync: bool = True  # False: a repair (engine.verify), which is no sync of the remote
+    capture: dict | None = None  # the remote's capture section: cursor and identity kept
+    replace: bool = False  # delete this remote's old objects first (a new identity)
+
+    def nothing(self):
+        """Nothing fetched and nothing deleted: the install has nothing to do."""
+        return not self.files and isinstance(self.keys, dict) and not self.keys
 
 
 # --- the command: everything in one process ------------------------------------------
@@ -198,6 +220,7 @@ def sync(
             _fetch_and_install(
                 database, plan, options, result, log, client, work, on_fetch_planned, approval
             )
+            log(f"Received {client.received.bytes} bytes from the remote in all", 2)
             return
         except DiskBudgetError:
             # What was fetched is incomplete and of no use to --resume: it goes.
@@ -310,25 +333,100 @@ def plan_fetch(database, plan, options, client, log=quiet):
     manifest = client.manifest()
     log("Remote host is up. Continuing with the sync.", 1)
     entries = check_manifest(plan, manifest, client)
+    capture = read_capture(manifest, client)
+    replace = False
+    if capture is not None:
+        check_identity(database, capture, options.accept_new_identity)
+        replace = bool(database.remote_identity) and database.remote_identity != capture.identity
+        if replace:
+            log("A new identity accepted: this remote's old objects go, then a full sync", 1)
     log(f"The following models will be synced: {[m.__name__ for m in plan.models]}", 1)
     if plan.excluded:
         log(f"The following models will be excluded {plan.excluded}", 1)
-    full = options.full or database.sync_cursor is None
+    full = options.full or replace or database.sync_cursor is None
+    xid = changed_since(database, capture, full)
     since = None
-    if not full:
-        since = database.sync_cursor - timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
-        log(f"Incremental run: objects changed since {since.isoformat()}", 1)
-    jobs = [(label(model), DUMP) for model in plan.models]
-    if not full:
-        # Deletions are found by comparing the remote's keys with ours.
-        jobs += [(label(root), KEYS) for root in plan.roots]
+    if xid is not None:
+        # Change capture: only what was written at or after our cursor, of the models
+        # whose counters moved; deletions from the remote's tombstones.
+        log(f"Incremental run: objects written by transaction {xid} or later", 1)
+        changed = [m for m in plan.models if model_changed(entries[label(m)], xid)]
+        jobs = [(label(model), DUMP) for model in changed]
+        jobs += [
+            (label(root), DELETED)
+            for root in plan.roots
+            if model_changed(entries[label(root)], xid, "deleted")
+        ]
+        # A root whose count differs from ours (a row lost here, say): its whole keys
+        # listing, which also tells which keys to fetch (``fetch_missing``).
+        jobs += [(label(root), KEYS) for root in miscounted(database, plan, entries)]
+    else:
+        if not full:
+            since = database.sync_cursor - timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
+            log(f"Incremental run: objects changed since {since.isoformat()}", 1)
+        jobs = [(label(model), DUMP) for model in plan.models]
+        if not full:
+            # Deletions are found by comparing the remote's keys with ours.
+            jobs += [(label(root), KEYS) for root in plan.roots]
     return FetchPlan(
         full=full,
         since=since,
         server_time=manifest["server_time"],
         entries={lbl: entries[lbl] for lbl in plan.labels},
         jobs=jobs,
+        capture=capture.as_json() if capture is not None else None,
+        changed_since=xid,
+        replace=replace,
     )
+
+
+def miscounted(database, plan, entries):
+    """The roots whose count at the remote (its manifest) is not ours of its objects:
+    every root counted in one statement (one round trip; index-only where it can)."""
+    roots = [r for r in plan.roots if isinstance(entries[label(r)].get("count"), int)]
+    if not roots:
+        return []
+    parts, params = [], []
+    for root in roots:
+        sql, args = (
+            root._base_manager.filter(original_db=database)
+            .values("pk")
+            .query.get_compiler(using=connection.alias)
+            .as_sql()
+        )
+        parts.append(f"(SELECT count(*) FROM ({sql}) AS rows)")
+        params += args
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(parts)}", params)
+        ours = cursor.fetchone()
+    return [
+        root for root, n in zip(roots, ours, strict=True) if entries[label(root)]["count"] != n
+    ]
+
+
+def fetch_missing(database, plan, fetched, refetch, log=quiet):
+    """The objects whose keys a remote's listing has and this replica lacks, fetched
+    with their row families (no transaction open) into ``fetched``. Before, a missing
+    key was only ever noticed by a full run."""
+    if not isinstance(fetched.keys, dict) or refetch is None:
+        return
+    for root in plan.roots:
+        listing = fetched.keys.get(label(root))
+        if not isinstance(listing, KeySet):
+            continue
+        ours = KeySet.from_sorted(
+            list(
+                root._base_manager.filter(original_db=database)
+                .order_by("original_id")
+                .values_list("original_id", flat=True)
+            )
+        )
+        missing = listing.difference(ours)
+        if not missing:
+            continue
+        log(f"Fetching {len(missing)} {label(root)} object(s) the remote has and we lack", 1)
+        for member_label, paths in refetch(label(root), sorted(missing)).items():
+            fetched.files.setdefault(member_label, []).extend(paths)
 
 
 def plan_legacy_fetch(database, plan, client, log=quiet):
@@ -351,11 +449,12 @@ def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
     entry = fetch_plan.entries[model_label]
     try:
         if kind == DUMP:
-            meta = fetch_model(client, entry, dest_dir, fetch_plan.since)
+            meta = fetch_model(client, entry, dest_dir, fetch_plan.since, fetch_plan.changed_since)
             if entry.get("layout") == LAYOUT_LEGACY:
                 to_line_layout(meta["path"])
             return Path(meta["path"]), meta["bytes"]
-        path = Path(fetch_keys(client, entry, dest_dir))
+        deleted_since = fetch_plan.changed_since if kind == DELETED else None
+        path = Path(fetch_keys(client, entry, dest_dir, deleted_since))
         return path, path.stat().st_size
     except OSError as exc:  # a full disk, a folder that cannot be written
         name = dump_name(model_label, "" if kind == DUMP else ".keys")
@@ -371,8 +470,13 @@ def assemble(fetch_plan, paths):
     files = {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP}
     keys = "present"
     if not fetch_plan.full:
-        keys = {m: read_key_set(str(p)) for (m, kind), p in paths.items() if kind == KEYS}
-    return Fetched(files, keys, fetch_plan.server_time)
+        # A listing of what was deleted: every key but those (a model not listed:
+        # nothing of it deleted); a whole keys listing, where fetched, says more.
+        keys = {
+            m: AllBut(read_key_set(str(p))) for (m, kind), p in paths.items() if kind == DELETED
+        }
+        keys.update({m: read_key_set(str(p)) for (m, kind), p in paths.items() if kind == KEYS})
+    return Fetched(files, keys, fetch_plan.server_time, fetch_plan.capture, fetch_plan.replace)
 
 
 def install_dumps(
@@ -391,6 +495,9 @@ def install_dumps(
         None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
     )
     fetched = assemble(fetch_plan, paths)
+    fetch_missing(database, plan, fetched, refetch, log)
+    if fetch_plan.replace:
+        options = replace_options(options, full=True)  # the records anew too
     return install_fetched(
         database, plan, options, result, fetched, refetch, log, client=client, approval=approval
     )
@@ -441,7 +548,7 @@ def install_fetched(
                     fetched.files.setdefault(member_label, []).extend(paths)
             log(f"Installing again with {sum(map(len, exc.missing.values()))} object(s)", 2)
     committed = time.monotonic()
-    if not options.dry_run:
+    if not options.dry_run and installer is not None:
         if approval is not None:
             approval.installed = True
         installer.analyze_grown_tables()
@@ -461,7 +568,16 @@ def install_fetched(
 def install_objects(database, plan, options, result, fetched, asked, log, approval=None):
     """The objects' transaction: the install, and the remote's cursor moved; returns
     the Installer. Raises MissingObjects (rolled back) for objects to ask for again."""
+    if fetched.nothing():
+        # Nothing changed at the remote: no key maps loaded, only the cursors moved.
+        log("Nothing changed at the remote since the last run", 1)
+        with _install_transaction(), recording(options.journal_run):
+            if not options.dry_run and fetched.is_sync:
+                save_cursors(database, fetched)
+        return None
     with _install_transaction(), recording(options.journal_run):
+        if fetched.replace:
+            remove_old_copy(database, plan, options, result, approval, log)
         installer = Installer(
             database,
             plan,
@@ -477,14 +593,42 @@ def install_objects(database, plan, options, result, fetched, asked, log, approv
         installer.run()
         if options.dry_run:
             transaction.set_rollback(True)
-        elif fetched.is_sync:
-            database.last_sync = timezone.now()
-            update = ["last_sync"]
-            if fetched.server_time is not None:
-                database.sync_cursor = fetched.server_time
-                update.append("sync_cursor")
-            database.save(update_fields=update)
+        elif fetched.is_sync:  # a repair (engine.verify) is no sync: the cursors stay
+            save_cursors(database, fetched)
     return installer
+
+
+def remove_old_copy(database, plan, options, result, approval, log):
+    """A remote whose new identity was accepted: every object of its old copy goes,
+    under the delete guard (an empty listing of every root: an Installer that writes
+    nothing and deletes what is not listed), before the new copy installs."""
+    Installer(
+        database,
+        plan,
+        {},
+        result,
+        remote_keys={label(root): KeySet() for root in plan.roots},
+        max_delete=options.max_delete or settings.DBSYNC_MAX_DELETE,
+        approval=approval,
+        log=log,
+    ).run()
+    database.records_cursor = None  # its series are new: their records, whole
+    database.save(update_fields=["records_cursor"])
+
+
+def save_cursors(database, fetched):
+    """The remote's cursors, in the objects' transaction: the clock's and, from a
+    capture remote, its snapshot's xmin and its identity."""
+    database.last_sync = timezone.now()
+    update = ["last_sync"]
+    if fetched.server_time is not None:
+        database.sync_cursor = fetched.server_time
+        update.append("sync_cursor")
+    if fetched.capture is not None:
+        database.capture_cursor = fetched.capture["cursor"]
+        database.remote_identity = fetched.capture["identity"]
+        update += ["capture_cursor", "remote_identity"]
+    database.save(update_fields=update)
 
 
 @contextmanager

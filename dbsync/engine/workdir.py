@@ -91,7 +91,9 @@ def load_for_resume(work, plan):
             }
         return files, keys, record.get("server_time")
     # Split into the line layout the install reads (it never reads a dump whole).
-    others = sorted(p for p in work.glob("*.json") if ".keys" not in p.name)
+    others = sorted(
+        p for p in work.glob("*.json") if ".keys" not in p.name and ".deleted" not in p.name
+    )
     files = {lbl: [path] for lbl, path in _split(others, work, plan).items()} if others else {}
     if not files:
         raise PayloadError(

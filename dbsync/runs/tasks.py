@@ -105,9 +105,14 @@ def start_run(run_id):
         return {"run": run_id, "status": "already started"}
     install_id = uuid()
     SyncRun.objects.filter(pk=run_id).update(task_id=install_id)
-    header = group(fetch_dump.si(run_id, model, kind) for model, kind in fetch_plan.jobs)
     body = install_run.s(run_id=run_id).set(task_id=install_id)
-    chord(header)(body.on_error(run_failed.s(run_id=run_id)))
+    if not fetch_plan.jobs:
+        # Nothing changed at a capture remote: no fetch, the install moves the cursors
+        # (a chord needs a header).
+        body.clone(args=([],)).on_error(run_failed.s(run_id=run_id)).apply_async()
+    else:
+        header = group(fetch_dump.si(run_id, model, kind) for model, kind in fetch_plan.jobs)
+        chord(header)(body.on_error(run_failed.s(run_id=run_id)))
     logger.info("Run %s: %d fetches started", run_id, len(fetch_plan.jobs))
     return {"run": run_id, "status": SyncRun.FETCHING, "install_task": install_id}
 

@@ -93,6 +93,13 @@ def missing_objects(roots, remote_keys, keys, written):
             continue
         loaded, allocated = keys.loaded[root_label], keys.allocated[root_label]
         mine = written[root_label]
+        if hasattr(remote, "gone"):
+            # Tombstones (engine.capture.AllBut): those of our objects, unless written
+            # in this run (deleted, then made again at the remote).
+            missing = [pk for pk in remote.gone if pk in loaded and loaded[pk] not in mine]
+            if missing:
+                gone[root] = (missing, [keys.known_local_pk(root_label, pk) for pk in missing])
+            continue
         missing = loaded.keys().difference(remote)
         missing += [pk for pk in allocated.keys().difference(remote) if allocated[pk] in mine]
         if missing:

@@ -1,5 +1,7 @@
 """manage.py hcore_remotesyncdb: sync the local database from a remote instance."""
 
+import time
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
@@ -139,6 +141,13 @@ class Command(BaseCommand):
             "--verify's, after the repair.",
         )
         parser.add_argument(
+            "--accept-new-identity",
+            action="store_true",
+            help="The remote's database was rebuilt or replaced (its identity changed, and "
+            "runs refuse it): delete this remote's old objects, under the delete guard "
+            "(--max-delete), and sync it anew.",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="Show, per model, what would be created, updated and deleted; change nothing.",
@@ -180,9 +189,11 @@ class Command(BaseCommand):
             max_delete=options["max_delete"],
             max_records_delete=options["max_records_delete"],
             dry_run=options["dry_run"],
+            accept_new_identity=options["accept_new_identity"],
             records=not options["no_records"],
             trigger="command",
         )
+        started = time.monotonic()
         try:
             result = run_sync(database, sync_options, log=self.progress)
         except SyncError as exc:
@@ -190,6 +201,7 @@ class Command(BaseCommand):
             if database.name not in message and database.hostname not in message:
                 message = f"{database}: {message}"  # the operator is told which remote
             raise CommandError(message) from exc
+        self.log(f"Sync took {time.monotonic() - started:.2f} s (the process's start apart)", 2)
         self.report(result, sync_options)
 
     def verify(self, database, options):
@@ -198,7 +210,16 @@ class Command(BaseCommand):
             raise CommandError("--verify and --repair exclude each other (--repair verifies).")
         other = [
             f"--{name.replace('_', '-')}"
-            for name in ("fetch_only", "resume", "full", "dry_run", "skip", "work_dir")
+            for name in (
+                "fetch_only",
+                "resume",
+                "full",
+                "dry_run",
+                "skip",
+                "work_dir",
+                "pg_dump",  # a repair's backup is its journal
+                "accept_new_identity",
+            )
             if options[name]
         ]
         if other:

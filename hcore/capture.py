@@ -1,0 +1,258 @@
+"""Change capture by the database: what marks a row as changed, and in which transaction.
+
+Every replicated table (each served model's own table) carries a column
+``dbsync_xid``: the id of the transaction that last wrote the row
+(``pg_current_xact_id()``), assigned by PostgreSQL itself, so that
+``QuerySet.update()``, raw SQL and a transaction that commits late are all marked,
+and no clock is involved:
+
+- an INSERT takes it from the column's DEFAULT (no trigger: a COPY pays nothing);
+- an UPDATE from a row-level BEFORE UPDATE trigger (the only way to set a column);
+- a DELETE or a TRUNCATE writes **tombstones** (table, pk, transaction) into
+  ``dbsync_tombstone``, from statement-level triggers (the deleted rows come as a
+  transition table, one INSERT per statement);
+- a many-to-many link written through an auto-created ``through`` table marks its
+  owner's row (the link is served as a field of the owner);
+- every write also keeps ``dbsync_change_counter``: per table, the number of rows
+  and the highest transaction id that wrote it, spread over ``COUNTER_SLOTS`` rows
+  (the writer's backend pid picks one), so that concurrent writers do not queue on
+  one row and the manifest reads O(tables) rows, not the tables.
+
+All the triggers are ``ENABLE ALWAYS``: they fire with ``session_replication_role =
+replica`` too, which the sync's bulk path sets, so rows that a sync installs are
+captured and an aggregate can serve as a remote of another. Their names start with
+``dbsync_capture_``; ``dbsync.engine.keychecks`` knows them as the product's own.
+
+Tombstones older than the horizon (``dbsync_capture_state.horizon``) may be pruned
+(``prune_tombstones``); the manifest publishes the horizon, and a client whose cursor
+is older runs in full.
+
+PostgreSQL only: on SQLite nothing is installed, and a SQLite instance serves the
+timestamp fallback (``last_modified`` with an overlap window).
+"""
+
+from django.db import transaction
+
+MARKER_COLUMN = "dbsync_xid"
+TOMBSTONE_TABLE = "dbsync_tombstone"
+COUNTER_TABLE = "dbsync_change_counter"
+STATE_TABLE = "dbsync_capture_state"
+TRIGGER_PREFIX = "dbsync_capture_"
+COUNTER_SLOTS = 16
+BACKFILL_BATCH = 20_000
+
+# The current transaction's id as a bigint (xid8 has no cast to bigint; it fits one).
+CURRENT_XID = "pg_current_xact_id()::text::bigint"
+# The oldest transaction still running as this statement's snapshot was taken: every
+# transaction below it has committed or aborted, so its writes are all visible.
+SNAPSHOT_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+SUPPORT_SQL = f"""
+CREATE TABLE IF NOT EXISTS {TOMBSTONE_TABLE} (
+    table_name text NOT NULL,
+    pk bigint NOT NULL,
+    xid bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {TOMBSTONE_TABLE}_xid ON {TOMBSTONE_TABLE} (table_name, xid);
+CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (
+    table_name text NOT NULL,
+    slot integer NOT NULL,
+    row_count bigint NOT NULL DEFAULT 0,
+    max_xid bigint NOT NULL DEFAULT 0,
+    max_deleted_xid bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (table_name, slot)
+);
+CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+    id integer PRIMARY KEY CHECK (id = 1),
+    horizon bigint NOT NULL
+);
+INSERT INTO {STATE_TABLE} (id, horizon) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+
+-- deleted: whether rows went (then max_deleted_xid moves too: a client asks for
+-- tombstones only of the tables where it did).
+CREATE OR REPLACE FUNCTION dbsync_capture_count(tbl text, delta bigint, deleted boolean)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO {COUNTER_TABLE} AS c (table_name, slot, row_count, max_xid, max_deleted_xid)
+    VALUES (tbl, pg_backend_pid() % {COUNTER_SLOTS}, delta, {CURRENT_XID},
+            CASE WHEN deleted THEN {CURRENT_XID} ELSE 0 END)
+    ON CONFLICT (table_name, slot) DO UPDATE
+    SET row_count = c.row_count + EXCLUDED.row_count,
+        max_xid = GREATEST(c.max_xid, EXCLUDED.max_xid),
+        max_deleted_xid = GREATEST(c.max_deleted_xid, EXCLUDED.max_deleted_xid);
+$$;
+
+CREATE OR REPLACE FUNCTION dbsync_capture_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.{MARKER_COLUMN} := {CURRENT_XID};
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION dbsync_capture_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    SELECT count(*) INTO n FROM new_rows;
+    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, n, false); END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION dbsync_capture_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows) THEN
+        PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, false);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- TG_ARGV[0]: the table's primary key column.
+CREATE OR REPLACE FUNCTION dbsync_capture_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    EXECUTE format(
+        'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM old_rows',
+        TG_TABLE_NAME, TG_ARGV[0]) USING {CURRENT_XID};
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, -n, true); END IF;
+    RETURN NULL;
+END $$;
+
+-- TRUNCATE takes an ACCESS EXCLUSIVE lock: no other writer counts meanwhile.
+CREATE OR REPLACE FUNCTION dbsync_capture_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format(
+        'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM %I',
+        TG_TABLE_NAME, TG_ARGV[0], TG_TABLE_NAME) USING {CURRENT_XID};
+    UPDATE {COUNTER_TABLE} SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
+    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, true);
+    RETURN NULL;
+END $$;
+
+-- A link written through an auto-created through table marks its owner's row.
+-- TG_ARGV: the owner's table, its pk column, the through table's column to the owner.
+CREATE OR REPLACE FUNCTION dbsync_capture_link() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM %I)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_TABLE_NAME) USING {CURRENT_XID};
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM old_rows)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
+    ELSE
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM new_rows)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+def trigger_names(table):
+    kinds = ("mark", "ins", "upd", "del", "trunc")
+    return [f"{TRIGGER_PREFIX}{what}_{table}"[:63] for what in kinds]
+
+
+def add_marker_column(cursor, table):
+    """The column, nullable and without a stored default value: no table rewrite; the
+    DEFAULT set after it applies to new rows only (a catalog change)."""
+    cursor.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {MARKER_COLUMN} bigint')
+    cursor.execute(f'ALTER TABLE "{table}" ALTER COLUMN {MARKER_COLUMN} SET DEFAULT {CURRENT_XID}')
+
+
+def backfill_batches(connection, table, pk):
+    """Mark the rows that predate capture with 0 ("before any cursor"), a batch of
+    BACKFILL_BATCH keys per transaction, so no lock is held long. Before the triggers
+    exist (the UPDATE would mark them as changed now)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT min("{pk}"), max("{pk}") FROM "{table}"')
+        low, high = cursor.fetchone()
+    if low is None:
+        return
+    start = low
+    while start <= high:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(
+                f'UPDATE "{table}" SET {MARKER_COLUMN} = 0 WHERE "{pk}" >= %s AND "{pk}" < %s '
+                f"AND {MARKER_COLUMN} IS NULL",
+                [start, start + BACKFILL_BATCH],
+            )
+        start += BACKFILL_BATCH
+
+
+def create_triggers(cursor, table, pk):
+    mark, ins, upd, dele, trunc = trigger_names(table)
+    cursor.execute(
+        f"""
+        CREATE TRIGGER {mark} BEFORE UPDATE ON "{table}"
+            FOR EACH ROW EXECUTE FUNCTION dbsync_capture_mark();
+        CREATE TRIGGER {ins} AFTER INSERT ON "{table}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_inserted();
+        CREATE TRIGGER {upd} AFTER UPDATE ON "{table}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_updated();
+        CREATE TRIGGER {dele} AFTER DELETE ON "{table}" REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_deleted('{pk}');
+        CREATE TRIGGER {trunc} BEFORE TRUNCATE ON "{table}"
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_truncated('{pk}');
+        """
+    )
+    for name in (mark, ins, upd, dele, trunc):
+        cursor.execute(f'ALTER TABLE "{table}" ENABLE ALWAYS TRIGGER {name}')
+
+
+def create_link_triggers(cursor, through, owner, owner_pk, owner_column):
+    args = f"'{owner}', '{owner_pk}', '{owner_column}'"
+    names = [f"{TRIGGER_PREFIX}link{what}_{through}"[:63] for what in ("i", "u", "d", "t")]
+    cursor.execute(
+        f"""
+        CREATE TRIGGER {names[0]} AFTER INSERT ON "{through}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
+        CREATE TRIGGER {names[1]} AFTER UPDATE ON "{through}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
+        CREATE TRIGGER {names[2]} AFTER DELETE ON "{through}" REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
+        CREATE TRIGGER {names[3]} BEFORE TRUNCATE ON "{through}"
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
+        """
+    )
+    for name in names:
+        cursor.execute(f'ALTER TABLE "{through}" ENABLE ALWAYS TRIGGER {name}')
+
+
+def start_counter(cursor, table):
+    """The table's count as it is (one pass, once), in slot 0."""
+    cursor.execute(
+        f"INSERT INTO {COUNTER_TABLE} (table_name, slot, row_count, max_xid) "
+        f'SELECT %s, 0, count(*), 0 FROM "{table}" '
+        f"ON CONFLICT (table_name, slot) DO UPDATE SET row_count = EXCLUDED.row_count",
+        [table],
+    )
+
+
+def install(connection, tables, links):
+    """Capture on ``tables`` ([(table, pk column)]) and ``links`` ([(through table, owner
+    table, owner pk column, through column to the owner)]); PostgreSQL only. Run
+    outside a transaction (a non-atomic migration): the backfill commits batch by batch."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(SUPPORT_SQL)
+        for table, _pk in tables:
+            add_marker_column(cursor, table)
+    for table, pk in tables:
+        backfill_batches(connection, table, pk)
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE " + ", ".join(f'"{t}"' for t, _pk in tables))
+        for table, pk in tables:
+            create_triggers(cursor, table, pk)
+            start_counter(cursor, table)
+        for through, owner, owner_pk, column in links:
+            create_link_triggers(cursor, through, owner, owner_pk, column)
+
+
+def prune_tombstones(connection, before):
+    """Drop the tombstones of transactions below ``before`` and publish it as the
+    horizon: a client whose cursor is older must run in full."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {TOMBSTONE_TABLE} WHERE xid < %s", [before])
+        cursor.execute(
+            f"UPDATE {STATE_TABLE} SET horizon = GREATEST(horizon, %s) WHERE id = 1", [before]
+        )
+        return cursor.rowcount

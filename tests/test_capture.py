@@ -1,0 +1,311 @@
+"""Change capture (hcore.capture, api.changes, dbsync.engine.capture): every kind of
+change at a real remote over HTTP arrives with the next incremental run, with no
+overlap window; an unchanged remote costs the manifest only; a remote whose identity
+changed, or that went back in time, is refused and nothing changes."""
+
+import io
+
+import psycopg
+import pytest
+from django.apps import apps
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from dbsync.engine.planner import root_of
+from dbsync.models import Database
+from hcore.models import Station
+from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
+from tests.instance import PG_BASE
+from tests.test_sync import last_run, register
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_overlap(settings):
+    """No overlap window: only the capture's cursor can make a late change arrive."""
+    settings.DBSYNC_OVERLAP_SECONDS = 0
+
+
+@pytest.fixture
+def live(make_instance):
+    instance = make_instance(hostname="capture.example.org")
+    instance.generate(stations=12, seed=5)
+    return instance.start()
+
+
+def sync(database, *args):
+    out = io.StringIO()
+    call_command("hcore_remotesyncdb", "-r", database.name, "-N", "-v", "2", *args, stdout=out)
+    return out.getvalue()
+
+
+def incremental(database, *args):
+    """An incremental run, which must be one on the capture's cursor."""
+    out = sync(database, *args)
+    assert "objects written by transaction" in out, out
+    assert last_run(database).full is False
+    return out
+
+
+def first_pk(instance, table, column="id"):
+    return instance.sql(f"SELECT min({column}) FROM {table}")[0][0]
+
+
+def test_every_kind_of_change_arrives_with_the_next_incremental_run(live):
+    database = register(live)
+    sync(database)
+    database.refresh_from_db()
+    assert database.capture_cursor is not None and database.remote_identity
+
+    changes = {
+        "QuerySet.update()": lambda: live.shell(
+            "from hcore.models import Station\n"
+            "Station.objects.filter(pk__in=list(Station.objects.order_by('pk')"
+            ".values_list('pk', flat=True)[:5])).update(altitude=777.0)\n"
+        ),
+        "bulk_update": lambda: live.shell(
+            "from hcore.models import Timeseries\n"
+            "ts = list(Timeseries.objects.order_by('pk')[:3])\n"
+            "for t in ts: t.remarks = 'bulk updated'\n"
+            "Timeseries.objects.bulk_update(ts, ['remarks'])\n"
+        ),
+        "raw UPDATE": lambda: live.sql(
+            "UPDATE hcore_gentity SET name = 'Raw rename' WHERE id = %s",
+            [first_pk(live, "hcore_station", "gpoint_ptr_id")],
+        ),
+        "raw INSERT": lambda: live.sql(
+            "INSERT INTO hcore_eventtype (descr, descr_alt, last_modified) "
+            "VALUES ('Inserted by SQL', '', now() - interval '2 days')"
+        ),
+        "raw DELETE": lambda: live.sql(
+            "DELETE FROM hcore_gentityevent WHERE id = %s",
+            [first_pk(live, "hcore_gentityevent")],
+        ),
+        "TRUNCATE": lambda: live.sql("TRUNCATE hcore_gentityaltcode"),
+        "M2M through table INSERT": lambda: live.sql(
+            "INSERT INTO hcore_unitofmeasurement_variables (unitofmeasurement_id, variable_id) "
+            "SELECT u.id, v.id FROM hcore_unitofmeasurement u, hcore_variable v "
+            "WHERE NOT EXISTS (SELECT 1 FROM hcore_unitofmeasurement_variables x "
+            "WHERE x.unitofmeasurement_id = u.id AND x.variable_id = v.id) LIMIT 2"
+        ),
+        "M2M through table DELETE": lambda: live.sql(
+            "DELETE FROM hcore_unitofmeasurement_variables WHERE id = %s",
+            [first_pk(live, "hcore_unitofmeasurement_variables")],
+        ),
+        "application clock an hour behind": lambda: live.sql(
+            "UPDATE hcore_gentity SET name = 'Saved by a slow clock', "
+            "last_modified = now() - interval '1 hour' WHERE id = %s",
+            [first_pk(live, "hcore_gpoint", "gentity_ptr_id")],
+        ),
+    }
+    for what, change in changes.items():
+        before = remote_graph(live)
+        change()
+        assert remote_graph(live) != before, f"{what}: the remote did not change"
+        # A TRUNCATE deletes them all: more than the delete guard allows by default.
+        incremental(database, *(["--max-delete=all"] if what == "TRUNCATE" else []))
+        try:
+            assert_same_graph(remote_graph(live), local_graph(database))
+        except AssertionError as exc:
+            raise AssertionError(f"after {what}: {exc}") from exc
+    assert Station.objects.filter(original_db=database, altitude=777.0).count() == 5
+
+
+def test_a_transaction_held_open_across_a_sync_arrives_with_the_next(live):
+    database = register(live)
+    sync(database)
+    station = first_pk(live, "hcore_station", "gpoint_ptr_id")
+    with psycopg.connect(f"{PG_BASE}/{live.db_name}") as held:
+        # Written (and stamped with now(), its transaction's start) before the run
+        # below reads the remote, committed after it.
+        held.execute(
+            "UPDATE hcore_gentity SET name = 'Committed late', last_modified = now() "
+            "WHERE id = %s",
+            [station],
+        )
+        incremental(database)
+        assert not Station.objects.filter(name="Committed late").exists()
+        held.commit()
+    incremental(database)
+    assert Station.objects.filter(original_db=database, name="Committed late").count() == 1
+    assert_same_graph(remote_graph(live), local_graph(database))
+
+
+def test_an_unchanged_remote_costs_the_manifest_only(live):
+    database = register(live)
+    sync(database)
+    before = local_dump()
+    out = incremental(database)
+    assert "Fetch phase: 0 dumps, 0 bytes" in out, out
+    assert "Nothing changed at the remote" in out
+    assert (
+        local_dump().split('"model": "dbsync.database"')[0]
+        == before.split('"model": "dbsync.database"')[0]
+    )
+    # One change: that model's dump (and nothing of the others) is fetched.
+    live.sql(
+        "UPDATE hcore_timezone SET code = 'XYZ' WHERE id = %s", [first_pk(live, "hcore_timezone")]
+    )
+    out = incremental(database)
+    assert "Fetch phase: 1 dumps" in out, out
+    assert_same_graph(remote_graph(live), local_graph(database))
+
+
+def test_keys_the_replica_lacks_are_fetched(live):
+    """A replicated row deleted here by hand comes back at the next run: the counts of
+    the manifest differ from ours, and the remote's keys listing says which."""
+    from hcore.models import GentityEvent
+
+    database = register(live)
+    sync(database)
+    # An object nothing refers to (what refers to a deleted object is changed here too,
+    # which only a comparison of the contents, not of the keys, can find).
+    gone = GentityEvent.objects.filter(original_db=database).order_by("pk").first()
+    gone.delete()
+    out = incremental(database)
+    assert "Fetching 1 hcore.gentityevent object(s) the remote has and we lack" in out, out
+    assert_same_graph(remote_graph(live), local_graph(database))
+
+
+def test_a_rebuilt_remote_is_refused_and_nothing_changes(live, make_instance):
+    database = register(live)
+    sync(database)
+    rebuilt = make_instance(hostname=live.hostname)
+    rebuilt.generate(stations=8, seed=99)
+    rebuilt.start()
+    live.stop()
+    Database.objects.filter(pk=database.pk).update(port=rebuilt.port)
+    database.refresh_from_db()
+    before = local_dump()
+    with pytest.raises(CommandError, match="not the one synced before"):
+        sync(database)
+    assert local_dump() == before
+    # Accepted: the old copy goes (under the delete guard), the new one comes whole.
+    with pytest.raises(CommandError, match="more than allowed"):
+        sync(database, "--accept-new-identity")
+    assert local_dump() == before
+    sync(database, "--accept-new-identity", "--max-delete=all")
+    assert_same_graph(remote_graph(rebuilt), local_graph(database))
+    incremental(database)
+
+
+def translated(graph, mapping):
+    """``graph`` (keys of an intermediate aggregate) with every key translated through
+    ``mapping`` (root table -> {its pk: the pk at the first remote})."""
+
+    def key(model, pk):
+        return mapping[root_of(model)._meta.db_table][pk]
+
+    result = {}
+    for label, objects in graph.items():
+        model = apps.get_model(label)
+        for pk, fields in objects.items():
+            out = {}
+            for name, value in fields.items():
+                field = model._meta.get_field(name)
+                if field.many_to_many:
+                    value = sorted(key(field.related_model, v) for v in value)
+                elif field.is_relation and value is not None:
+                    value = key(field.related_model, value)
+                out[name] = value
+            result.setdefault(label, {})[key(model, pk)] = out
+    return result
+
+
+def test_chained_aggregation_carries_a_change_through_incremental_runs(live, make_instance):
+    """Remote A -> aggregate B (an instance that syncs A, and serves) -> this aggregate."""
+    middle = make_instance(hostname="middle.example.org", DBSYNC_OVERLAP_SECONDS=0)
+    middle.start()
+    middle.manage(
+        "dbsync_addremote", "--name", "a", "--hostname", live.hostname,
+        "--ip", "127.0.0.1", "--port", str(live.port), "--scheme", "http",
+    )  # fmt: skip
+    done = middle.manage("hcore_remotesyncdb", "-r", "a", "-N", check=False)
+    assert done.returncode == 0, done.stderr
+    database = register(middle)
+    sync(database)
+
+    def compare():
+        mapping = {}
+        for model in apps.get_app_config("hcore").get_models():
+            if root_of(model) is model and hasattr(model, "original_id"):
+                table = model._meta.db_table
+                rows = middle.sql(f"SELECT id, original_id FROM {table}")
+                mapping[table] = dict(rows)
+        assert_same_graph(remote_graph(live), translated(local_graph(database), mapping))
+
+    compare()
+    live.sql(
+        "UPDATE hcore_gentity SET name = 'Changed at A' WHERE id = %s",
+        [first_pk(live, "hcore_station", "gpoint_ptr_id")],
+    )
+    live.sql(
+        "DELETE FROM hcore_gentityevent WHERE id = %s", [first_pk(live, "hcore_gentityevent")]
+    )
+    out = middle.manage("hcore_remotesyncdb", "-r", "a", "-N", "-v", "2").stdout
+    assert "objects written by transaction" in out, out
+    incremental(database)
+    assert Station.objects.filter(original_db=database, name="Changed at A").count() == 1
+    compare()
+
+
+@pytest.mark.slow
+def test_a_remote_restored_to_an_earlier_point_is_refused_and_nothing_changes(tmp_path):
+    """A real restore: the remote's PostgreSQL (a private cluster) is stopped, its data
+    folder copied, changed and synced, then put back from the copy. Same cluster, same
+    timeline, same database: only its transactions went back, behind our cursor."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from tests.instance import Instance, instance_env
+    from tests.pgcluster import PrivateCluster
+
+    cluster = PrivateCluster()
+    remote = Instance.__new__(Instance)
+    try:
+        cluster.execute('CREATE DATABASE "restored"')
+        remote.db_name, remote.hostname, remote.settings = "restored", "restored.example.org", {}
+        remote.var_dir = Path(tmp_path / "remote")
+        remote.env = dict(
+            instance_env("restored", remote.var_dir), DATABASE_URL=cluster.url("restored")
+        )
+        remote.port = remote.process = None
+        remote.scheme = "http"
+        remote.manage("migrate", "-v0")
+        remote.generate(stations=6, seed=8)
+        remote.start()
+        database = register(remote)
+        sync(database)
+
+        remote.stop()
+        cluster.pg_ctl("stop")
+        backup = Path(cluster.root) / "backup"
+        subprocess.run(["cp", "-a", str(cluster.data), str(backup)], check=True)
+        cluster.start()
+        remote.start()
+        Database.objects.filter(pk=database.pk).update(port=remote.port)
+        for n in range(3):
+            cluster.execute(
+                f"UPDATE hcore_gentity SET name = 'Changed {n}' WHERE id = "
+                "(SELECT min(gentity_ptr_id) FROM hcore_gpoint)",
+                db="restored",
+            )
+        incremental(database)
+        assert Station.objects.filter(original_db=database, name="Changed 2").exists()
+
+        remote.stop()
+        cluster.pg_ctl("stop")
+        shutil.rmtree(cluster.data)
+        subprocess.run(["cp", "-a", str(backup), str(cluster.data)], check=True)
+        cluster.start()
+        remote.start()
+        Database.objects.filter(pk=database.pk).update(port=remote.port)
+        before = local_dump()
+        with pytest.raises(CommandError, match="behind what this replica has seen"):
+            sync(database)
+        assert local_dump() == before
+    finally:
+        remote.stop()
+        cluster.destroy()
