@@ -152,8 +152,10 @@ def key_field(field):
 class InServerInstall:
     """Stage, key and insert every model of a first sync; see the module docstring."""
 
-    def __init__(self, installer):
+    def __init__(self, installer, on_model=None):
+        """``on_model(spec, rows)`` is told of each model's rows as they are written."""
         self.installer = installer
+        self.on_model = on_model or (lambda spec, rows: None)
         self.specs = installer.specs
         self.database = installer.database
         self.order = [spec for spec in installer.specs.values()]
@@ -441,6 +443,7 @@ class InServerInstall:
     def insert_model(self, spec, cursor):
         with self.installer.key_checks.unchecked(spec):
             self.inserted[spec.label] = self.insert_rows(spec, cursor)
+        self.on_model(spec, self.inserted[spec.label])
         for f in spec.planned_m2m:
             self.insert_links(spec, f, cursor)
         if spec.user_fields:

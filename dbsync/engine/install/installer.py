@@ -151,7 +151,9 @@ class Installer:
             self.log(f"Installing in Python: {reason}", 3)
             return False
         started = time.monotonic()
-        server = InServerInstall(self)
+        server = InServerInstall(
+            self, lambda spec, count: self.log_inserted(spec, count, progress)
+        )
         kept = False
         try:
             with transaction.atomic():
@@ -167,7 +169,7 @@ class Installer:
             server.close(kept)
         if kept:
             for model in self.plan.models:
-                self.count_inserted(self.specs[label(model)], inserted, progress)
+                self.count_inserted(self.specs[label(model)], inserted)
             self.result.user_links_dropped += sum(server.user_links.values())
             self.log(
                 f"Installed {sum(inserted.values())} new objects in the database server in "
@@ -176,19 +178,26 @@ class Installer:
             )
             return True
         self.log(f"Installing in Python, row by row ({reason[:300]})", 2)
+        progress.end(OBJECTS)  # counted again, by the Python path
+        progress.begin(OBJECTS, len(self.plan.models))
         return False
 
-    def count_inserted(self, spec, inserted, progress):
+    def log_inserted(self, spec, count, progress):
+        """A model's rows written by the server (told as they are, kept or not)."""
         if self.dumps.paths(spec.label):
             self.log(f"Installing fixtures from file {spec.label}.json", 1)
+        self.log(f"\t- {count} created, 0 updated, 0 unchanged", 2)
+        progress.advance(OBJECTS, objects=count)
+
+    def count_inserted(self, spec, inserted):
+        """A model's rows written by the server, counted once they are kept."""
+        if self.dumps.paths(spec.label):
             self.result.files += 1
         count = inserted[spec.label]
         counts = self.result.model(spec.label)
         counts["fetched"] += count
         counts["created"] += count
         self.grown[spec.table] += count
-        self.log(f"\t- {count} created, 0 updated, 0 unchanged", 2)
-        progress.advance(OBJECTS, objects=count)
 
     # --- one model ---------------------------------------------------------------------
 
