@@ -229,6 +229,9 @@ DBSYNC_MAX_JSON_DEPTH = env_int("DBSYNC_MAX_JSON_DEPTH", 32)
 # Check the foreign keys of a sync's new rows with one query per key instead of a
 # trigger per row (needs the right to set session_replication_role; see dbsync.engine.keychecks).
 DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
+# A first sync's objects converted, checked and keyed by PostgreSQL from the dumps' bytes
+# (dbsync.engine.install.inserver); anything it doubts goes the Python path, row by row.
+DBSYNC_INSTALL_IN_SERVER = env_bool("DBSYNC_INSTALL_IN_SERVER", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
 # The most a run may download into its folders (dumps, listings, records, files),
 # counted as written; over it the run stops (dbsync.engine.diskbudget). 0: no budget.

@@ -16,14 +16,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_first_sync_checks_new_rows_in_bulk(remote, settings):  # noqa: F811
     settings.DBSYNC_BULK_KEY_CHECKS = True
+    # The Python path's first sync (the server's joins every key instead: test_inserver).
+    settings.DBSYNC_INSTALL_IN_SERVER = False
     database = register(remote)
     out, _ = sync(database, "-v", "2")
     assert "Checked the foreign keys of" in out
     assert_same_graph(remote_graph(remote), local_graph(database))
 
 
-def test_row_by_row_checks_when_turned_off_give_the_same_result(remote, settings):  # noqa: F811
+@pytest.mark.parametrize("in_server", [True, False])
+def test_row_by_row_checks_when_turned_off_give_the_same_result(remote, settings, in_server):  # noqa: F811
     settings.DBSYNC_BULK_KEY_CHECKS = False
+    settings.DBSYNC_INSTALL_IN_SERVER = in_server
     database = register(remote)
     out, _ = sync(database, "-v", "2")
     assert "Checked the foreign keys of" not in out
@@ -112,9 +116,12 @@ def test_many_runs_of_new_rows_are_checked_too():
     assert not GentityAltCode.objects.exists()
 
 
-def test_a_table_with_triggers_of_its_own_keeps_them(remote):  # noqa: F811
+@pytest.mark.parametrize("in_server", [True, False])
+def test_a_table_with_triggers_of_its_own_keeps_them(remote, settings, in_server):  # noqa: F811
     """Replica mode would silence an operator's own trigger (an audit log, say): a
-    table that has one is inserted into with its triggers on, and every row is seen."""
+    table that has one is inserted into with its triggers on, and every row is seen,
+    whether the first sync is installed by the server or by Python."""
+    settings.DBSYNC_INSTALL_IN_SERVER = in_server
     with connection.cursor() as cursor:
         cursor.execute(
             "CREATE TABLE audit_station (gpoint_ptr_id bigint);"
@@ -127,7 +134,10 @@ def test_a_table_with_triggers_of_its_own_keeps_them(remote):  # noqa: F811
     try:
         database = register(remote)
         out, _ = sync(database, "-v", "2")
-        assert "Checked the foreign keys of" in out  # the other tables still in bulk
+        if in_server:
+            assert "new objects in the database server" in out
+        else:
+            assert "Checked the foreign keys of" in out  # the other tables still in bulk
         with connection.cursor() as cursor:
             cursor.execute("SELECT gpoint_ptr_id FROM audit_station ORDER BY 1")
             audited = [row[0] for row in cursor.fetchall()]

@@ -33,6 +33,9 @@ The parts, each with its own state (the modules' docstrings say more):
   that changed out.
 - ``impact``: what deleting some objects would remove, walking the relations.
 - ``deletions``: what the remote no longer has, counted whole, deleted under the guard.
+- ``inserver``: a first sync installed by PostgreSQL (the dumps' lines into the
+  server, one ``INSERT ... SELECT`` a model); any doubt rolls it back to a savepoint
+  and the steps above install the same dumps in Python.
 - ``installer.Installer``: runs them in order and holds ``written`` and ``grown``.
 
 Invariants between them:

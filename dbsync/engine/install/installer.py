@@ -4,6 +4,7 @@ deletions. See the package's docstring for what each step may assume."""
 import time
 from collections import defaultdict
 
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from ..keychecks import KeyChecks
@@ -12,6 +13,7 @@ from ..planner import label, root_of
 from ..progress import OBJECTS, steps
 from . import writers
 from .deletions import delete_missing
+from .inserver import Doubt, InServerInstall, is_doubt, not_eligible
 from .keymap import KeyMaps
 from .references import References
 from .source import Dumps
@@ -104,8 +106,9 @@ class Installer:
         progress = steps(self.log)
         progress.begin(OBJECTS, len(self.plan.models))
         try:
-            for model in self.plan.models:
-                self.install_model_logged(self.specs[label(model)], progress)
+            if not self.install_in_server(progress):
+                for model in self.plan.models:
+                    self.install_model_logged(self.specs[label(model)], progress)
         finally:
             progress.end(OBJECTS)
         if not self.skip:
@@ -137,6 +140,64 @@ class Installer:
                 2,
             )
         return self.result
+
+    # --- a first sync, by the server (inserver) ---------------------------------------
+
+    def install_in_server(self, progress):
+        """Install every model by PostgreSQL from the dumps' bytes, if this install may
+        (``inserver.not_eligible``) and it finds nothing to doubt; return whether it did.
+        A doubt rolls back to a savepoint, and the Python path installs the same dumps."""
+        if reason := not_eligible(self):
+            self.log(f"Installing in Python: {reason}", 3)
+            return False
+        started = time.monotonic()
+        server = InServerInstall(
+            self, lambda spec, count: self.log_inserted(spec, count, progress)
+        )
+        kept = False
+        try:
+            with transaction.atomic():
+                inserted = server.run()
+            kept = True
+        except Doubt as exc:
+            reason = str(exc)
+        except (DatabaseError, connection.Database.Error) as exc:
+            if getattr(connection.connection, "closed", False):
+                raise  # the connection is lost: no path can go on
+            reason = " ".join(str(exc).split()) if is_doubt(exc) else f"the server: {exc}"
+        finally:
+            server.close(kept)
+        if kept:
+            for model in self.plan.models:
+                self.count_inserted(self.specs[label(model)], inserted)
+            self.result.user_links_dropped += sum(server.user_links.values())
+            self.log(
+                f"Installed {sum(inserted.values())} new objects in the database server in "
+                f"{time.monotonic() - started:.1f} s",
+                2,
+            )
+            return True
+        self.log(f"Installing in Python, row by row ({reason[:300]})", 2)
+        progress.end(OBJECTS)  # counted again, by the Python path
+        progress.begin(OBJECTS, len(self.plan.models))
+        return False
+
+    def log_inserted(self, spec, count, progress):
+        """A model's rows written by the server (told as they are, kept or not)."""
+        if self.dumps.paths(spec.label):
+            self.log(f"Installing fixtures from file {spec.label}.json", 1)
+        self.log(f"\t- {count} created, 0 updated, 0 unchanged", 2)
+        progress.advance(OBJECTS, objects=count)
+
+    def count_inserted(self, spec, inserted):
+        """A model's rows written by the server, counted once they are kept."""
+        if self.dumps.paths(spec.label):
+            self.result.files += 1
+        count = inserted[spec.label]
+        counts = self.result.model(spec.label)
+        counts["fetched"] += count
+        counts["created"] += count
+        self.grown[spec.table] += count
 
     # --- one model ---------------------------------------------------------------------
 
