@@ -164,9 +164,9 @@ class Fetched:
     files: dict  # model label -> [paths]
     keys: object  # "present" (full dumps) or root label -> set of remote pks
     server_time: datetime | None
-    is_sync: bool = True  # False: a repair (engine.verify), which is no sync of the remote
     capture: dict | None = None  # the remote's capture section: cursor and identity kept
     replace: bool = False  # delete this remote's old objects first (a new identity)
+    is_sync: bool = True  # False: a repair (engine.verify), which is no sync of the remote
 
     def nothing(self):
         """Nothing fetched and nothing deleted: the install has nothing to do."""
