@@ -279,3 +279,49 @@ def test_the_admin_action_reverts_a_run(live, media, client):
         {"action": "resume_schedule", "_selected_action": [database.pk]},
     )
     assert not SchedulePause.objects.filter(database=database).exists()
+
+
+def records_of(series):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'SELECT "timestamp", value, flags FROM hcore_record WHERE timeseries_id = %s '
+            'ORDER BY "timestamp"',
+            [series],
+        )
+        return cursor.fetchall()
+
+
+def test_a_merge_among_existing_records_reverts_to_them_alone():
+    """The loader's merge (INSERT … ON CONFLICT DO UPDATE) inserts records in among
+    others already there: its revert deletes what it inserted only, puts back what
+    it updated, and an append's records are still noted as one range."""
+    from django.db import transaction
+
+    from hcore.models import Timeseries
+    from tests.api_helpers import create_sample_data
+
+    create_sample_data()
+    merged, appended = Timeseries.objects.order_by("pk").values_list("pk", flat=True)[:2]
+    insert = (
+        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+        "SELECT %s, timestamptz '2030-01-01' + m * interval '1 minute', m, 'OLD' "
+        "FROM unnest(%s::int[]) m"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(insert, [merged, [0, 20, 25, 40]])
+    before = records_of(merged)
+    run = 424242
+    with transaction.atomic(), journal.recording(run), connection.cursor() as cursor:
+        cursor.execute(
+            insert + ' ON CONFLICT (timeseries_id, "timestamp") DO UPDATE SET '
+            "value = -EXCLUDED.value, flags = 'NEW'",
+            [merged, [10, 20, 30]],
+        )
+        cursor.execute(insert, [appended, [0, 10, 20]])
+    assert records_of(merged) != before
+    notes = journal.size(run)["tables"]["hcore_record"]
+    with transaction.atomic():
+        journal.revert(run)
+    assert records_of(merged) == before
+    assert records_of(appended) == []
+    assert notes == {"U": 1, "I": 2, "R": 1}  # the append: still one range

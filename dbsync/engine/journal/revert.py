@@ -4,7 +4,8 @@ The revert works table by table on the journal's net effect: the rows the run
 touched (by key) are deleted, and each is put back as the run's *first* note of it
 says it was: a row it inserted stays deleted, a row it updated or deleted comes back
 from its before-image. So the order of the run's statements does not matter, nor
-how often a row changed. The records' inserts are noted per series and range; a
+how often a row changed. The records' inserts are noted per series and range (or,
+merged among records already there, one by one); a
 record whose first note is such a range did not exist before. Tables kept by
 triggers from others (the records' summaries) go last, so that what those triggers
 did during the revert is overwritten with the images.
@@ -174,8 +175,9 @@ def revert_table(cursor, run_id, table, pk):
 
 
 def revert_records(cursor, run_id):
-    """The records: those in the ranges the run inserted deleted; those it updated or
-    deleted, first seen before any range of the run covered them, put back."""
+    """The records: those in the ranges the run inserted, and those it noted one by
+    one as inserted, deleted; those it updated or deleted, first seen before any
+    insert note of the run covered them, put back."""
     t = qn(RECORDS)
     cursor.execute(
         f'DELETE FROM {t} r USING ({RANGES}) g WHERE r.timeseries_id = g.s AND r."timestamp" '
@@ -183,20 +185,34 @@ def revert_records(cursor, run_id):
         [run_id],
     )
     deleted = cursor.rowcount
+    inserted = (
+        f"SELECT id, image::{t} AS rec FROM {TABLE} WHERE run_id = %s AND table_name = %s "
+        f"AND op = 'I'"
+    )
+    cursor.execute(
+        f"DELETE FROM {t} r USING ({inserted}) i WHERE r.timeseries_id = (i.rec).timeseries_id "
+        f'AND r."timestamp" = (i.rec)."timestamp"',
+        [run_id, RECORDS],
+    )
+    deleted += cursor.rowcount
     images = (
         f'SELECT DISTINCT ON ((e.rec).timeseries_id, (e.rec)."timestamp") e.id, e.rec FROM '
         f"(SELECT id, image::{t} AS rec FROM {TABLE} WHERE run_id = %s AND table_name = %s "
         f"AND op IN ('U', 'D')) e "
         f'ORDER BY (e.rec).timeseries_id, (e.rec)."timestamp", e.id'
     )
-    # A record the run inserted (a range of it covers the record, noted earlier) and
-    # then changed did not exist before the run: its image is not put back.
+    # A record the run inserted (a range or an insert note of it covers the record,
+    # noted earlier) and then changed did not exist before the run: its image is not
+    # put back. A record changed before any insert note of the run covered it (a
+    # merge's update fires before its insert) comes back from its image.
     before = (
         f"SELECT k.rec FROM ({images}) k WHERE NOT EXISTS (SELECT 1 FROM ({RANGES}) g "
         f'WHERE g.id < k.id AND (k.rec).timeseries_id = g.s AND (k.rec)."timestamp" '
-        f"BETWEEN g.f AND g.t)"
+        f"BETWEEN g.f AND g.t) AND NOT EXISTS (SELECT 1 FROM ({inserted}) i "
+        f"WHERE i.id < k.id AND (i.rec).timeseries_id = (k.rec).timeseries_id "
+        f'AND (i.rec)."timestamp" = (k.rec)."timestamp")'
     )
-    params = [run_id, RECORDS, run_id]
+    params = [run_id, RECORDS, run_id, run_id, RECORDS]
     cursor.execute(
         f"DELETE FROM {t} r USING ({images}) k WHERE r.timeseries_id = (k.rec).timeseries_id "
         f'AND r."timestamp" = (k.rec)."timestamp"',
