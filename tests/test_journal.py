@@ -325,3 +325,24 @@ def test_a_merge_among_existing_records_reverts_to_them_alone():
     assert records_of(merged) == before
     assert records_of(appended) == []
     assert notes == {"U": 1, "I": 2, "R": 1}  # the append: still one range
+
+
+def test_a_revert_puts_back_the_remotes_cursors_but_keeps_later_admin_edits(live, media):
+    """Of the remote's row, a revert restores what the run wrote (its cursors), not an
+    operator's edits made since (here: its description and user name)."""
+    from dbsync.models import Database
+
+    database = register(live)
+    sync(database)
+    bookkeeping = ("sync_cursor", "records_cursor", "last_sync", "is_active", "removed_at")
+    before = Database.objects.values_list(*bookkeeping).get(pk=database.pk)
+    live.shell("from hcore.models import *\nStation.objects.update(name='Changed')")
+    run = sync(database)
+    assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) != before
+    Database.objects.filter(pk=database.pk).update(
+        descr="Edited after the run", username="rotated"
+    )
+    revert(run)
+    assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) == before
+    edited = Database.objects.values_list("descr", "username").get(pk=database.pk)
+    assert edited == ("Edited after the run", "rotated")

@@ -217,11 +217,7 @@ class FilesSync:
                     self.count("unchanged")
                 continue
             wanted = local_name(self.database, remote_pk, entry)
-            if (
-                current == wanted
-                and self.storage.exists(wanted)
-                and remote_pk not in self.refetch
-            ):
+            if current == wanted and self.storage.exists(wanted) and remote_pk not in self.refetch:
                 self.count("unchanged")
                 continue
             if entry["size"] > self.max_bytes:

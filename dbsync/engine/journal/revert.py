@@ -24,7 +24,7 @@ from hcore.bulk import qn
 
 from ..errors import SyncError
 from .files import FILES, discard_files
-from .schema import DERIVED, RECORDS, TABLE, journaled_tables
+from .schema import BOOKKEEPING, DERIVED, RECORDS, TABLE, journaled_tables
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ def revert(run_id):
             for table in order:
                 if table == RECORDS:
                     done[table] = revert_records(cursor, run_id)
+                elif table in BOOKKEEPING:
+                    done[table] = revert_bookkeeping(cursor, run_id, table, pks[table])
                 else:
                     done[table] = revert_table(cursor, run_id, table, pks[table])
         except DatabaseError as exc:
@@ -172,6 +174,30 @@ def revert_table(cursor, run_id, table, pk):
         [run_id, table],
     )
     return deleted, cursor.rowcount
+
+
+def revert_bookkeeping(cursor, run_id, table, pk):
+    """A table of ``BOOKKEEPING`` (the remotes' rows): of a row the run updated, only
+    the columns a run writes put back, in place; the rest (an admin's edits since) stays."""
+    t, p = qn(table), qn(pk)
+    kind = column_type(cursor, table, pk)
+    firsts = (
+        f"SELECT DISTINCT ON (key) key, op, image::{t} AS b FROM ("
+        f"SELECT id, op, image, {key_sql(table, pk)} AS key FROM {TABLE} "
+        f"WHERE run_id = %s AND table_name = %s AND op = 'U') e ORDER BY key, id"
+    )
+    columns = [qn(c) for c in BOOKKEEPING[table]]
+    sets = [f"{c} = (k.b).{c}" for c in columns]
+    if table == "dbsync_database":
+        sets.append(
+            "is_active = CASE WHEN x.removed_at IS DISTINCT FROM (k.b).removed_at "
+            "THEN (k.b).is_active ELSE x.is_active END"
+        )
+    cursor.execute(
+        f"UPDATE {t} x SET {', '.join(sets)} FROM ({firsts}) k WHERE x.{p} = k.key::{kind}",
+        [run_id, table],
+    )
+    return 0, cursor.rowcount
 
 
 def revert_records(cursor, run_id):

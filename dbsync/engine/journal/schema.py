@@ -32,6 +32,13 @@ RECORDS = "hcore_record"
 # Kept by triggers from another table's changes (the records'): restored after it.
 DERIVED = ("hcore_recordssummary",)
 EXTRA_TABLES = ("dbsync_database",)  # the remotes' bookkeeping: cursors
+# Of these tables, the only columns a run writes (a sync: its cursors; an offboarding:
+# the removal): the revert puts back these alone, not an admin's edits since the run
+# (address, credentials, schedule, name). ``is_active`` comes back only with the
+# removal (an offboarding's).
+BOOKKEEPING = {
+    "dbsync_database": ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal"),
+}
 NEVER = ("hcore_userprofile",)  # personal data: never synced, never journaled
 PREFIX = "dbsync_journal_"
 
