@@ -346,3 +346,45 @@ def test_a_revert_puts_back_the_remotes_cursors_but_keeps_later_admin_edits(live
     assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) == before
     edited = Database.objects.values_list("descr", "username").get(pk=database.pk)
     assert edited == ("Edited after the run", "rotated")
+
+
+def test_retention_skips_a_journal_a_revert_holds(live, media, settings):
+    """A revert holds its run's row (SELECT … FOR UPDATE) while it reads the journal:
+    the retention leaves that journal alone, and prunes it once the row is free.
+    The revert's hold is reproduced by a second connection taking the same lock: a
+    real revert cannot be paused half-way."""
+    import threading
+
+    from django.db import transaction
+
+    from dbsync.runs.reverts import prune_journals
+
+    database = register(live)
+    first = sync(database)
+    sync(database)
+    assert journal.has_journal(first.pk)
+    settings.DBSYNC_JOURNAL_KEEP = 1
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                SyncRun.objects.select_for_update().get(pk=first.pk)
+                locked.set()
+                release.wait(60)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(60)
+        assert prune_journals(database) == []
+        first.refresh_from_db()
+        assert first.journal == SyncRun.JOURNAL_KEPT and journal.has_journal(first.pk)
+    finally:
+        release.set()
+        holder.join()
+    assert prune_journals(database) == [first.pk]
+    first.refresh_from_db()
+    assert first.journal == SyncRun.JOURNAL_PRUNED and not journal.has_journal(first.pk)

@@ -18,7 +18,7 @@ no later run touched the same rows (``conflicts``).
 import logging
 from collections import defaultdict
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
 from hcore.bulk import qn
 
@@ -250,12 +250,17 @@ def revert_records(cursor, run_id):
 
 
 def discard(run_ids):
-    """Forget the journals of ``run_ids`` (retention): rows and kept files."""
+    """Forget the journals of ``run_ids`` (retention): rows, in the caller's
+    transaction, and kept files, once it has committed (a rollback keeps both)."""
     run_ids = [int(r) for r in run_ids]
     if not run_ids:
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE run_id = ANY(%s)", [run_ids])
-    for run_id in run_ids:
-        discard_files(run_id)
+
+    def files():
+        for run_id in run_ids:
+            discard_files(run_id)
+
+    transaction.on_commit(files)
