@@ -279,3 +279,112 @@ def test_the_admin_action_reverts_a_run(live, media, client):
         {"action": "resume_schedule", "_selected_action": [database.pk]},
     )
     assert not SchedulePause.objects.filter(database=database).exists()
+
+
+def records_of(series):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'SELECT "timestamp", value, flags FROM hcore_record WHERE timeseries_id = %s '
+            'ORDER BY "timestamp"',
+            [series],
+        )
+        return cursor.fetchall()
+
+
+def test_a_merge_among_existing_records_reverts_to_them_alone():
+    """The loader's merge (INSERT … ON CONFLICT DO UPDATE) inserts records in among
+    others already there: its revert deletes what it inserted only, puts back what
+    it updated, and an append's records are still noted as one range."""
+    from django.db import transaction
+
+    from hcore.models import Timeseries
+    from tests.api_helpers import create_sample_data
+
+    create_sample_data()
+    merged, appended = Timeseries.objects.order_by("pk").values_list("pk", flat=True)[:2]
+    insert = (
+        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+        "SELECT %s, timestamptz '2030-01-01' + m * interval '1 minute', m, 'OLD' "
+        "FROM unnest(%s::int[]) m"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(insert, [merged, [0, 20, 25, 40]])
+    before = records_of(merged)
+    run = 424242
+    with transaction.atomic(), journal.recording(run), connection.cursor() as cursor:
+        cursor.execute(
+            insert + ' ON CONFLICT (timeseries_id, "timestamp") DO UPDATE SET '
+            "value = -EXCLUDED.value, flags = 'NEW'",
+            [merged, [10, 20, 30]],
+        )
+        cursor.execute(insert, [appended, [0, 10, 20]])
+    assert records_of(merged) != before
+    notes = journal.size(run)["tables"]["hcore_record"]
+    with transaction.atomic():
+        journal.revert(run)
+    assert records_of(merged) == before
+    assert records_of(appended) == []
+    assert notes == {"U": 1, "I": 2, "R": 1}  # the append: still one range
+
+
+def test_a_revert_puts_back_the_remotes_cursors_but_keeps_later_admin_edits(live, media):
+    """Of the remote's row, a revert restores what the run wrote (its cursors), not an
+    operator's edits made since (here: its description and user name)."""
+    from dbsync.models import Database
+
+    database = register(live)
+    sync(database)
+    bookkeeping = ("sync_cursor", "records_cursor", "last_sync", "is_active", "removed_at")
+    before = Database.objects.values_list(*bookkeeping).get(pk=database.pk)
+    live.shell("from hcore.models import *\nStation.objects.update(name='Changed')")
+    run = sync(database)
+    assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) != before
+    Database.objects.filter(pk=database.pk).update(
+        descr="Edited after the run", username="rotated"
+    )
+    revert(run)
+    assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) == before
+    edited = Database.objects.values_list("descr", "username").get(pk=database.pk)
+    assert edited == ("Edited after the run", "rotated")
+
+
+def test_retention_skips_a_journal_a_revert_holds(live, media, settings):
+    """A revert holds its run's row (SELECT … FOR UPDATE) while it reads the journal:
+    the retention leaves that journal alone, and prunes it once the row is free.
+    The revert's hold is reproduced by a second connection taking the same lock: a
+    real revert cannot be paused half-way."""
+    import threading
+
+    from django.db import transaction
+
+    from dbsync.runs.reverts import prune_journals
+
+    database = register(live)
+    first = sync(database)
+    sync(database)
+    assert journal.has_journal(first.pk)
+    settings.DBSYNC_JOURNAL_KEEP = 1
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                SyncRun.objects.select_for_update().get(pk=first.pk)
+                locked.set()
+                release.wait(60)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(60)
+        assert prune_journals(database) == []
+        first.refresh_from_db()
+        assert first.journal == SyncRun.JOURNAL_KEPT and journal.has_journal(first.pk)
+    finally:
+        release.set()
+        holder.join()
+    assert prune_journals(database) == [first.pk]
+    first.refresh_from_db()
+    assert first.journal == SyncRun.JOURNAL_PRUNED and not journal.has_journal(first.pk)

@@ -8,7 +8,14 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from dbsync.models import Database, SyncRun
-from hcore.models import Gentity, GentityAltCode, GentityFile, Station, Timeseries
+from hcore.models import (
+    Gentity,
+    GentityAltCode,
+    GentityFile,
+    RecordsSyncState,
+    Station,
+    Timeseries,
+)
 from tests.instance import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -247,3 +254,42 @@ def test_records_and_files_edited_by_hand_are_found_and_repaired(make_instance, 
     status, out, err = command(database, "--repair")
     assert status == 0, out + err
     assert command(database, "--verify")[0] == 0
+
+
+def test_a_repair_keeps_a_file_it_cannot_fetch_and_its_revert_restores_the_records_state(
+    make_instance, settings, tmp_path
+):
+    """The differing file is replaced only once its new copy arrived: over the size
+    limit it is not fetched, and the stored one stays. The records' state the repair
+    drops is journaled: reverting the repair puts it back."""
+    settings.DBSYNC_OVERLAP_SECONDS = 0
+    settings.DBSYNC_JOURNAL_DIR = tmp_path / "journal"
+    instance = make_instance(hostname="keep.example.org")
+    instance.generate(stations=2, seed=4, records_per_series=20, files_per_station=1)
+    instance.start()
+    database = register(instance, name="keep")
+    assert command(database)[0] == 0
+    series = Timeseries.objects.filter(original_db=database).order_by("pk").first()
+    states = list(RecordsSyncState.objects.order_by("pk").values())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE hcore_record SET value = COALESCE(value, 0) + 1 WHERE timeseries_id = %s "
+            "AND timestamp = (SELECT min(timestamp) FROM hcore_record WHERE timeseries_id = %s)",
+            [series.pk, series.pk],
+        )
+    stored = GentityFile.objects.filter(original_db=database).exclude(content="").first()
+    with stored.content.storage.open(stored.content.name, "wb") as fh:
+        fh.write(b"our own copy")
+    settings.DBSYNC_MAX_FILE_BYTES = 1
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("hcore_remotesyncdb", "-r", database.name, "--repair", stdout=out, stderr=err)
+    except CommandError:
+        pass  # the file it could not fetch: reported
+    with stored.content.storage.open(stored.content.name, "rb") as fh:
+        assert fh.read() == b"our own copy"
+    run = SyncRun.objects.filter(database=database).order_by("-pk").first()
+    assert run.kind == SyncRun.REPAIR
+    assert RecordsSyncState.objects.filter(timeseries=series).exists()
+    call_command("dbsync_revert", str(run.pk), stdout=io.StringIO(), stderr=io.StringIO())
+    assert list(RecordsSyncState.objects.order_by("pk").values()) == states

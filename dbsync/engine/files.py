@@ -126,9 +126,12 @@ def check_entry(entry):
 
 
 class FilesSync:
-    def __init__(self, database, client, *, dry_run=False, log=quiet, journal_run=None):
+    def __init__(
+        self, database, client, *, dry_run=False, log=quiet, journal_run=None, refetch=()
+    ):
         self.database = database
         self.journal_run = journal_run
+        self.refetch = set(refetch)
         self.client = client
         self.dry_run = dry_run
         self.log = log
@@ -214,7 +217,7 @@ class FilesSync:
                     self.count("unchanged")
                 continue
             wanted = local_name(self.database, remote_pk, entry)
-            if current == wanted and self.storage.exists(wanted):
+            if current == wanted and self.storage.exists(wanted) and remote_pk not in self.refetch:
                 self.count("unchanged")
                 continue
             if entry["size"] > self.max_bytes:
@@ -339,10 +342,14 @@ def checksum(path):
     return size, digest.hexdigest()
 
 
-def sync_files(database, client, *, dry_run=False, log=quiet, journal_run=None):
+def sync_files(database, client, *, dry_run=False, log=quiet, journal_run=None, refetch=()):
     """Sync the files of the GentityFile objects replicated from ``database`` into the
     local default storage; return a SyncResult (its counts under FILES_LABEL). A file
     that cannot be fetched is a reported problem, not an error; a remote that cannot be
     reached raises. ``journal_run``: the run whose journal keeps the files it replaces
-    or removes (None: they are deleted)."""
-    return FilesSync(database, client, dry_run=dry_run, log=log, journal_run=journal_run).run()
+    or removes (None: they are deleted). ``refetch``: remote pks whose files are fetched
+    again even if stored under the wanted name (a repair); the stored file is replaced
+    only once the new one has arrived and checked."""
+    return FilesSync(
+        database, client, dry_run=dry_run, log=log, journal_run=journal_run, refetch=refetch
+    ).run()

@@ -75,8 +75,18 @@ def prune_journals(database, now=None):
         oldest = now - timedelta(days=settings.DBSYNC_JOURNAL_MAX_AGE_DAYS)
         doomed += [pk for pk, started in ids[1:] if started < oldest and pk not in doomed]
     if doomed:
-        journal.discard(doomed)
-        SyncRun.objects.filter(pk__in=doomed).update(journal=SyncRun.JOURNAL_PRUNED)
+        # A revert reading one of these journals holds its run's row (FOR UPDATE): that
+        # one is skipped, not discarded under it; the next prune takes it if still due.
+        with transaction.atomic():
+            doomed = list(
+                SyncRun.objects.select_for_update(skip_locked=True)
+                .filter(pk__in=doomed, journal=SyncRun.JOURNAL_KEPT, reverted_at__isnull=True)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            SyncRun.objects.filter(pk__in=doomed).update(journal=SyncRun.JOURNAL_PRUNED)
+            journal.discard(doomed)  # the kept files: once this has committed
+    if doomed:
         logger.info("Pruned the journals of runs %s of %s (retention)", doomed, database)
     return doomed
 

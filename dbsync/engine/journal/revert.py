@@ -4,7 +4,8 @@ The revert works table by table on the journal's net effect: the rows the run
 touched (by key) are deleted, and each is put back as the run's *first* note of it
 says it was: a row it inserted stays deleted, a row it updated or deleted comes back
 from its before-image. So the order of the run's statements does not matter, nor
-how often a row changed. The records' inserts are noted per series and range; a
+how often a row changed. The records' inserts are noted per series and range (or,
+merged among records already there, one by one); a
 record whose first note is such a range did not exist before. Tables kept by
 triggers from others (the records' summaries) go last, so that what those triggers
 did during the revert is overwritten with the images.
@@ -17,13 +18,13 @@ no later run touched the same rows (``conflicts``).
 import logging
 from collections import defaultdict
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
 from hcore.bulk import qn
 
 from ..errors import SyncError
 from .files import FILES, discard_files
-from .schema import DERIVED, RECORDS, TABLE, journaled_tables
+from .schema import BOOKKEEPING, DERIVED, RECORDS, TABLE, journaled_tables
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def revert(run_id):
             for table in order:
                 if table == RECORDS:
                     done[table] = revert_records(cursor, run_id)
+                elif table in BOOKKEEPING:
+                    done[table] = revert_bookkeeping(cursor, run_id, table, pks[table])
                 else:
                     done[table] = revert_table(cursor, run_id, table, pks[table])
         except DatabaseError as exc:
@@ -173,9 +176,34 @@ def revert_table(cursor, run_id, table, pk):
     return deleted, cursor.rowcount
 
 
+def revert_bookkeeping(cursor, run_id, table, pk):
+    """A table of ``BOOKKEEPING`` (the remotes' rows): of a row the run updated, only
+    the columns a run writes put back, in place; the rest (an admin's edits since) stays."""
+    t, p = qn(table), qn(pk)
+    kind = column_type(cursor, table, pk)
+    firsts = (
+        f"SELECT DISTINCT ON (key) key, op, image::{t} AS b FROM ("
+        f"SELECT id, op, image, {key_sql(table, pk)} AS key FROM {TABLE} "
+        f"WHERE run_id = %s AND table_name = %s AND op = 'U') e ORDER BY key, id"
+    )
+    columns = [qn(c) for c in BOOKKEEPING[table]]
+    sets = [f"{c} = (k.b).{c}" for c in columns]
+    if table == "dbsync_database":
+        sets.append(
+            "is_active = CASE WHEN x.removed_at IS DISTINCT FROM (k.b).removed_at "
+            "THEN (k.b).is_active ELSE x.is_active END"
+        )
+    cursor.execute(
+        f"UPDATE {t} x SET {', '.join(sets)} FROM ({firsts}) k WHERE x.{p} = k.key::{kind}",
+        [run_id, table],
+    )
+    return 0, cursor.rowcount
+
+
 def revert_records(cursor, run_id):
-    """The records: those in the ranges the run inserted deleted; those it updated or
-    deleted, first seen before any range of the run covered them, put back."""
+    """The records: those in the ranges the run inserted, and those it noted one by
+    one as inserted, deleted; those it updated or deleted, first seen before any
+    insert note of the run covered them, put back."""
     t = qn(RECORDS)
     cursor.execute(
         f'DELETE FROM {t} r USING ({RANGES}) g WHERE r.timeseries_id = g.s AND r."timestamp" '
@@ -183,20 +211,34 @@ def revert_records(cursor, run_id):
         [run_id],
     )
     deleted = cursor.rowcount
+    inserted = (
+        f"SELECT id, image::{t} AS rec FROM {TABLE} WHERE run_id = %s AND table_name = %s "
+        f"AND op = 'I'"
+    )
+    cursor.execute(
+        f"DELETE FROM {t} r USING ({inserted}) i WHERE r.timeseries_id = (i.rec).timeseries_id "
+        f'AND r."timestamp" = (i.rec)."timestamp"',
+        [run_id, RECORDS],
+    )
+    deleted += cursor.rowcount
     images = (
         f'SELECT DISTINCT ON ((e.rec).timeseries_id, (e.rec)."timestamp") e.id, e.rec FROM '
         f"(SELECT id, image::{t} AS rec FROM {TABLE} WHERE run_id = %s AND table_name = %s "
         f"AND op IN ('U', 'D')) e "
         f'ORDER BY (e.rec).timeseries_id, (e.rec)."timestamp", e.id'
     )
-    # A record the run inserted (a range of it covers the record, noted earlier) and
-    # then changed did not exist before the run: its image is not put back.
+    # A record the run inserted (a range or an insert note of it covers the record,
+    # noted earlier) and then changed did not exist before the run: its image is not
+    # put back. A record changed before any insert note of the run covered it (a
+    # merge's update fires before its insert) comes back from its image.
     before = (
         f"SELECT k.rec FROM ({images}) k WHERE NOT EXISTS (SELECT 1 FROM ({RANGES}) g "
         f'WHERE g.id < k.id AND (k.rec).timeseries_id = g.s AND (k.rec)."timestamp" '
-        f"BETWEEN g.f AND g.t)"
+        f"BETWEEN g.f AND g.t) AND NOT EXISTS (SELECT 1 FROM ({inserted}) i "
+        f"WHERE i.id < k.id AND (i.rec).timeseries_id = (k.rec).timeseries_id "
+        f'AND (i.rec)."timestamp" = (k.rec)."timestamp")'
     )
-    params = [run_id, RECORDS, run_id]
+    params = [run_id, RECORDS, run_id, run_id, RECORDS]
     cursor.execute(
         f"DELETE FROM {t} r USING ({images}) k WHERE r.timeseries_id = (k.rec).timeseries_id "
         f'AND r."timestamp" = (k.rec)."timestamp"',
@@ -208,12 +250,17 @@ def revert_records(cursor, run_id):
 
 
 def discard(run_ids):
-    """Forget the journals of ``run_ids`` (retention): rows and kept files."""
+    """Forget the journals of ``run_ids`` (retention): rows, in the caller's
+    transaction, and kept files, once it has committed (a rollback keeps both)."""
     run_ids = [int(r) for r in run_ids]
     if not run_ids:
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {TABLE} WHERE run_id = ANY(%s)", [run_ids])
-    for run_id in run_ids:
-        discard_files(run_id)
+
+    def files():
+        for run_id in run_ids:
+            discard_files(run_id)
+
+    transaction.on_commit(files)

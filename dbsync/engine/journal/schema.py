@@ -7,7 +7,10 @@ One row of ``dbsync_journal`` per row a journaled statement changed:
 - ``I``: the primary key of a row the statement inserted (as text);
 - ``R``: of the records table (millions of rows, one series' appended at a time),
   one row per series and statement: the series and the first and last timestamps
-  the statement inserted (JSON), instead of a key per record;
+  the statement inserted (JSON), instead of a key per record; only when the series
+  holds no other record in that span (an append): a merge among records already
+  there (``ON CONFLICT DO UPDATE``) notes an ``I`` per record instead, its whole
+  row, so that the revert deletes only what the run inserted;
 - ``A``/``K``: files (``files``): a file the run stored, or kept aside.
 
 The triggers are statement-level with transition tables (PostgreSQL 15 has no
@@ -29,6 +32,13 @@ RECORDS = "hcore_record"
 # Kept by triggers from another table's changes (the records'): restored after it.
 DERIVED = ("hcore_recordssummary",)
 EXTRA_TABLES = ("dbsync_database",)  # the remotes' bookkeeping: cursors
+# Of these tables, the only columns a run writes (a sync: its cursors; an offboarding:
+# the removal): the revert puts back these alone, not an admin's edits since the run
+# (address, credentials, schedule, name). ``is_active`` comes back only with the
+# removal (an offboarding's).
+BOOKKEEPING = {
+    "dbsync_database": ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal"),
+}
 NEVER = ("hcore_userprofile",)  # personal data: never synced, never journaled
 PREFIX = "dbsync_journal_"
 
@@ -52,10 +62,23 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' AND TG_TABLE_NAME = '{RECORDS}' THEN
+        -- A range only where the statement's records are all the series holds in it
+        -- (an append); a merge among records already there: each record's row.
+        WITH g AS (
+            SELECT timeseries_id AS s, min("timestamp") AS f, max("timestamp") AS t,
+                count(*) AS n FROM dbsync_new GROUP BY timeseries_id
+        ), d AS (
+            SELECT g.*, g.n = (SELECT count(*) FROM {RECORDS} r WHERE r.timeseries_id = g.s
+                AND r."timestamp" BETWEEN g.f AND g.t) AS dense FROM g
+        ), ranges AS (
+            INSERT INTO {TABLE} (run_id, table_name, op, image)
+            SELECT run, TG_TABLE_NAME, 'R',
+                json_build_object('s', d.s, 'from', d.f, 'to', d.t)::text
+            FROM d WHERE d.dense
+        )
         INSERT INTO {TABLE} (run_id, table_name, op, image)
-        SELECT run, TG_TABLE_NAME, 'R', json_build_object(
-            's', timeseries_id, 'from', min("timestamp"), 'to', max("timestamp"))::text
-        FROM dbsync_new GROUP BY timeseries_id;
+        SELECT run, TG_TABLE_NAME, 'I', n::text FROM dbsync_new n
+        WHERE n.timeseries_id IN (SELECT d.s FROM d WHERE NOT d.dense);
     ELSIF TG_OP = 'INSERT' THEN
         EXECUTE format(
             'INSERT INTO {TABLE} (run_id, table_name, op, image) '

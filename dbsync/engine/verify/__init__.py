@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
-from hcore.models import GentityFile, RecordsSyncState
+from hcore.models import RecordsSyncState
 
+from .. import journal
 from ..dumps import dump_name
 from ..errors import RemoteError, SyncError
 from ..fetch import check_manifest, key_chunks, make_refetcher
@@ -226,10 +228,13 @@ def repair_data(database, client, found, options, result, log):
     """The records and files that differ, fetched again whole (after the objects)."""
     for verdict in found.differing():
         if isinstance(verdict, RecordsVerdict):
-            # Without its state, a series is fetched whole and replaces ours.
-            RecordsSyncState.objects.filter(
-                timeseries__original_db=database, timeseries__original_id__in=verdict.differ
-            ).delete()
+            # Without its state, a series is fetched whole and replaces ours. Journaled
+            # with the run's other changes: its revert puts the state back too.
+            with transaction.atomic(), journal.recording(options.journal_run):
+                RecordsSyncState.objects.filter(
+                    timeseries__original_db=database,
+                    timeseries__original_id__in=verdict.differ,
+                ).delete()
             sync_records(
                 database,
                 client,
@@ -239,13 +244,12 @@ def repair_data(database, client, found, options, result, log):
                 journal_run=options.journal_run,
             ).add_to(result)
         elif isinstance(verdict, FilesVerdict):
-            forget_files(database, verdict.differ)
-            sync_files(database, client, log=log, journal_run=options.journal_run).add_to(result)
-
-
-def forget_files(database, remote_pks):
-    """The stored files of these objects no longer count as theirs: fetched again."""
-    storage = GentityFile._meta.get_field("content").storage
-    rows = GentityFile._base_manager.filter(original_db=database, original_id__in=remote_pks)
-    for name in rows.exclude(content="").values_list("content", flat=True):
-        storage.delete(name)
+            # Fetched again; each stored file is replaced (journaled) only once its
+            # new copy has arrived: a failed fetch leaves it in place.
+            sync_files(
+                database,
+                client,
+                log=log,
+                journal_run=options.journal_run,
+                refetch=verdict.differ,
+            ).add_to(result)
