@@ -152,10 +152,23 @@ def test_revert_brings_back_exactly_the_state_before_the_run(live, media):
     size = journal.size(run.pk)
     assert size["rows"] > 0 and "<files>" in size["tables"]
 
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()::text::bigint")
+        (before_revert,) = cursor.fetchone()
+
     out = revert(run)
 
     assert f"Reverted run #{run.pk}" in out and "paused" in out
     assert state(database, media) == before
+    # the rows it put back (the station renamed, the one deleted) are marked as written
+    # by the revert (change capture): an aggregate syncing from this one sees the revert
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM hcore_gentity WHERE original_db_id = %s AND dbsync_xid >= %s",
+            [database.pk, before_revert],
+        )
+        (remarked,) = cursor.fetchone()
+    assert remarked >= 2
     run.refresh_from_db()
     assert run.reverted_at is not None and run.reverted_by == "command"
     assert SchedulePause.objects.filter(database=database).exists()

@@ -21,6 +21,7 @@ from collections import defaultdict
 from django.db import DatabaseError, connection, transaction
 
 from hcore.bulk import qn
+from hcore.capture import MARKER_COLUMN
 
 from ..errors import SyncError
 from .files import FILES, discard_files
@@ -173,7 +174,28 @@ def revert_table(cursor, run_id, table, pk):
         f"INSERT INTO {t} SELECT (k.image::{t}).* FROM ({firsts}) k WHERE k.op <> 'I'",
         [run_id, table],
     )
-    return deleted, cursor.rowcount
+    restored = cursor.rowcount
+    remark(cursor, table, t, p, kind, firsts, run_id)
+    return deleted, restored
+
+
+def remark(cursor, table, t, p, kind, firsts, run_id):
+    """Rows put back carry the revert's transaction as their change marker (change
+    capture, ``hcore.capture``), not the one in their before-image: a revert is a
+    change, which an aggregate syncing from this one must see (its cursor is past the
+    old marker). The UPDATE's trigger sets the marker."""
+    cursor.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
+        "AND NOT attisdropped",
+        [t, MARKER_COLUMN],
+    )
+    if cursor.fetchone() is None:
+        return
+    cursor.execute(
+        f"UPDATE {t} x SET {qn(MARKER_COLUMN)} = NULL FROM ({firsts}) k "
+        f"WHERE k.op <> 'I' AND x.{p} = k.key::{kind}",
+        [run_id, table],
+    )
 
 
 def revert_bookkeeping(cursor, run_id, table, pk):

@@ -37,7 +37,15 @@ EXTRA_TABLES = ("dbsync_database",)  # the remotes' bookkeeping: cursors
 # (address, credentials, schedule, name). ``is_active`` comes back only with the
 # removal (an offboarding's).
 BOOKKEEPING = {
-    "dbsync_database": ("last_sync", "sync_cursor", "records_cursor", "removed_at", "removal"),
+    "dbsync_database": (
+        "last_sync",
+        "sync_cursor",
+        "records_cursor",
+        "capture_cursor",  # change capture (engine.capture): the snapshot cursor ...
+        "remote_identity",  # ... and the identity it holds for
+        "removed_at",
+        "removal",
+    ),
 }
 NEVER = ("hcore_userprofile",)  # personal data: never synced, never journaled
 PREFIX = "dbsync_journal_"
