@@ -27,7 +27,6 @@ from .schema import DERIVED, RECORDS, TABLE, journaled_tables
 
 logger = logging.getLogger(__name__)
 
-KEYS = "dbsync_revert_keys"
 RANGES = (
     f"SELECT id, (image::jsonb->>'s')::bigint AS s, (image::jsonb->>'from')::timestamptz AS f, "
     f"(image::jsonb->>'to')::timestamptz AS t FROM {TABLE} "
@@ -157,20 +156,21 @@ def column_type(cursor, table, column):
 def revert_table(cursor, run_id, table, pk):
     t, p = qn(table), qn(pk)
     kind = column_type(cursor, table, pk)
-    cursor.execute(f"DROP TABLE IF EXISTS {KEYS}")
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE {KEYS} ON COMMIT DROP AS "
+    # No temporary table: the web role (the admin's action) may not create one.
+    firsts = (
         f"SELECT DISTINCT ON (key) key, op, image FROM ("
         f"SELECT id, op, image, {key_sql(table, pk)} AS key FROM {TABLE} "
-        f"WHERE run_id = %s AND table_name = %s) e ORDER BY key, id",
+        f"WHERE run_id = %s AND table_name = %s) e ORDER BY key, id"
+    )
+    cursor.execute(
+        f"DELETE FROM {t} x USING ({firsts}) k WHERE x.{p} = k.key::{kind}", [run_id, table]
+    )
+    deleted = cursor.rowcount
+    cursor.execute(
+        f"INSERT INTO {t} SELECT (k.image::{t}).* FROM ({firsts}) k WHERE k.op <> 'I'",
         [run_id, table],
     )
-    cursor.execute(f"DELETE FROM {t} x USING {KEYS} k WHERE x.{p} = k.key::{kind}")
-    deleted = cursor.rowcount
-    cursor.execute(f"INSERT INTO {t} SELECT (k.image::{t}).* FROM {KEYS} k WHERE k.op <> 'I'")
-    restored = cursor.rowcount
-    cursor.execute(f"DROP TABLE {KEYS}")
-    return deleted, restored
+    return deleted, cursor.rowcount
 
 
 def revert_records(cursor, run_id):
@@ -183,29 +183,28 @@ def revert_records(cursor, run_id):
         [run_id],
     )
     deleted = cursor.rowcount
-    cursor.execute(f"DROP TABLE IF EXISTS {KEYS}")
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE {KEYS} ON COMMIT DROP AS "
+    images = (
         f'SELECT DISTINCT ON ((e.rec).timeseries_id, (e.rec)."timestamp") e.id, e.rec FROM '
         f"(SELECT id, image::{t} AS rec FROM {TABLE} WHERE run_id = %s AND table_name = %s "
         f"AND op IN ('U', 'D')) e "
-        f'ORDER BY (e.rec).timeseries_id, (e.rec)."timestamp", e.id',
+        f'ORDER BY (e.rec).timeseries_id, (e.rec)."timestamp", e.id'
+    )
+    # A record the run inserted (a range of it covers the record, noted earlier) and
+    # then changed did not exist before the run: its image is not put back.
+    before = (
+        f"SELECT k.rec FROM ({images}) k WHERE NOT EXISTS (SELECT 1 FROM ({RANGES}) g "
+        f'WHERE g.id < k.id AND (k.rec).timeseries_id = g.s AND (k.rec)."timestamp" '
+        f"BETWEEN g.f AND g.t)"
+    )
+    params = [run_id, RECORDS, run_id]
+    cursor.execute(
+        f"DELETE FROM {t} r USING ({images}) k WHERE r.timeseries_id = (k.rec).timeseries_id "
+        f'AND r."timestamp" = (k.rec)."timestamp"',
         [run_id, RECORDS],
     )
-    cursor.execute(
-        f"DELETE FROM {KEYS} k USING ({RANGES}) g WHERE g.id < k.id AND "
-        f'(k.rec).timeseries_id = g.s AND (k.rec)."timestamp" BETWEEN g.f AND g.t',
-        [run_id],
-    )
-    cursor.execute(
-        f"DELETE FROM {t} r USING {KEYS} k WHERE r.timeseries_id = (k.rec).timeseries_id "
-        f'AND r."timestamp" = (k.rec)."timestamp"'
-    )
     deleted += cursor.rowcount
-    cursor.execute(f"INSERT INTO {t} SELECT (k.rec).* FROM {KEYS} k")
-    restored = cursor.rowcount
-    cursor.execute(f"DROP TABLE {KEYS}")
-    return deleted, restored
+    cursor.execute(f"INSERT INTO {t} SELECT (b.rec).* FROM ({before}) b", params)
+    return deleted, cursor.rowcount
 
 
 def discard(run_ids):
