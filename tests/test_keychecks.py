@@ -165,16 +165,23 @@ def test_an_error_while_writing_unchecked_rows_turns_the_triggers_back_on():
         assert cursor.fetchone()[0] == "origin"
 
 
-def test_the_capture_triggers_keep_the_fast_path_and_mark_the_installed_rows(remote):  # noqa: F811
+@pytest.mark.parametrize("in_server", [True, False])
+def test_the_capture_triggers_keep_the_fast_path_and_mark_the_installed_rows(
+    remote,  # noqa: F811
+    settings,
+    in_server,
+):
     """hcore.capture's triggers are ENABLE ALWAYS: a first sync still checks its new rows'
-    keys in bulk (replica mode), and the rows it installs are captured all the same
-    (marked, counted), so that this aggregate can serve them as a remote."""
+    keys in bulk (replica mode; in the server's install, by its joins to the key maps),
+    and the rows it installs are captured all the same (marked, counted), so that this
+    aggregate can serve them as a remote."""
     from hcore.capture import COUNTER_TABLE, MARKER_COLUMN
 
+    settings.DBSYNC_INSTALL_IN_SERVER = in_server
     assert KeyChecks(None).allowed("hcore_station")  # its triggers are all the product's
     database = register(remote)
     out, _ = sync(database, "-v", "2")
-    assert "Checked the foreign keys of" in out
+    assert ("Checked the foreign keys of" in out) is not in_server
     stations = Station.objects.filter(original_db=database).count()
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM hcore_station WHERE {MARKER_COLUMN} > 0")
