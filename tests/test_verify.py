@@ -213,6 +213,18 @@ def test_a_remote_has_a_weekly_verification_schedule(remote):
     assert not task.enabled
 
 
+def test_a_remote_registered_before_verifications_gets_its_task_at_migrate(remote):
+    """A remote upgraded into 0011 has ``verify_every_days`` but no periodic task:
+    ``migrate`` gives it one (and a migrate back to an older state does not fail)."""
+    from django_celery_beat.models import PeriodicTask
+
+    database = register(remote)
+    name = f"dbsync: verify remote #{database.pk}"
+    PeriodicTask.objects.filter(name=name).delete()
+    call_command("migrate", verbosity=0)
+    assert PeriodicTask.objects.get(name=name).enabled
+
+
 def test_a_repair_is_journaled_as_a_sync(remote):
     database = register(remote)
     command(database)
