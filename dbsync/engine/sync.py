@@ -548,10 +548,11 @@ def install_fetched(
                     fetched.files.setdefault(member_label, []).extend(paths)
             log(f"Installing again with {sum(map(len, exc.missing.values()))} object(s)", 2)
     committed = time.monotonic()
-    if not options.dry_run and installer is not None:
-        if approval is not None:
+    if not options.dry_run:
+        if approval is not None:  # spent once the objects commit, even with nothing to do
             approval.installed = True
-        installer.analyze_grown_tables()
+        if installer is not None:  # None: nothing changed at a capture remote
+            installer.analyze_grown_tables()
     log(
         f"Install phase: {committed - started:.2f} s in the objects' transaction, "
         f"{time.monotonic() - committed:.2f} s analyzing",
