@@ -29,6 +29,7 @@ from protocol.rowhash import (
     hash_sql,
     hashed_fields,
     hashed_m2m_fields,
+    m2m_links,
     part_of,
     part_of_sql,
     row_hash,
@@ -194,13 +195,3 @@ def python_hashes(model, low, high, pks=None):
             row_links = {name: by_pk.get(pk, ()) for name, by_pk in links.items()}
             yield pk, row_hash(model, pk, values, row_links), row[-1] if has_modified else None
         last = pks[-1]
-
-
-def m2m_links(field, pks):
-    through = field.remote_field.through
-    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
-    links = {}
-    rows = through._base_manager.filter(**{f"{source}__in": pks}).values_list(source, target)
-    for source_pk, target_pk in rows:
-        links.setdefault(source_pk, []).append(target_pk)
-    return links

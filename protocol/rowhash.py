@@ -253,3 +253,16 @@ def part_bounds(low, high, parts):
     span = high - low + 1
     starts = [low + -(-i * span // parts) for i in range(parts + 1)]
     return [(starts[i], starts[i + 1] - 1) for i in range(parts)]
+
+
+def m2m_links(field, pks):
+    """{owner pk: [linked pks]} of many-to-many ``field`` for the owners ``pks``, as this
+    database holds them: the links the Python hash (SQLite) writes as ``M`` tokens, for
+    the serving side and the replica alike."""
+    through = field.remote_field.through
+    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
+    links = {}
+    rows = through._base_manager.filter(**{f"{source}__in": pks}).values_list(source, target)
+    for source_pk, target_pk in rows:
+        links.setdefault(source_pk, []).append(target_pk)
+    return links

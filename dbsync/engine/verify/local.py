@@ -15,6 +15,7 @@ from protocol.rowhash import (
     hash_sql,
     hashed_fields,
     hashed_m2m_fields,
+    m2m_links,
     part_of,
     part_of_sql,
     row_hash,
@@ -180,13 +181,3 @@ def python_row_hash(model, pk, values, links):
 
 def values_of_keys(model, values):
     return [values.get(f.name) for f in hashed_fields(model) if f.is_relation]
-
-
-def m2m_links(field, pks):
-    through = field.remote_field.through
-    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
-    links = {}
-    rows = through._base_manager.filter(**{f"{source}__in": pks}).values_list(source, target)
-    for source_pk, target_pk in rows:
-        links.setdefault(source_pk, []).append(target_pk)
-    return links
