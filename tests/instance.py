@@ -112,6 +112,17 @@ class Instance:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else None
 
+    def touch_every_row(self):
+        """Rewrite every row of every captured table, unchanged, as a busy remote's day
+        would: the next incremental run of a syncer fetches every model again."""
+        tables = self.sql(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name = 'dbsync_xid' ORDER BY table_name"
+        )
+        assert tables, "the instance captures no table"
+        for (table,) in tables:
+            self.sql(f'UPDATE "{table}" SET dbsync_xid = dbsync_xid')
+
     def start(self, workers=2, extra_env=None, tls=None, root=ROOT):
         """Serve the instance; ``tls``: a ``trustme.CA`` that issues its certificate (for
         its hostname), and HTTPS is served instead of HTTP; ``root``: the code served

@@ -260,6 +260,15 @@ def catalogue(instance, headers=()):
     for entry in manifest["models"]:
         endpoints.append(Endpoint("dump", entry["url"], dump_params))
         endpoints.append(Endpoint("keys", entry["keys_url"]))
+        checksum_params = {"from": "0", "to": "5000", "parts": "4"}
+        endpoints.append(Endpoint("checksums", entry["checksums_url"], checksum_params))
+        endpoints.append(
+            Endpoint(
+                "hashes",
+                entry["hashes_url"],
+                {"from": "0", "to": "50", "after": "2001-01-01T00:00:00"},
+            )
+        )
     series = instance.sql("SELECT min(timeseries_id) FROM hcore_record")[0][0]
     gentityfile = instance.sql("SELECT min(id) FROM hcore_gentityfile WHERE content <> ''")[0][0]
     assert series and gentityfile, "the instance has no records or no files"
@@ -342,6 +351,9 @@ BAD_FOR = {
         "1:-99999999999999999",
         "1:253402300799999999",
     ],
+    "from": ["-1", str(2**63), "5001"],
+    "to": ["-1", str(2**63)],
+    "parts": ["0", "-1", "257", "²"],
 }
 # Odd but valid: answered with a whole body.
 ODD_BUT_VALID = {
@@ -357,7 +369,13 @@ ODD_BUT_VALID = {
     "end_date": ["9999-12-31", "9999-12-31 23:59", "9999-12-31T23:59:59.999999-23:59"],
     "fmt": ["HTS", "hts2", "Csv"],
     "series": ["0", "1:0", "1:253402300799999998", "1:-62135596800000000", "2,1"],
+    "from": ["0", "50"],
+    "to": ["50", "0050"],
+    "parts": ["1", "256"],
 }
+# The same name, another kind of value: the hashes' ``after`` is a time, as a dump's
+# ``modified_after`` is (a dump's ``after`` is a key).
+KIND = {("hashes", "after"): "modified_after"}
 
 
 def parameter_cases(endpoint):
@@ -372,9 +390,10 @@ def parameter_cases(endpoint):
     for name, value in valid:
         cases.append((f"{name} twice", valid + [(name, value)], 400, [name, "more than once"]))
         others = [(n, v) for n, v in valid if n != name]
-        for bad in BAD_VALUES + BAD_FOR[name]:
+        kind = KIND.get((endpoint.route, name), name)
+        for bad in BAD_VALUES + BAD_FOR[kind]:
             cases.append((f"{name}={bad[:30]!r}", others + [(name, bad)], 400, [name]))
-        for odd in ODD_BUT_VALID[name]:
+        for odd in ODD_BUT_VALID[kind]:
             cases.append((f"{name}={odd!r}", others + [(name, odd)], 200, []))
     if endpoint.route == "records-batch":
         cases.append(("series missing", [], 400, ["series"]))

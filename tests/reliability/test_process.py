@@ -248,8 +248,9 @@ def test_kill_9_during_the_install_changes_nothing_and_the_next_run_succeeds(
     with install_stalled():
         command = Command(database, tmp_path)
         session = wait_stalled(database)
-        assert "Installing fixtures from file hcore.gentity.json" in command.output()
-        assert "Installing fixtures from file hcore.station.json" in command.output()
+        # Models written before it stalled: which ones depends on the install's path
+        # (the server's writes a model once its key maps are built, and says so after).
+        assert "Installing fixtures from file hcore.politicaldivision.json" in command.output()
         command.kill9()
     wait_session_gone(session)
     integrity.assert_unchanged(before)
