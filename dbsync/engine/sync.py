@@ -170,7 +170,11 @@ class Fetched:
 
     def nothing(self):
         """Nothing fetched and nothing deleted: the install has nothing to do."""
-        return not self.files and isinstance(self.keys, dict) and not self.keys
+        return (
+            not self.files
+            and isinstance(self.keys, dict)
+            and all(isinstance(keys, AllBut) and not keys.gone for keys in self.keys.values())
+        )
 
 
 # --- the command: everything in one process ------------------------------------------
@@ -465,7 +469,7 @@ def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
         ) from exc
 
 
-def assemble(fetch_plan, paths):
+def assemble(fetch_plan, paths, plan):
     """The install's input from the fetched files: {(model label, kind): path}."""
     files = {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP}
     keys = "present"
@@ -476,6 +480,13 @@ def assemble(fetch_plan, paths):
             m: AllBut(read_key_set(str(p))) for (m, kind), p in paths.items() if kind == DELETED
         }
         keys.update({m: read_key_set(str(p)) for (m, kind), p in paths.items() if kind == KEYS})
+        if fetch_plan.changed_since is not None:
+            # Change capture: a root whose deletions were not asked for deleted nothing
+            # since the cursor, so the remote still has every object of it we hold.
+            # Said so, a cascade from an unlisted object to one of them is judged a
+            # contradiction (install.impact), as under a whole keys listing.
+            for root in plan.roots:
+                keys.setdefault(label(root), AllBut(KeySet()))
     return Fetched(files, keys, fetch_plan.server_time, fetch_plan.capture, fetch_plan.replace)
 
 
@@ -494,7 +505,7 @@ def install_dumps(
     refetch = (
         None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
     )
-    fetched = assemble(fetch_plan, paths)
+    fetched = assemble(fetch_plan, paths, plan)
     fetch_missing(database, plan, fetched, refetch, log)
     if fetch_plan.replace:
         options = replace_options(options, full=True)  # the records anew too

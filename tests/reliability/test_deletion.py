@@ -70,12 +70,6 @@ def is_keys_of(model):
 # --- a listing that lacks what the rest still refers to ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP since change capture (session 7, issue 14): an incremental run does "
-    "not fetch the series, which are unchanged, so the contradiction goes unseen; the "
-    "delete guard still refuses (nothing deleted), but offers the deletion for approval",
-)
 def test_an_empty_time_zone_listing_is_refused_and_deletes_nothing(remote, integrity):
     """The remote's key listing of time zones comes back empty (a bug, or a cut
     response that still parses) while its series still point at them. Before, the run
