@@ -219,3 +219,20 @@ def test_a_reference_the_dumps_lack_is_asked_for_as_on_the_python_path(remote, p
     assert ROW_BY_ROW in server_out
     assert error == python_error
     assert error is not None and "refers to hcore.gentity(pk=999999)" in error
+
+
+def test_a_dry_run_of_a_first_sync_leaves_no_staged_dump_behind(remote, proxy, settings):
+    """``--dry-run`` rolls the install's transaction back, with the DROPs of the staged
+    dumps in it (the stager's session committed them): they are dropped after it, so
+    no unlogged copy of a remote's dumps is left taking disk; nothing is installed."""
+    settings.DBSYNC_INSTALL_IN_SERVER = True
+    database = Database.objects.create(
+        name="dry", hostname=remote.hostname, ip_address="127.0.0.1", port=proxy.port
+    )
+    out = io.StringIO()
+    call_command(
+        "hcore_remotesyncdb", "-r", "dry", "-N", "--no-records", "--dry-run", "-v", "2", stdout=out
+    )
+    assert IN_SERVER in out.getvalue()
+    assert not Gentity.objects.filter(original_db=database).exists()
+    assert not stage_tables()

@@ -48,7 +48,7 @@ from .fetch import (
     write_fetch_record,
 )
 from .files import sync_files
-from .install import Installer
+from .install import Installer, drop_staged
 from .journal import recording
 from .keysets import KeySet
 from .legacy import is_legacy, legacy_entries, to_line_layout
@@ -587,6 +587,13 @@ def install_objects(database, plan, options, result, fetched, asked, log, approv
             if not options.dry_run and fetched.is_sync:
                 save_cursors(database, fetched)
         return None
+    try:
+        return _install_objects(database, plan, options, result, fetched, asked, log, approval)
+    finally:
+        drop_staged(database)  # what a rolled-back first sync staged (install.inserver)
+
+
+def _install_objects(database, plan, options, result, fetched, asked, log, approval):
     with _install_transaction(), recording(options.journal_run):
         if fetched.replace:
             remove_old_copy(database, plan, options, result, approval, log)

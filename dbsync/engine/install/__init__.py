@@ -65,11 +65,13 @@ Invariants between them:
 """
 
 from ..guard import deletion_allowance, validate_max_delete
+from .inserver import drop_staged
 from .installer import Installer
 from .spec import ModelSpec, without_file_name
 
 __all__ = [
     "Installer",
+    "drop_staged",
     "ModelSpec",
     "deletion_allowance",
     "validate_max_delete",

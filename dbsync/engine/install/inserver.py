@@ -40,7 +40,7 @@ import re
 import threading
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import DatabaseError, connection, models
 
 from hcore.bulk import qn
 
@@ -532,6 +532,28 @@ class Stager:
             logger.warning("Could not drop the staged dumps: %s", exc)
         finally:
             self.session.close()
+
+
+def drop_staged(database):
+    """Drop what staged dumps of ``database`` are left, after the install's transaction.
+
+    The stager's session commits its tables; the install's transaction drops them, so a
+    rollback (``--dry-run``, an error after this path kept its work, a killed process)
+    leaves them, unlogged copies of every dump taking disk. Called when that transaction
+    has ended either way, under the remote's lock (no other run of it stages now)."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return  # inside a caller's transaction (a test's): its end decides
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname = current_schema() AND tablename LIKE %s",
+                [f"dbsync\\_stage\\_{database.pk}\\_%"],
+            )
+            for (table,) in cursor.fetchall():
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    except (DatabaseError, connection.Database.Error) as exc:  # the next run drops them
+        logger.warning("Could not drop the staged dumps of %s: %s", database, exc)
 
 
 def literal(name):
