@@ -13,7 +13,9 @@ times, and the medians are printed, with the journal's size (its rows and bytes,
 - a 1 % change of the stations and time series (renamed, remarks changed);
 - the records: a nightly run after one more day of 10-minute values (144 records)
   in every series (target: the journal costs at most 10 % of it), and an unchanged
-  records re-sync.
+  records re-sync;
+- the nightly's INSERT alone, in SQL under ``EXPLAIN ANALYZE``, journaled and not:
+  the time of each trigger (``dbsync_journal_insert`` next to the records' summary).
 
     .venv/bin/python benchmarks/journal_benchmark.py --stations 200000 --series 2000
     .venv/bin/python benchmarks/journal_benchmark.py --stations 20000 --series 2000 \\
