@@ -13,7 +13,9 @@ times, and the medians are printed, with the journal's size (its rows and bytes,
 - a 1 % change of the stations and time series (renamed, remarks changed);
 - the records: a nightly run after one more day of 10-minute values (144 records)
   in every series (target: the journal costs at most 10 % of it), and an unchanged
-  records re-sync.
+  records re-sync;
+- the nightly's INSERT alone, in SQL under ``EXPLAIN ANALYZE``, journaled and not:
+  the time of each trigger (``dbsync_journal_insert`` next to the records' summary).
 
     .venv/bin/python benchmarks/journal_benchmark.py --stations 200000 --series 2000
     .venv/bin/python benchmarks/journal_benchmark.py --stations 20000 --series 2000 \\
@@ -30,7 +32,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
@@ -71,26 +72,44 @@ def transaction_seconds(out):
     return sum(float(m[1]) for p in TRANSACTION_LINES for m in p.finditer(out))
 
 
+# 144 records in each series that holds records (the records remote's), not in the
+# objects remote's series too: those hold none, and a nightly run appends nothing to
+# them (at 200,000 stations they are 400,000: 58 M records, not 288,000).
+NIGHTLY_INSERT = (
+    'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+    "SELECT s.timeseries_id, timestamptz '2040-01-01' + n * interval '10 minutes', n, '' "
+    "FROM hcore_recordssummary s, generate_series(0, 143) n WHERE s.count > 0"
+)
+
+
 def trigger_cost(url, turns=5):
     """The records' nightly insert alone, in the database at ``url``: 144 records in
-    every series, one INSERT, journaled (``dbsync.run_id`` set) and not, in turns,
-    each rolled back; returns the medians (not journaled, journaled) in seconds. The
+    every series that holds records, one INSERT under ``EXPLAIN ANALYZE``, journaled
+    (``dbsync.run_id`` set) and not, in turns, each rolled back. Returns, for not
+    journaled and journaled, the medians of the statement's seconds and of each trigger's: the
     triggers' own work, apart from the command, the HTTP and the machine's drift."""
-    times = {False: [], True: []}
+    statement = {False: [], True: []}
+    triggers = {False: {}, True: {}}
     with psycopg.connect(url) as conn:
         for turn in range(turns):
             for journaled in (False, True) if turn % 2 == 0 else (True, False):
                 with conn.transaction(force_rollback=True):
                     if journaled:
                         conn.execute("SELECT set_config('dbsync.run_id', '999999999', true)")
-                    started = time.perf_counter()
-                    conn.execute(
-                        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
-                        "SELECT s.id, timestamptz '2040-01-01' + n * interval '10 minutes', n, '' "
-                        "FROM hcore_timeseries s, generate_series(0, 143) n"
-                    )
-                    times[journaled].append(time.perf_counter() - started)
-    return statistics.median(times[False]), statistics.median(times[True])
+                    ((plan,),) = conn.execute(
+                        f"EXPLAIN (ANALYZE, FORMAT JSON) {NIGHTLY_INSERT}"
+                    ).fetchall()
+                statement[journaled].append(plan[0]["Execution Time"] / 1000)
+                for trigger in plan[0].get("Triggers", ()):
+                    seconds = trigger["Time"] / 1000
+                    triggers[journaled].setdefault(trigger["Trigger Name"], []).append(seconds)
+    return {
+        journaled: (
+            statistics.median(statement[journaled]),
+            {name: statistics.median(t) for name, t in sorted(triggers[journaled].items())},
+        )
+        for journaled in (False, True)
+    }
 
 
 def main():
@@ -256,11 +275,17 @@ def main():
         if options.only != "objects":
             step("records: nightly, +144 records a series", "records", add_a_day)
             step("records: unchanged re-sync", "records")
-            plain, journaled = trigger_cost(f"{PG_BASE}/{locals_['journal'][0]}")
+            costs = trigger_cost(f"{PG_BASE}/{locals_['journal'][0]}")
+            plain, journaled = costs[False][0], costs[True][0]
             results.append(
                 ("records: the nightly INSERT alone (SQL)", plain, journaled, 0, 0, 0, None)
             )
             print(f"  the nightly INSERT alone: {plain:.2f} s, journaled {journaled:.2f} s")
+            for journaled, (_statement, triggers) in costs.items():
+                kind = "journaled" if journaled else "-N"
+                print(f"    its triggers, {kind}: " + ", ".join(
+                    f"{name} {seconds * 1000:.0f} ms" for name, seconds in triggers.items()
+                ))  # fmt: skip
     finally:
         objects.stop()
         records.stop()
