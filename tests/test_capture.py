@@ -417,6 +417,7 @@ def test_files_and_records_arrive_on_the_cheap_paths(live_files, downloads, sett
     folder = media / "gentityfile" / str(database.pk)
     assert not (folder / str(pks[2])).exists()  # the deleted object's folder was pruned
     assert len([p for p in folder.rglob("*") if p.is_file()]) == len(remote_files(live_files))
+    assert not [p for p in folder.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert_same_graph(remote_graph(live_files), local_graph(database))
     local = dict(
         Record.objects.filter(timeseries__original_db=database)

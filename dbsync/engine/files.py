@@ -187,6 +187,7 @@ class FilesSync:
             self.work = Path(tmp)
             listing = self.fetch_listing(urls["listing_url"], self.listing_params(urls))
             self.url_template = urls["url"]
+            self.listed = set(listing)
             todo = self.plan(listing)
             progress = steps(self.log)
             progress.begin(FILES, len(todo))
@@ -358,8 +359,12 @@ class FilesSync:
         )
         if self.incremental and len(object_dirs) <= ours.count():
             # Every object with a file here has its folder: no folder of a deleted
-            # object is left (a changed object's old file went as it changed).
-            return
+            # object is left. The listed objects' folders may hold an earlier version's
+            # (emptied) folder: those alone are pruned.
+            listed = self.listed if len(self.listed) <= LISTED_FILTER_MAX else None
+            if listed is not None:
+                ours = ours.filter(original_id__in=list(listed))
+                object_dirs = [d for d in object_dirs if d.isdigit() and int(d) in listed]
         kept = set(ours.values_list("content", flat=True))
         for object_dir in object_dirs:
             self.prune(f"{root}/{object_dir}", kept)
