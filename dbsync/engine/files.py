@@ -222,7 +222,10 @@ class FilesSync:
             return
         if self.cursor == self.database.files_cursor:
             return
-        type(self.database).objects.filter(pk=self.database.pk).update(files_cursor=self.cursor)
+        with transaction.atomic(), recording(self.journal_run):  # a revert puts it back
+            type(self.database).objects.filter(pk=self.database.pk).update(
+                files_cursor=self.cursor
+            )
         self.database.files_cursor = self.cursor
 
     def endpoints(self):
