@@ -89,10 +89,15 @@ def filter_changed_since(queryset, model, since):
     return queryset.extra(where=[f"{table}.{MARKER_COLUMN} >= %s"], params=[since])
 
 
-def check_deleted_since(since):
+def check_deleted_since(since, name="deleted_since"):
     """Before the response starts: a 400 where there are no tombstones to list."""
     if since is not None and connection.vendor != "postgresql":
-        raise ApiError(400, "deleted_since needs change capture, which this instance lacks.")
+        raise ApiError(400, f"{name} needs change capture, which this instance lacks.")
+
+
+def check_changed_since(since):
+    """Before the response starts: a 400 where no row carries a change marker."""
+    check_deleted_since(since, "changed_since")
 
 
 def deleted_keys(model, since):

@@ -10,9 +10,18 @@
 
 (an empty ``name``: the object has no file; ``missing``: its file is not in this
 server's storage). ``gentityfile/<pk>/content/`` serves the bytes, with the same
-SHA-256 in an ``X-Content-SHA256`` header. The listing reads every file to compute
-its checksum, so it costs what the files weigh: fine for the photos and documents
-of a station, not meant for terabytes.
+SHA-256 in an ``X-Content-SHA256`` header. The listing reads every file it lists to
+compute its checksum, so a whole listing costs what the files weigh.
+
+``gentityfile/contents/?changed_since=<transaction id>`` (PostgreSQL, change capture:
+``hcore.capture``) lists only the objects whose row was written by that transaction or
+a later one (the manifest's capture cursor), and hashes only their files: an unchanged
+re-sync costs one indexed read and no file. The manifest's ``files.listing_parameters``
+names the parameter where it is honoured (a client sends it only then). A new file is
+a new row or a written one (an upload saves the object), so the row's marker tells.
+A file rewritten in the storage behind the database's back (same name, no write of
+its row) is not listed by it: a listing without ``changed_since`` (``--full``) or
+``--verify`` finds it.
 """
 
 import hashlib
@@ -27,6 +36,7 @@ from django.http import FileResponse, HttpResponse
 from hcore.models import GentityFile
 from protocol.formats import MAX_KEY
 
+from .changes import filter_changed_since
 from .dumps import OBJECT_ENCODER
 from .errors import ApiError
 
@@ -64,8 +74,20 @@ def describe(pk, name):
     return entry
 
 
-def stream_listing():
+LISTING_PARAMETERS = ("changed_since",)
+
+
+def listing_parameters(capture):
+    """The parameters the listing honours, for the manifest: ``changed_since`` only
+    where the database captures changes (``capture``: the manifest's capture state)."""
+    return list(LISTING_PARAMETERS) if capture else []
+
+
+def stream_listing(changed_since=None):
+    """The listing's body; with ``changed_since``, only the objects written since."""
     rows = GentityFile._base_manager.order_by("pk").values_list("pk", "content")
+    if changed_since is not None:
+        rows = filter_changed_since(rows, GentityFile, changed_since)
     yield b"[\n"
     separator = ""
     for pk, name in rows.iterator(chunk_size=2000):

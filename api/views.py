@@ -101,13 +101,14 @@ def manifest(request):
             "capture": state or {"guarantee": changes.GUARANTEE_CLOCK},
             "apps": served_apps(),
             "models": [describe_served_model(model, tables) for model in served_models()],
-            **describe_records_and_files(),
+            **describe_records_and_files(state),
         }
     )
 
 
-def describe_records_and_files():
-    """Where a syncer finds the records and files, if this instance serves hcore."""
+def describe_records_and_files(capture=None):
+    """Where a syncer finds the records and files, if this instance serves hcore;
+    ``capture``: the capture state (None: no change capture)."""
     if "hcore" not in served_apps():
         return {}
     urls = {
@@ -126,6 +127,8 @@ def describe_records_and_files():
         "files": {
             "listing_url": reverse("api:file-listing"),
             "url": reverse("api:file-content", args=(0,)).replace("/0/", "/{pk}/"),
+            # What the listing can be asked for: a syncer sends only what is listed.
+            "listing_parameters": files.listing_parameters(capture),
         },
     }
 
@@ -248,10 +251,12 @@ def records_batch(request):
 @api_endpoint
 def file_listing(request):
     hcore_served()
-    check_parameters(request.GET)
+    check_parameters(request.GET, files.LISTING_PARAMETERS)
+    changed_since = parse_transaction("changed_since", request.GET.get("changed_since"))
+    changes.check_changed_since(changed_since)
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
-    return StreamingHttpResponse(files.stream_listing(), content_type=JSON)
+    return StreamingHttpResponse(files.stream_listing(changed_since), content_type=JSON)
 
 
 @api_endpoint

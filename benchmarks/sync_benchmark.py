@@ -211,6 +211,12 @@ def main():
     parser.add_argument("--stations", type=int, default=200_000)
     parser.add_argument("--timeseries-per-station", type=float, default=2)
     parser.add_argument("--loaddata-share", type=float, default=0.1)
+    parser.add_argument(
+        "--files-per-station",
+        type=float,
+        default=0,
+        help="GentityFile objects with a file, per station (the files listing's cost).",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the databases afterwards.")
     parser.add_argument(
         "--syncs-only",
@@ -237,6 +243,7 @@ def main():
             stations=options.stations,
             timeseries_per_station=options.timeseries_per_station,
             events_per_station=0.5,
+            files_per_station=options.files_per_station,
             seed=11,
         )
         print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)

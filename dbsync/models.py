@@ -166,6 +166,15 @@ class Database(models.Model):
         help_text="The remote database's identity (cluster, timeline, database) at the last "
         "successful run; a remote whose identity changed is refused.",
     )
+    files_cursor = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        verbose_name="files cursor",
+        help_text="From a remote with change capture: the change cursor of the objects the "
+        "last files sync that finished with nothing skipped worked on; the next run asks "
+        "for the files of the objects written since then (empty: every object's).",
+    )
     records_cursor = models.DateTimeField(
         null=True,
         blank=True,

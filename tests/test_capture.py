@@ -10,10 +10,11 @@ import pytest
 from django.apps import apps
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db.models import Sum
 
 from dbsync.engine.planner import root_of
 from dbsync.models import Database
-from hcore.models import Station
+from hcore.models import Record, Station
 from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
 from tests.instance import PG_BASE
 from tests.test_sync import last_run, register
@@ -309,3 +310,141 @@ def test_a_remote_restored_to_an_earlier_point_is_refused_and_nothing_changes(tm
     finally:
         remote.stop()
         cluster.destroy()
+
+
+@pytest.fixture
+def live_files(make_instance, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DBSYNC_WORK_DIR = tmp_path / "work"
+    instance = make_instance(hostname="capture-files.example.org")
+    instance.generate(stations=6, seed=5, records_per_series=50, files_per_station=1)
+    return instance.start()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """(path, params, bytes) of every body the syncer downloads to a file."""
+    from dbsync.engine.remote import RemoteClient
+
+    seen = []
+    download = RemoteClient.download
+
+    def spy(self, path, dest, params=None, is_complete=None):
+        size = download(self, path, dest, params, is_complete)
+        seen.append((path, dict(params or {}), size))
+        return size
+
+    monkeypatch.setattr(RemoteClient, "download", spy)
+    return seen
+
+
+def listings(downloads):
+    return [(params, size) for path, params, size in downloads if "gentityfile/contents" in path]
+
+
+def replica_files(database, media):
+    """{remote pk: bytes of its file here}."""
+    from hcore.models import GentityFile
+
+    rows = GentityFile.objects.filter(original_db=database).values_list("original_id", "content")
+    return {pk: (media / name).read_bytes() if name else None for pk, name in rows}
+
+
+def remote_files(instance):
+    rows = instance.sql("SELECT id, content FROM hcore_gentityfile")
+    media = instance.var_dir / "media"
+    return {pk: (media / name).read_bytes() if name else None for pk, name in rows}
+
+
+def test_files_and_records_arrive_on_the_cheap_paths(live_files, downloads, settings):
+    media = settings.MEDIA_ROOT
+    database = register(live_files)
+    sync(database)
+    database.refresh_from_db()
+    assert database.files_cursor == database.capture_cursor is not None
+    assert replica_files(database, media) == remote_files(live_files)
+    assert listings(downloads) == [({}, listings(downloads)[0][1])]  # the first: whole
+
+    # Unchanged: the listing asks for what changed since the cursor, gets nothing, and
+    # the records summary lists no series; no file and no records are fetched.
+    downloads.clear()
+    out = incremental(database)
+    ((params, size),) = listings(downloads)
+    assert params == {"changed_since": str(database.files_cursor)} and size == len(b"[\n]\n")
+    summaries = [s for p, _q, s in downloads if "records-summary" in p]
+    assert summaries == [len(b"[\n]\n")]
+    assert [
+        p for p, _q, _s in downloads if "records-summary" not in p and "contents" not in p
+    ] == []
+    assert "Fetched 0 files (0 bytes)" in out and "Installed 0 records" in out, out
+
+    # A file's content rewritten through the application, one replaced by another
+    # object's, one object deleted, one added; records appended to one series and
+    # rewritten in another.
+    pks = sorted(remote_files(live_files))
+    series = [pk for (pk,) in live_files.sql("SELECT id FROM hcore_timeseries ORDER BY id")]
+    live_files.shell(
+        "from django.core.files.base import ContentFile\n"
+        "from hcore.models import GentityFile\n"
+        f"f = GentityFile.objects.get(pk={pks[0]})\n"
+        "f.content.save('rewritten.txt', ContentFile(b'rewritten content'))\n"
+        f"g = GentityFile.objects.get(pk={pks[1]})\n"
+        f"g.content = GentityFile.objects.get(pk={pks[3]}).content.name; g.save()\n"
+        f"GentityFile.objects.get(pk={pks[2]}).delete()\n"
+        "n = GentityFile.objects.first(); n.pk = None; n.content.save('photo.jpg', "
+        "ContentFile(b'\\xff\\xd8 new photo'))\n"
+    )
+    live_files.sql(
+        'INSERT INTO hcore_record (timeseries_id, "timestamp", value, flags) '
+        "SELECT timeseries_id, max(\"timestamp\") + interval '10 minutes', 1.5, '' "
+        "FROM hcore_record WHERE timeseries_id = %s GROUP BY timeseries_id",
+        [series[0]],
+    )
+    live_files.sql(
+        'UPDATE hcore_record SET value = 99.25 WHERE timeseries_id = %s AND "timestamp" = '
+        '(SELECT min("timestamp") FROM hcore_record WHERE timeseries_id = %s)',
+        [series[1], series[1]],
+    )
+    downloads.clear()
+    database.refresh_from_db()
+    cursor = database.files_cursor
+    out = incremental(database)
+    ((params, _size),) = listings(downloads)
+    assert params == {"changed_since": str(cursor)}
+    assert "Fetched 3 files" in out, out
+    assert replica_files(database, media) == remote_files(live_files)
+    assert pks[2] not in replica_files(database, media)
+    folder = media / "gentityfile" / str(database.pk)
+    assert not (folder / str(pks[2])).exists()  # the deleted object's folder was pruned
+    assert len([p for p in folder.rglob("*") if p.is_file()]) == len(remote_files(live_files))
+    assert not [p for p in folder.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert_same_graph(remote_graph(live_files), local_graph(database))
+    local = dict(
+        Record.objects.filter(timeseries__original_db=database)
+        .values("timeseries__original_id")
+        .annotate(total=Sum("value"))
+        .values_list("timeseries__original_id", "total")
+    )
+    remote = dict(live_files.sql("SELECT timeseries_id, sum(value) FROM hcore_record GROUP BY 1"))
+    assert {pk: round(v, 6) for pk, v in local.items()} == {
+        pk: round(v, 6) for pk, v in remote.items()
+    }
+    database.refresh_from_db()
+    assert database.files_cursor == database.capture_cursor > cursor
+
+
+def test_a_file_rewritten_behind_the_database_arrives_with_a_full_run(
+    live_files, downloads, settings
+):
+    """The limit of the cheap path: a file rewritten in the remote's storage, its row
+    not written, is not listed by an incremental run; a --full run fetches it."""
+    media = settings.MEDIA_ROOT
+    database = register(live_files)
+    sync(database)
+    pk, name = live_files.sql("SELECT id, content FROM hcore_gentityfile ORDER BY id LIMIT 1")[0]
+    (live_files.var_dir / "media" / name).write_bytes(b"rewritten behind the database\n")
+    incremental(database)
+    assert replica_files(database, media)[pk] != b"rewritten behind the database\n"
+    out = sync(database, "--full")
+    assert "Fetched 1 files" in out, out
+    assert replica_files(database, media) == remote_files(live_files)

@@ -347,11 +347,19 @@ def test_a_revert_puts_back_the_remotes_cursors_but_keeps_later_admin_edits(live
 
     database = register(live)
     sync(database)
-    bookkeeping = ("sync_cursor", "records_cursor", "last_sync", "is_active", "removed_at")
+    bookkeeping = (
+        "sync_cursor",
+        "records_cursor",
+        "files_cursor",
+        "last_sync",
+        "is_active",
+        "removed_at",
+    )
     before = Database.objects.values_list(*bookkeeping).get(pk=database.pk)
     live.shell("from hcore.models import *\nStation.objects.update(name='Changed')")
     run = sync(database)
     assert Database.objects.values_list(*bookkeeping).get(pk=database.pk) != before
+    assert before[2] is not None  # the files cursor moved too (a capture remote)
     Database.objects.filter(pk=database.pk).update(
         descr="Edited after the run", username="rotated"
     )

@@ -301,7 +301,10 @@ def test_this_client_syncs_a_remote_of_the_previous_release(old_code, tmp_path):
     try:
         run(old_code, instance_env(template, tmp_path), "migrate", "-v0")
         remote = Instance(SimpleNamespace(name=template), hostname="previous.example.org")
-        remote.manage("generate_sample_data", "--stations", "10", "--seed", "4", root=old_code)
+        remote.manage(
+            "generate_sample_data", "--stations", "10", "--seed", "4", "--files-per-station",
+            "1", root=old_code,
+        )  # fmt: skip
         remote.start(root=old_code)
         manifest = requests.get(
             f"{remote.url}/api/", headers={"Host": remote.hostname}, timeout=30
@@ -322,6 +325,11 @@ def test_this_client_syncs_a_remote_of_the_previous_release(old_code, tmp_path):
         assert_same_graph(remote_graph(remote), local_graph(database))
         database.refresh_from_db()
         assert database.capture_cursor is None and database.remote_identity is None
+        # Its files listing knows no changed_since: every run lists every file.
+        assert database.files_cursor is None
+        ((with_file,),) = remote.sql("SELECT count(*) FROM hcore_gentityfile WHERE content <> ''")
+        assert with_file > 0
+        assert f"Fetched 0 files (0 bytes): 0 new, 0 changed, {with_file} unchanged" in out, out
     finally:
         if remote is not None:
             remote.drop()

@@ -17,6 +17,16 @@ any more (objects deleted at the remote, earlier versions) is removed.
 A detached remote's objects (``dbsync.engine.offboard``) are local: their files move
 to ``gentityfile/local/<local pk>/<checksum>/<basename>`` (``detached_name``).
 
+An incremental run (the remote captures changes, and the last files sync finished with
+nothing skipped: ``Database.files_cursor``) asks for the listing of the objects written
+since that cursor only (``changed_since``), and reads only those objects here: an
+unchanged re-sync hashes no file at the remote and reads no object here. Objects
+deleted at the remote are deleted here by the objects' sync; their folders are pruned
+when the folders of this remote outnumber its objects with a file (one count each).
+The cursor is the objects' change cursor of the run (``Database.capture_cursor``): every
+object written before it was installed, and its file synced, by this run. ``--full``,
+a repair, and a remote without capture, list every object.
+
 Files are not in the database's transaction: each is stored first and its object
 updated after, so a run that stops half-way leaves objects that point at whole
 files, and the next run finishes the work. A journaled run (``journal_run``) notes
@@ -59,6 +69,8 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 16
 # FileField's default max_length: the whole name must fit.
 MAX_NAME = GentityFile._meta.get_field("content").max_length
+# An incremental listing of at most this many objects: only those are read here.
+LISTED_FILTER_MAX = 10_000
 
 
 def describe(result):
@@ -127,9 +139,22 @@ def check_entry(entry):
 
 class FilesSync:
     def __init__(
-        self, database, client, *, dry_run=False, log=quiet, journal_run=None, refetch=()
+        self,
+        database,
+        client,
+        *,
+        dry_run=False,
+        log=quiet,
+        journal_run=None,
+        refetch=(),
+        full=False,
     ):
         self.database = database
+        self.full = full
+        # The objects' change cursor, read after their install committed: the next
+        # files cursor (see the module's docstring).
+        self.cursor = database.capture_cursor
+        self.incremental = False
         self.journal_run = journal_run
         self.refetch = set(refetch)
         self.client = client
@@ -160,8 +185,9 @@ class FilesSync:
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"files-{self.database.pk}-", dir=work) as tmp:
             self.work = Path(tmp)
-            listing = self.fetch_listing(urls["listing_url"])
+            listing = self.fetch_listing(urls["listing_url"], self.listing_params(urls))
             self.url_template = urls["url"]
+            self.listed = set(listing)
             todo = self.plan(listing)
             progress = steps(self.log)
             progress.begin(FILES, len(todo))
@@ -174,8 +200,33 @@ class FilesSync:
                 progress.end(FILES)
         if not self.dry_run:
             self.remove_orphans()
+            self.move_cursor()
         self.log(describe(self.result), 1)
         return self.result
+
+    def listing_params(self, urls):
+        """``changed_since`` if the run may be incremental (see the module's docstring)."""
+        since = self.database.files_cursor
+        known = urls.get("listing_parameters")
+        if self.full or self.refetch or since is None or self.cursor is None:
+            return {}
+        if not isinstance(known, list) or "changed_since" not in known:
+            return {}
+        self.incremental = True
+        return {"changed_since": str(int(since))}
+
+    def move_cursor(self):
+        """The objects' change cursor as the files cursor, after a sync with nothing
+        skipped (a skipped file must be listed again)."""
+        if self.cursor is None or self.result.counts[FILES_LABEL]["skipped"]:
+            return
+        if self.cursor == self.database.files_cursor:
+            return
+        with transaction.atomic(), recording(self.journal_run):  # a revert puts it back
+            type(self.database).objects.filter(pk=self.database.pk).update(
+                files_cursor=self.cursor
+            )
+        self.database.files_cursor = self.cursor
 
     def endpoints(self):
         urls = self.client.manifest().get("files")
@@ -186,9 +237,9 @@ class FilesSync:
             check_api_path(urls.get(key), self.client)
         return urls
 
-    def fetch_listing(self, url):
+    def fetch_listing(self, url, params=None):
         path = self.work / "listing.json"
-        self.client.download(url, path)
+        self.client.download(url, path, params or None)
         what = f"{self.database}: the file listing"
         listing = {entry["pk"]: entry for entry in listing_entries(path, what, check_entry)}
         return listing
@@ -200,6 +251,8 @@ class FilesSync:
         objects = GentityFile._base_manager.filter(original_db=self.database).values_list(
             "pk", "original_id", "content"
         )
+        if self.incremental and len(listing) <= LISTED_FILTER_MAX:
+            objects = objects.filter(original_id__in=list(listing))  # those written only
         for local_pk, remote_pk, current in objects.order_by("pk"):
             entry = listing.get(remote_pk)
             if entry is None:  # deleted at the remote since the metadata fetch
@@ -304,12 +357,18 @@ class FilesSync:
             object_dirs, _files = self.storage.listdir(root)
         except (FileNotFoundError, NotImplementedError):
             return
-        kept = {
-            name
-            for name in GentityFile._base_manager.filter(original_db=self.database)
-            .exclude(content="")
-            .values_list("content", flat=True)
-        }
+        ours = GentityFile._base_manager.filter(
+            original_db=self.database, content__startswith=root + "/"
+        )
+        if self.incremental and len(object_dirs) <= ours.count():
+            # Every object with a file here has its folder: no folder of a deleted
+            # object is left. The listed objects' folders may hold an earlier version's
+            # (emptied) folder: those alone are pruned.
+            listed = self.listed if len(self.listed) <= LISTED_FILTER_MAX else None
+            if listed is not None:
+                ours = ours.filter(original_id__in=list(listed))
+                object_dirs = [d for d in object_dirs if d.isdigit() and int(d) in listed]
+        kept = set(ours.values_list("content", flat=True))
         for object_dir in object_dirs:
             self.prune(f"{root}/{object_dir}", kept)
 
@@ -342,14 +401,23 @@ def checksum(path):
     return size, digest.hexdigest()
 
 
-def sync_files(database, client, *, dry_run=False, log=quiet, journal_run=None, refetch=()):
+def sync_files(
+    database, client, *, dry_run=False, log=quiet, journal_run=None, refetch=(), full=False
+):
     """Sync the files of the GentityFile objects replicated from ``database`` into the
     local default storage; return a SyncResult (its counts under FILES_LABEL). A file
     that cannot be fetched is a reported problem, not an error; a remote that cannot be
     reached raises. ``journal_run``: the run whose journal keeps the files it replaces
     or removes (None: they are deleted). ``refetch``: remote pks whose files are fetched
     again even if stored under the wanted name (a repair); the stored file is replaced
-    only once the new one has arrived and checked."""
+    only once the new one has arrived and checked. ``full``: list every object's file,
+    not only those of the objects written since the files cursor."""
     return FilesSync(
-        database, client, dry_run=dry_run, log=log, journal_run=journal_run, refetch=refetch
+        database,
+        client,
+        dry_run=dry_run,
+        log=log,
+        journal_run=journal_run,
+        refetch=refetch,
+        full=full,
     ).run()

@@ -632,7 +632,8 @@ def remove_old_copy(database, plan, options, result, approval, log):
         log=log,
     ).run()
     database.records_cursor = None  # its series are new: their records, whole
-    database.save(update_fields=["records_cursor"])
+    database.files_cursor = None  # and its files are all listed
+    database.save(update_fields=["records_cursor", "files_cursor"])
 
 
 def save_cursors(database, fetched):
@@ -710,7 +711,12 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
         if "hcore.gentityfile" in plan.labels:
             log("Syncing files", 1)
             files = sync_files(
-                database, client, dry_run=options.dry_run, log=log, journal_run=options.journal_run
+                database,
+                client,
+                dry_run=options.dry_run,
+                log=log,
+                journal_run=options.journal_run,
+                full=options.full,
             )
             files.add_to(result)
     except SyncError as exc:

@@ -288,7 +288,7 @@ def catalogue(instance, headers=()):
             records["url"].format(pk=series),
             {"start_date": "2025-12-31", "end_date": "2025-12-31 23:50", "fmt": "hts"},
         ),
-        Endpoint("file-listing", files["listing_url"]),
+        Endpoint("file-listing", files["listing_url"], {"changed_since": "0"}),
         Endpoint("file-content", files["url"].format(pk=gentityfile)),
         # The 2010 layout (api/legacy.py): it takes no parameters.
         Endpoint("legacy-listing", "/api/Station/"),
@@ -354,6 +354,7 @@ BAD_FOR = {
     "from": ["-1", str(2**63), "5001"],
     "to": ["-1", str(2**63)],
     "parts": ["0", "-1", "257", "²"],
+    "changed_since": ["-1", str(2**63)],
 }
 # Odd but valid: answered with a whole body.
 ODD_BUT_VALID = {
@@ -372,6 +373,7 @@ ODD_BUT_VALID = {
     "from": ["0", "50"],
     "to": ["50", "0050"],
     "parts": ["1", "256"],
+    "changed_since": ["0", str(2**63 - 1)],
 }
 # The same name, another kind of value: the hashes' ``after`` is a time, as a dump's
 # ``modified_after`` is (a dump's ``after`` is a key).

@@ -41,6 +41,7 @@ BOOKKEEPING = {
         "last_sync",
         "sync_cursor",
         "records_cursor",
+        "files_cursor",
         "capture_cursor",  # change capture (engine.capture): the snapshot cursor ...
         "remote_identity",  # ... and the identity it holds for
         "removed_at",
