@@ -26,8 +26,9 @@ from hcore.capture import (
 from .errors import ApiError
 
 # The protocol this release speaks: 1 had no "protocol" (the timestamp cursor only);
-# 2 adds the capture section, changed_since and deleted_since.
-PROTOCOL_VERSION = 2
+# 2 adds the capture section, changed_since and deleted_since; 3, the hashes'
+# changed_since (api.checksums), which --verify sends only to a server of 3 or later.
+PROTOCOL_VERSION = 3
 GUARANTEE_SNAPSHOT = "snapshot"  # the cursor is a snapshot's xmin: nothing is missed
 GUARANTEE_CLOCK = "clock"  # last_modified on the server's clock, with an overlap window
 

@@ -15,7 +15,13 @@ verification asks for many::
 hash]`` each, at most API_MAX_KEYS_PER_REQUEST of them (a range holding more is
 refused, 400: ask for its checksums first); ``pks=1,2,3`` instead of a range lists those
 objects. With ``after=<ISO 8601 datetime>``, an object whose ``last_modified`` is later
-is ``[pk, hash, 1]``: a syncer whose cursor that is will get its change anyway.
+is ``[pk, hash, 1]``: a syncer whose cursor that is will get its change anyway. With
+``changed_since=<transaction id>`` (protocol 3, change capture: a syncer's capture
+cursor), an object written by that transaction or a later one (``dbsync_xid`` of its
+table or of a parent's) is ``[pk, hash, 1]``, and a key of the range (or of ``pks``)
+that the model no longer has, deleted by such a transaction (its tombstone), is ``[pk,
+null, 1]``: the next incremental run brings both, ``update()`` and SQL changes included,
+which leave ``last_modified`` alone.
 
 On PostgreSQL each is one statement over the range (the hashes computed in SQL from the
 rows as they are); on SQLite, in Python, row by row.
@@ -24,6 +30,7 @@ rows as they are); on SQLite, in Python, row by row.
 from django.conf import settings
 from django.db import connection
 
+from hcore.capture import MARKER_COLUMN, TOMBSTONE_TABLE
 from protocol.formats import MAX_KEY, format_checksum
 from protocol.rowhash import (
     hash_sql,
@@ -37,10 +44,17 @@ from protocol.rowhash import (
 )
 
 from .errors import ApiError
-from .params import INTEGER, check_parameters, parse_key, parse_modified_after, parse_pks
+from .params import (
+    INTEGER,
+    check_parameters,
+    parse_key,
+    parse_modified_after,
+    parse_pks,
+    parse_transaction,
+)
 
 CHECKSUM_PARAMETERS = ("from", "to", "parts")
-HASHES_PARAMETERS = ("from", "to", "pks", "after")
+HASHES_PARAMETERS = ("from", "to", "pks", "after", "changed_since")
 MAX_PARTS = 256
 CHUNK = 2_000
 
@@ -124,48 +138,110 @@ def range_checksums(model, low, high, parts):
 
 
 def parse_hashes_query(query):
-    """(from, to, pks or None, after or None) of a hashes request."""
+    """(from, to, pks or None, after or None, changed_since or None) of a hashes request."""
     low, high, _parts = parse_range(query, with_parts=False)
     pks = parse_pks(query.get("pks"))
     if pks is not None and ("from" in query or "to" in query):
         raise ApiError(400, "Give either pks or a range (from, to), not both.")
-    return low, high, pks, parse_modified_after(query.get("after"), "after")
+    after = parse_modified_after(query.get("after"), "after")
+    changed_since = parse_transaction("changed_since", query.get("changed_since"))
+    if changed_since is not None and connection.vendor != "postgresql":
+        raise ApiError(400, "changed_since needs change capture, which this instance lacks.")
+    return low, high, pks, after, changed_since
 
 
-def range_hashes(model, low, high, pks=None, after=None):
-    """[[pk, hash (16 hex digits)] or [pk, hash, 1] (changed after ``after``)] of [low,
-    high] (or of ``pks``), by pk; ApiError if more than API_MAX_KEYS_PER_REQUEST."""
+def marker_sql(model, key):
+    """(JOIN clause, SQL of the highest change marker of a row of ``model``): that of its
+    own table and of each parent's (an ``update()`` of an inherited field writes the
+    parent's row only)."""
+    tables = [model._meta.db_table] + [p._meta.db_table for p in model._meta.get_parent_list()]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND column_name = %s AND table_name = ANY(%s)",
+            [MARKER_COLUMN, tables],
+        )
+        marked = {row[0] for row in cursor.fetchall()}
+    if model._meta.db_table not in marked:
+        raise ApiError(400, "changed_since needs change capture, which this model lacks.")
+    joins, markers = "", [f"t.{MARKER_COLUMN}"]
+    for i, parent in enumerate(model._meta.get_parent_list()):
+        if parent._meta.db_table not in marked:
+            continue
+        alias = f"p{i}"
+        joins += (
+            f" JOIN {qn(parent._meta.db_table)} {alias} "
+            f"ON {alias}.{qn(parent._meta.pk.column)} = {key}"
+        )
+        markers.append(f"{alias}.{MARKER_COLUMN}")
+    return joins, f"GREATEST({', '.join(markers)})"
+
+
+def deleted_since(model, low, high, pks, since):
+    """The keys of [low, high] (or of ``pks``) that ``model``'s table lost by a
+    transaction ``since`` or later (its tombstones), and no longer has."""
+    table = model._meta.db_table
+    if pks is not None:
+        where, params = "d.pk = ANY(%s)", [list(pks)]
+    else:
+        where, params = "d.pk BETWEEN %s AND %s", [low, high]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT DISTINCT d.pk FROM {TOMBSTONE_TABLE} d WHERE d.table_name = %s "
+            f"AND d.xid >= %s AND {where} AND NOT EXISTS (SELECT 1 FROM {qn(table)} t "
+            f"WHERE t.{qn(model._meta.pk.column)} = d.pk)",
+            [table, since, *params],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def range_hashes(model, low, high, pks=None, after=None, changed_since=None):
+    """[[pk, hash (16 hex digits)] or [pk, hash, 1] (changed after ``after``, or by
+    transaction ``changed_since`` or later), and [pk, None, 1] (deleted by such a
+    transaction)] of [low, high] (or of ``pks``), by pk; ApiError if more than
+    API_MAX_KEYS_PER_REQUEST."""
     limit = settings.API_MAX_KEYS_PER_REQUEST
+    gone = []
     if connection.vendor == "postgresql":
         source, key, row_hash_sql, modified = served_row_sql(model)
+        pending, params = "NULL", []
+        if changed_since is not None:
+            joins, marker = marker_sql(model, key)
+            source += joins
+            pending, params = f"({marker} >= %s)", [changed_since]
+        elif after is not None and modified is not None:
+            pending, params = f"({modified} > %s)", [after]
         if pks is not None:
-            where, params = f"{key} = ANY(%s)", [list(pks)]
+            where, params = f"{key} = ANY(%s)", [*params, list(pks)]
         else:
-            where, params = f"{key} BETWEEN %s AND %s", [low, high]
+            where, params = f"{key} BETWEEN %s AND %s", [*params, low, high]
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT {key}, {row_hash_sql}, {modified or 'NULL'} FROM {source} "
+                f"SELECT {key}, {row_hash_sql}, {pending} FROM {source} "
                 f"WHERE {where} ORDER BY {key} LIMIT {limit + 1}",
                 params,
             )
             rows = cursor.fetchall()
+        if changed_since is not None and len(rows) <= limit:
+            gone = deleted_since(model, low, high, pks, changed_since)
     else:
         rows = []
-        for row in python_hashes(model, low, high, pks):
-            rows.append(row)
+        for pk, hash_, moment in python_hashes(model, low, high, pks):
+            rows.append((pk, hash_, after is not None and moment is not None and moment > after))
             if len(rows) > limit:
                 break
-    if len(rows) > limit:
+    if len(rows) + len(gone) > limit:
         raise ApiError(
             400,
             f"The range {low}-{high} holds more than {limit} objects "
             f"(API_MAX_KEYS_PER_REQUEST); ask for its checksums in parts first.",
         )
-    return [
-        [pk, format_checksum(hash_)]
-        + ([1] if after is not None and moment is not None and moment > after else [])
-        for pk, hash_, moment in rows
+    listed = [
+        [pk, format_checksum(hash_)] + ([1] if pending else []) for pk, hash_, pending in rows
     ]
+    if gone:
+        listed = sorted(listed + [[pk, None, 1] for pk in gone], key=lambda row: row[0])
+    return listed
 
 
 def python_hashes(model, low, high, pks=None):
