@@ -121,10 +121,14 @@ def test_repair_restores_equality(remote):
 def test_repair_deletes_what_the_remote_no_longer_has_under_the_guard(remote):
     database = register(remote)
     command(database)
-    # The remote deletes an object without touching anything the sync would see as
-    # changed, and the replica is not synced since: the repair deletes it.
+    # The remote deletes an object and prunes its tombstones (so nothing says the next
+    # sync brings the deletion), and the replica is not synced since: the repair
+    # deletes it.
     pk = int(remote.sql("SELECT min(id) FROM hcore_gentityaltcode")[0][0])
     remote.sql("DELETE FROM hcore_gentityaltcode WHERE id = %s", [pk])
+    status, out, _err = command(database, "--verify")
+    assert status == 0 and "1 changed at the remote since the last sync" in out, out
+    remote.manage("hcore_prunetombstones", "--days", "0")
     status, _out, err = command(database, "--verify")
     assert status == 1 and "1 no longer at the remote" in err
     status, out, err = command(database, "--repair", "--max-delete=0")
