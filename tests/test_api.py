@@ -905,6 +905,13 @@ def test_the_hashes_flag_what_changed_since_a_capture_cursor_update_and_deletion
         2,
     ]
     assert_json_error(client.get(url, {"pks": keys, "changed_since": "-1"}), 400, "changed_since")
+    # Several ranges a request (what --verify asks a protocol 3 remote), the same rows.
+    ranges = f"{kept.pk}-{kept.pk},{renamed.pk}-{gone.pk}"
+    assert client.get(url, {"ranges": ranges, "changed_since": cursor}).json() == rows
+    assert client.get(url, {"ranges": f"{gone.pk}-{gone.pk}"}).json() == []
+    for bad in ("1-", "5-3", "1-2-3", ",".join(["1-2"] * 65)):
+        assert_json_error(client.get(url, {"ranges": bad}), 400, "ranges")
+    assert_json_error(client.get(url, {"ranges": "1-2", "pks": "1"}), 400, "not several")
 
 
 @pytest.mark.django_db

@@ -271,7 +271,7 @@ def catalogue(instance, headers=()):
         )
         # --verify's on a capture cursor (protocol 3).
         endpoints.append(
-            Endpoint("hashes", entry["hashes_url"], {"pks": "1,2", "changed_since": "0"})
+            Endpoint("hashes", entry["hashes_url"], {"ranges": "1-2,4-9", "changed_since": "0"})
         )
     series = instance.sql("SELECT min(timeseries_id) FROM hcore_record")[0][0]
     gentityfile = instance.sql("SELECT min(id) FROM hcore_gentityfile WHERE content <> ''")[0][0]
@@ -359,6 +359,7 @@ BAD_FOR = {
     "to": ["-1", str(2**63)],
     "parts": ["0", "-1", "257", "²"],
     "changed_since": ["-1", str(2**63), "1.5"],
+    "ranges": ["1-", "5-3", "1-2-3", ",".join(["1-2"] * 65)],
 }
 # Odd but valid: answered with a whole body.
 ODD_BUT_VALID = {
@@ -378,6 +379,7 @@ ODD_BUT_VALID = {
     "to": ["50", "0050"],
     "parts": ["1", "256"],
     "changed_since": ["0", str(2**63 - 1)],
+    "ranges": ["0-0", f"0-{2**63 - 1}", "3-5,1-2"],
 }
 # The same name, another kind of value: the hashes' ``after`` is a time, as a dump's
 # ``modified_after`` is (a dump's ``after`` is a key).

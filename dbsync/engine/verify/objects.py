@@ -29,6 +29,10 @@ from .local import LocalRows
 # PARTS * 45 / 28 objects, listing is the cheaper (docs/benchmarks.md has the figures).
 PARTS = 16
 LEAF_ROWS = 24
+# Small ranges listed a request, from a remote that takes ``ranges`` (protocol 3): at
+# most LEAF_ROWS objects each, so 16 of them stay well under the remote's
+# API_MAX_KEYS_PER_REQUEST (1,000 by default) and its MAX_RANGES (64).
+LEAVES_PER_REQUEST = 16
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Since:
 
     after: datetime | None = None
     changed_since: int | None = None
+    batched: bool = False  # the remote lists several ranges a request (protocol 3)
 
     def params(self):
         if self.changed_since is not None:
@@ -101,11 +106,12 @@ def pending_since(database, manifest, client):
     the remote is the one it was taken from and takes ``changed_since`` (protocol 3),
     else its last sync's time."""
     protocol = manifest.get("protocol")
-    if isinstance(protocol, int) and protocol >= 3 and database.capture_cursor is not None:
+    batched = isinstance(protocol, int) and protocol >= 3
+    if batched and database.capture_cursor is not None:
         capture = read_capture(manifest, client)
         if capture is not None and capture.identity == database.remote_identity:
-            return Since(changed_since=database.capture_cursor)
-    return Since(after=database.sync_cursor)
+            return Since(changed_since=database.capture_cursor, batched=True)
+    return Since(after=database.sync_cursor, batched=batched)
 
 
 class RemoteRows:
@@ -129,10 +135,15 @@ class RemoteRows:
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"{self.client}: malformed checksums of a range: {exc}") from exc
 
-    def hashes(self, low=None, high=None, pks=None, since=Since()):
-        """{pk: (hash, whether it is pending)} of [low, high] or ``pks``; a key the
-        remote deleted since ``since`` (a tombstone): (None, True)."""
-        params = {"pks": ",".join(map(str, pks))} if pks is not None else {"from": low, "to": high}
+    def hashes(self, low=None, high=None, pks=None, since=Since(), ranges=None):
+        """{pk: (hash, whether it is pending)} of [low, high], ``pks`` or ``ranges``; a
+        key the remote deleted since ``since`` (a tombstone): (None, True)."""
+        if pks is not None:
+            params = {"pks": ",".join(map(str, pks))}
+        elif ranges is not None:
+            params = {"ranges": ",".join(f"{a}-{b}" for a, b in ranges)}
+        else:
+            params = {"from": low, "to": high}
         params.update(since.params())
         self.requests += 1
         body = self.client.get_json(self.entry["hashes_url"], params)
@@ -156,8 +167,18 @@ def verify_model(database, model, client, entry, since):
     verdict = ModelVerdict(label(model))
     leaves = differing_leaves(remote, local, verdict)
     found = Found()
-    for low, high in leaves:
-        compare(remote.hashes(low, high, since=since), local.hashes(low, high), found)
+    step = LEAVES_PER_REQUEST if since.batched else 1
+    for i in range(0, len(leaves), step):
+        batch = leaves[i : i + step]
+        theirs = (
+            remote.hashes(ranges=batch, since=since)
+            if since.batched
+            else remote.hashes(*batch[0], since=since)
+        )
+        ours = {}
+        for low, high in batch:
+            ours.update(local.hashes(low, high))
+        compare(theirs, ours, found)
     keys = sorted({*found.changed, *found.missing, *found.extra})
     if keys:
         # Once more, the objects that differ: what changed meanwhile is not a divergence.
