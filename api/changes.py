@@ -15,30 +15,22 @@ the client keeps the timestamp cursor (``last_modified``, with its overlap windo
 
 from django.db import DatabaseError, connection, transaction
 
-from hcore.capture import COUNTER_TABLE, MARKER_COLUMN, STATE_TABLE, TOMBSTONE_TABLE
+from hcore.capture import (
+    COUNTER_TABLE,
+    CURSOR_SQL,
+    MARKER_COLUMN,
+    STATE_TABLE,
+    TOMBSTONE_TABLE,
+)
 
 from .errors import ApiError
 
 # The protocol this release speaks: 1 had no "protocol" (the timestamp cursor only);
-# 2 adds the capture section, changed_since and deleted_since.
-PROTOCOL_VERSION = 2
+# 2 adds the capture section, changed_since and deleted_since; 3, the hashes'
+# changed_since (api.checksums), which --verify sends only to a server of 3 or later.
+PROTOCOL_VERSION = 3
 GUARANTEE_SNAPSHOT = "snapshot"  # the cursor is a snapshot's xmin: nothing is missed
 GUARANTEE_CLOCK = "clock"  # last_modified on the server's clock, with an overlap window
-
-# The snapshot's xmin, less the transactions it lists as running that are known to be
-# another database's (transaction ids are the cluster's: one left open in another
-# database would hold every client's cursor back). A transaction that cannot be placed
-# (a prepared one, a backend whose entry is hidden) counts, to be safe.
-CURSOR_SQL = """
-(WITH snap AS (SELECT pg_current_snapshot() AS s)
- SELECT LEAST(
-     (SELECT pg_snapshot_xmax(s)::text::bigint FROM snap),
-     (SELECT min(x::text::bigint) FROM snap, pg_snapshot_xip(snap.s) AS x
-      WHERE NOT EXISTS (
-          SELECT 1 FROM pg_stat_activity a
-          WHERE a.backend_xid = xid(x)
-            AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())))))
-"""
 
 STATE_SQL = f"""
 SELECT {CURSOR_SQL},

@@ -194,10 +194,12 @@ def checksums_view(request, app_label, model_name):
 @api_endpoint
 def hashes(request, app_label, model_name):
     model = served_model_or_404(app_label, model_name)
-    low, high, pks, after = checksums.parse_hashes_query(request.GET)
+    low, high, pks, after, changed_since, ranges = checksums.parse_hashes_query(request.GET)
     if request.method == "HEAD":
         return HttpResponse(content_type=JSON)
-    return JsonResponse(checksums.range_hashes(model, low, high, pks, after), safe=False)
+    return JsonResponse(
+        checksums.range_hashes(model, low, high, pks, after, changed_since, ranges), safe=False
+    )
 
 
 def hcore_served():

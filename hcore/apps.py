@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class HcoreConfig(AppConfig):
@@ -7,3 +8,21 @@ class HcoreConfig(AppConfig):
 
     def ready(self):
         from . import signals  # noqa: F401  (connects the m2m last_modified hook)
+
+        post_migrate.connect(prune_schedule, sender=self, dispatch_uid="hcore-prune")
+
+
+def prune_schedule(sender, using="default", plan=None, **kwargs):
+    """After every migrate: the daily tombstone pruning's periodic task, if missing."""
+    from django.apps import apps as installed
+
+    # A migrate passes its state (which, migrated back, may lack the table); a flush
+    # (the tests') none: the installed apps, then.
+    state = kwargs.get("apps") or installed
+    try:
+        state.get_model("django_celery_beat", "PeriodicTask")
+    except (AttributeError, LookupError):
+        return  # a migrate back to before django-celery-beat's tables
+    from .schedule import ensure_prune_schedule
+
+    ensure_prune_schedule(using)

@@ -24,8 +24,9 @@ captured and an aggregate can serve as a remote of another. Their names start wi
 ``dbsync_capture_``; ``dbsync.engine.keychecks`` knows them as the product's own.
 
 Tombstones older than the horizon (``dbsync_capture_state.horizon``) may be pruned
-(``prune_tombstones``); the manifest publishes the horizon, and a client whose cursor
-is older runs in full.
+(``prune_tombstones``; ``hcore.tombstones`` does it on a schedule, keeping
+``DBSYNC_TOMBSTONE_RETENTION_DAYS``); the manifest publishes the horizon, and a client
+whose cursor is older runs in full.
 
 PostgreSQL only: on SQLite nothing is installed, and a SQLite instance serves the
 timestamp fallback (``last_modified`` with an overlap window).
@@ -37,15 +38,32 @@ MARKER_COLUMN = "dbsync_xid"
 TOMBSTONE_TABLE = "dbsync_tombstone"
 COUNTER_TABLE = "dbsync_change_counter"
 STATE_TABLE = "dbsync_capture_state"
+CLOCK_TABLE = "dbsync_capture_clock"
 TRIGGER_PREFIX = "dbsync_capture_"
 COUNTER_SLOTS = 16
 BACKFILL_BATCH = 20_000
+PRUNE_BATCH = 10_000
 
 # The current transaction's id as a bigint (xid8 has no cast to bigint; it fits one).
 CURRENT_XID = "pg_current_xact_id()::text::bigint"
 # The oldest transaction still running as this statement's snapshot was taken: every
 # transaction below it has committed or aborted, so its writes are all visible.
 SNAPSHOT_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+# The snapshot's xmin, less the transactions it lists as running that are known to be
+# another database's (transaction ids are the cluster's: one left open in another
+# database would hold every client's cursor back). A transaction that cannot be placed
+# (a prepared one, a backend whose entry is hidden) counts, to be safe.
+CURSOR_SQL = """
+(WITH snap AS (SELECT pg_current_snapshot() AS s)
+ SELECT LEAST(
+     (SELECT pg_snapshot_xmax(s)::text::bigint FROM snap),
+     (SELECT min(x::text::bigint) FROM snap, pg_snapshot_xip(snap.s) AS x
+      WHERE NOT EXISTS (
+          SELECT 1 FROM pg_stat_activity a
+          WHERE a.backend_xid = xid(x)
+            AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())))))
+"""
 
 SUPPORT_SQL = f"""
 CREATE TABLE IF NOT EXISTS {TOMBSTONE_TABLE} (
@@ -67,6 +85,12 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     horizon bigint NOT NULL
 );
 INSERT INTO {STATE_TABLE} (id, horizon) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+-- Which transaction ids were behind us when: what turns a retention in days into a
+-- horizon (hcore.tombstones). One row a pruning, a handful kept.
+CREATE TABLE IF NOT EXISTS {CLOCK_TABLE} (
+    xid bigint NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 
 -- deleted: whether rows went (then max_deleted_xid moves too: a client asks for
 -- tombstones only of the tables where it did).
@@ -247,12 +271,35 @@ def install(connection, tables, links):
             create_link_triggers(cursor, through, owner, owner_pk, column)
 
 
-def prune_tombstones(connection, before):
-    """Drop the tombstones of transactions below ``before`` and publish it as the
-    horizon: a client whose cursor is older must run in full."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {TOMBSTONE_TABLE} WHERE xid < %s", [before])
+def prune_tombstones(connection, before, batch=PRUNE_BATCH):
+    """Publish ``before`` as the horizon (a client whose cursor is older must run in
+    full), then drop the tombstones of transactions below it, ``batch`` rows a
+    transaction, rows another transaction holds skipped (the next pruning takes them).
+    The horizon is committed first: a client that read the old one finds every
+    tombstone it covered. Run outside a transaction. Returns the tombstones dropped."""
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {STATE_TABLE} SET horizon = GREATEST(horizon, %s) WHERE id = 1", [before]
+            f"UPDATE {STATE_TABLE} SET horizon = GREATEST(horizon, %s) WHERE id = 1 "
+            f"RETURNING horizon",
+            [before],
         )
-        return cursor.rowcount
+        horizon = cursor.fetchone()[0]
+        # Every table that ever had a deletion has change counters: O(tables) rows,
+        # where a DISTINCT over the tombstones would read them all.
+        cursor.execute(f"SELECT DISTINCT table_name FROM {COUNTER_TABLE} ORDER BY 1")
+        tables = [row[0] for row in cursor.fetchall()]
+    dropped = 0
+    for table in tables:
+        while True:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {TOMBSTONE_TABLE} WHERE ctid = ANY(ARRAY("
+                    f"SELECT ctid FROM {TOMBSTONE_TABLE} WHERE table_name = %s AND xid < %s "
+                    f"LIMIT %s FOR UPDATE SKIP LOCKED))",
+                    [table, horizon, batch],
+                )
+                count = cursor.rowcount
+            dropped += count
+            if count < batch:
+                break
+    return dropped

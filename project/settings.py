@@ -233,6 +233,9 @@ DBSYNC_BULK_KEY_CHECKS = env_bool("DBSYNC_BULK_KEY_CHECKS", True)
 # (dbsync.engine.install.inserver); anything it doubts goes the Python path, row by row.
 DBSYNC_INSTALL_IN_SERVER = env_bool("DBSYNC_INSTALL_IN_SERVER", True)
 DBSYNC_OVERLAP_SECONDS = env_int("DBSYNC_OVERLAP_SECONDS", 300)
+# Serving side: the change capture's tombstones are kept this many days (pruned daily,
+# hcore.tombstones); a replica whose cursor is older then runs in full.
+DBSYNC_TOMBSTONE_RETENTION_DAYS = env_int("DBSYNC_TOMBSTONE_RETENTION_DAYS", 30)
 # The most a run may download into its folders (dumps, listings, records, files),
 # counted as written; over it the run stops (dbsync.engine.diskbudget). 0: no budget.
 DBSYNC_RUN_DISK_BUDGET = env_bytes("DBSYNC_RUN_DISK_BUDGET", 50 * 1024**3)

@@ -836,7 +836,7 @@ def test_odd_checksum_ranges_are_a_400_naming_the_parameter(client, sample, quer
 
 def capture_of(client):
     manifest = client.get("/api/").json()
-    assert manifest["protocol"] == 2
+    assert manifest["protocol"] == 3
     return manifest, manifest["capture"]
 
 
@@ -871,6 +871,47 @@ def test_the_manifest_gives_a_snapshot_cursor_and_changed_since_serves_what_came
     response = client.get("/api/hcore/eventtype/keys/", {"deleted_since": cursor})
     assert json.loads(body(response)) == [old.pk]
     assert json.loads(body(client.get("/api/hcore/eventtype/keys/"))) == [new.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hashes_flag_what_changed_since_a_capture_cursor_update_and_deletion_included(
+    client,
+):
+    """--verify's pending rows by the capture's markers: an update() (last_modified
+    untouched) is flagged, a deletion is listed with no hash; before the cursor, neither."""
+    kept, renamed, gone = make_event_types(3)
+    cursor = capture_of(client)[1]["cursor"]
+    keys = f"{kept.pk},{renamed.pk},{gone.pk}"
+    url = "/api/hcore/eventtype/hashes/"
+    before = client.get(url, {"pks": keys, "changed_since": cursor}).json()
+    assert [len(row) for row in before] == [2, 2, 2]  # nothing pending yet
+    latest = max(e.last_modified for e in m.EventType.objects.all()).isoformat()
+    m.EventType.objects.filter(pk=renamed.pk).update(descr="Renamed by update()")
+    m.EventType.objects.filter(pk=gone.pk).delete()
+
+    rows = client.get(url, {"pks": keys, "changed_since": cursor}).json()
+    assert rows[0] == before[0]
+    assert rows[1][0] == renamed.pk and rows[1][1] != before[1][1] and rows[1][2] == 1
+    assert rows[2] == [gone.pk, None, 1]
+    assert (
+        client.get(url, {"from": kept.pk, "to": gone.pk, "changed_since": cursor}).json() == rows
+    )
+    # On the clock the update() is not seen (what changed_since is for), nor the deletion.
+    assert [len(row) for row in client.get(url, {"pks": keys, "after": latest}).json()] == [2, 2]
+    # From a later cursor, nothing is pending.
+    later = capture_of(client)[1]["cursor"]
+    assert [len(r) for r in client.get(url, {"pks": keys, "changed_since": later}).json()] == [
+        2,
+        2,
+    ]
+    assert_json_error(client.get(url, {"pks": keys, "changed_since": "-1"}), 400, "changed_since")
+    # Several ranges a request (what --verify asks a protocol 3 remote), the same rows.
+    ranges = f"{kept.pk}-{kept.pk},{renamed.pk}-{gone.pk}"
+    assert client.get(url, {"ranges": ranges, "changed_since": cursor}).json() == rows
+    assert client.get(url, {"ranges": f"{gone.pk}-{gone.pk}"}).json() == []
+    for bad in ("1-", "5-3", "1-2-3", ",".join(["1-2"] * 65)):
+        assert_json_error(client.get(url, {"ranges": bad}), 400, "ranges")
+    assert_json_error(client.get(url, {"ranges": "1-2", "pks": "1"}), 400, "not several")
 
 
 @pytest.mark.django_db

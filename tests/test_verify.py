@@ -121,10 +121,14 @@ def test_repair_restores_equality(remote):
 def test_repair_deletes_what_the_remote_no_longer_has_under_the_guard(remote):
     database = register(remote)
     command(database)
-    # The remote deletes an object without touching anything the sync would see as
-    # changed, and the replica is not synced since: the repair deletes it.
+    # The remote deletes an object and prunes its tombstones (so nothing says the next
+    # sync brings the deletion), and the replica is not synced since: the repair
+    # deletes it.
     pk = int(remote.sql("SELECT min(id) FROM hcore_gentityaltcode")[0][0])
     remote.sql("DELETE FROM hcore_gentityaltcode WHERE id = %s", [pk])
+    status, out, _err = command(database, "--verify")
+    assert status == 0 and "1 changed at the remote since the last sync" in out, out
+    remote.manage("hcore_prunetombstones", "--days", "0")
     status, _out, err = command(database, "--verify")
     assert status == 1 and "1 no longer at the remote" in err
     status, out, err = command(database, "--repair", "--max-delete=0")
@@ -146,12 +150,49 @@ def test_a_change_at_the_remote_after_the_sync_is_no_divergence(remote):
     status, out, _ = command(database, "--verify")
     assert status == 0, out
     assert "1 changed at the remote since the last sync" in out
-    # Changed behind the application's back (raw SQL, last_modified kept): a divergence.
-    remote.sql(
-        "UPDATE hcore_gentity SET name = 'renamed' WHERE id = (SELECT max(id) FROM hcore_gentity)"
+
+
+def test_update_and_deletions_at_the_remote_since_the_capture_cursor_are_pending(remote):
+    """With change capture, the remote flags by its markers what the next incremental
+    run brings: a QuerySet.update() (last_modified untouched) and a deletion (its
+    tombstone) are pending, not divergences; a hand edit here still is one."""
+    database = register(remote)
+    command(database)
+    database.refresh_from_db()
+    assert database.capture_cursor is not None
+    station = remote.sql("SELECT min(gpoint_ptr_id) FROM hcore_station")[0][0]
+    code = remote.sql("SELECT min(id) FROM hcore_gentityaltcode")[0][0]
+    remote.shell(
+        "from hcore.models import Station\n"
+        f"Station.objects.filter(pk={station}).update(name='Renamed by update()')\n"
     )
+    remote.sql("DELETE FROM hcore_gentityaltcode WHERE id = %s", [code])
+    before = tables_md5()
+    status, out, err = command(database, "--verify")
+    assert status == 0, out + err
+    assert "Verified equal" in out
+    assert "hcore.gentity: equal" in out and "1 changed at the remote since the last sync" in out
+    assert "hcore.gentityaltcode: equal" in out
+    assert out.count("1 changed at the remote since the last sync") == 2, out
+    assert tables_md5() == before
+
+    # A hand edit here is a divergence all the same.
+    mine = Station.objects.filter(original_db=database).exclude(original_id=station).first()
+    Gentity.objects.filter(pk=mine.pk).update(name="Edited by hand")
+    status, out, err = command(database, "--verify")
+    assert status == 1
+    assert "hcore.gentity: 1 objects differ (1 changed here)" in err
+    run = SyncRun.objects.filter(database=database).order_by("-pk").first()
+    gentity = next(v for v in run.verification["verdicts"] if v["model"] == "hcore.gentity")
+    assert gentity["changed"] == [mine.original_id] and gentity["pending"] == 1
+
+    # Without a capture cursor (a replica that never ran on it), on the clock: the
+    # update() left last_modified alone, and shows as a divergence.
+    Database.objects.filter(pk=database.pk).update(capture_cursor=None)
     status, _out, err = command(database, "--verify")
-    assert status == 1 and "hcore.gentity: 1 objects differ (1 changed here)" in err
+    assert status == 1
+    assert "hcore.gentity: 2 objects differ (2 changed here)" in err
+    assert "hcore.gentityaltcode: 1 objects differ (1 no longer at the remote)" in err
 
 
 def test_an_unreachable_remote_gives_2(remote):

@@ -96,9 +96,21 @@ def changed_since(database, capture, full):
         return None
     if database.remote_identity != capture.identity:
         return None
-    if database.capture_cursor < capture.horizon:
+    if behind_horizon(database, capture):
         return None  # its tombstones were pruned past our cursor: a full run
     return database.capture_cursor
+
+
+def behind_horizon(database, capture):
+    """Whether the remote pruned the tombstones our cursor needs (its horizon passed
+    it): then neither the capture nor the clock can say what changed (an ``update()``
+    at the remote leaves ``last_modified`` alone), and only a full run is sure."""
+    return (
+        capture is not None
+        and database.capture_cursor is not None
+        and database.remote_identity == capture.identity
+        and database.capture_cursor < capture.horizon
+    )
 
 
 def model_changed(entry, since, figure="changed"):

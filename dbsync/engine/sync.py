@@ -27,7 +27,14 @@ from django.utils import timezone
 from protocol.legacy import LAYOUT_LEGACY
 
 from .backup import take_backup
-from .capture import AllBut, changed_since, check_identity, model_changed, read_capture
+from .capture import (
+    AllBut,
+    behind_horizon,
+    changed_since,
+    check_identity,
+    model_changed,
+    read_capture,
+)
 from .deadlines import RunDeadline
 from .diskbudget import DiskBudget
 from .dumps import dump_name, read_key_set
@@ -347,7 +354,14 @@ def plan_fetch(database, plan, options, client, log=quiet):
     log(f"The following models will be synced: {[m.__name__ for m in plan.models]}", 1)
     if plan.excluded:
         log(f"The following models will be excluded {plan.excluded}", 1)
-    full = options.full or replace or database.sync_cursor is None
+    pruned = database.sync_cursor is not None and behind_horizon(database, capture)
+    if pruned and not options.full:
+        log(
+            f"The remote pruned its tombstones past our cursor (its horizon is transaction "
+            f"{capture.horizon}, our cursor {database.capture_cursor}): a full run",
+            1,
+        )
+    full = options.full or replace or pruned or database.sync_cursor is None
     xid = changed_since(database, capture, full)
     since = None
     if xid is not None:

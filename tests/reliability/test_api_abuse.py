@@ -269,6 +269,10 @@ def catalogue(instance, headers=()):
                 {"from": "0", "to": "50", "after": "2001-01-01T00:00:00"},
             )
         )
+        # --verify's on a capture cursor (protocol 3).
+        endpoints.append(
+            Endpoint("hashes", entry["hashes_url"], {"ranges": "1-2,4-9", "changed_since": "0"})
+        )
     series = instance.sql("SELECT min(timeseries_id) FROM hcore_record")[0][0]
     gentityfile = instance.sql("SELECT min(id) FROM hcore_gentityfile WHERE content <> ''")[0][0]
     assert series and gentityfile, "the instance has no records or no files"
@@ -354,7 +358,8 @@ BAD_FOR = {
     "from": ["-1", str(2**63), "5001"],
     "to": ["-1", str(2**63)],
     "parts": ["0", "-1", "257", "²"],
-    "changed_since": ["-1", str(2**63)],
+    "changed_since": ["-1", str(2**63), "1.5"],
+    "ranges": ["1-", "5-3", "1-2-3", ",".join(["1-2"] * 65)],
 }
 # Odd but valid: answered with a whole body.
 ODD_BUT_VALID = {
@@ -374,6 +379,7 @@ ODD_BUT_VALID = {
     "to": ["50", "0050"],
     "parts": ["1", "256"],
     "changed_since": ["0", str(2**63 - 1)],
+    "ranges": ["0-0", f"0-{2**63 - 1}", "3-5,1-2"],
 }
 # The same name, another kind of value: the hashes' ``after`` is a time, as a dump's
 # ``modified_after`` is (a dump's ``after`` is a key).

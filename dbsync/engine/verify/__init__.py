@@ -37,7 +37,7 @@ from ..remote import check_api_path
 from ..result import SyncResult
 from ..sync import Fetched, install_fetched
 from .files import FilesVerdict, verify_files
-from .objects import ModelVerdict, verify_model
+from .objects import ModelVerdict, pending_since, verify_model
 from .records import RecordsVerdict, verify_records
 
 __all__ = ["VerifyResult", "Unverifiable", "verify", "repair"]
@@ -85,14 +85,14 @@ class VerifyResult:
         }
 
 
-def remote_entries(plan, client):
+def remote_entries(plan, client, manifest=None):
     """The manifest's entries of the planned models, each with its checksums URLs."""
     if is_legacy(client.database):
         raise Unverifiable(
             f"{client.database} serves the 2010 layout, which has no checksums: it cannot be "
             f"verified (a --full sync compares everything)."
         )
-    entries = check_manifest(plan, client.manifest(), client)
+    entries = check_manifest(plan, manifest or client.manifest(), client)
     lacking = [lbl for lbl, entry in entries.items() if not entry.get("checksums_url")]
     if lacking:
         raise Unverifiable(
@@ -111,12 +111,12 @@ def verify(database, plan, client, *, records=True, log=quiet):
     if database.sync_cursor is None:
         raise Unverifiable(f"{database} was never synced: there is no replica to verify.")
     try:
-        entries = remote_entries(plan, client)
+        manifest = client.manifest()
+        entries = remote_entries(plan, client, manifest)
+        since = pending_since(database, manifest, client)
         result = VerifyResult(remote=str(database))
         for model in plan.models:
-            verdict = verify_model(
-                database, model, client, entries[label(model)], database.sync_cursor
-            )
+            verdict = verify_model(database, model, client, entries[label(model)], since)
             result.requests += verdict.requests
             result.verdicts.append(verdict)
             log(verdict.describe(), 1)

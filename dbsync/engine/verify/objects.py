@@ -2,17 +2,23 @@
 they differ, then the row hashes of the small ranges that still differ. No dump is
 downloaded; what crosses the network grows with the differences, not with the model.
 
-Rows the remote changed after the replica's cursor (its ``last_modified`` is later)
-are the next sync's work, not a divergence: they are counted as pending. The ranges
+Rows the remote changed after the replica's cursor are the next sync's work, not a
+divergence: they are counted as pending. With change capture (the replica has a
+capture cursor and the remote speaks protocol 3) the remote says which by its change
+markers (``changed_since``): a row written by a transaction at or after the cursor,
+``update()`` and SQL included, and a key deleted by one (its tombstone). Otherwise, on
+the clock: a row whose ``last_modified`` is after the last sync's (``after``). The ranges
 that differ are asked for once more at the end, so that a change at the remote during
 the verification raises no false alarm.
 """
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from protocol.formats import MAX_KEY
 from protocol.rowhash import part_bounds
 
+from ..capture import read_capture
 from ..errors import PayloadError
 from ..fetch import key_chunks
 from ..planner import label
@@ -23,6 +29,10 @@ from .local import LocalRows
 # PARTS * 45 / 28 objects, listing is the cheaper (docs/benchmarks.md has the figures).
 PARTS = 16
 LEAF_ROWS = 24
+# Small ranges listed a request, from a remote that takes ``ranges`` (protocol 3): at
+# most LEAF_ROWS objects each, so 16 of them stay well under the remote's
+# API_MAX_KEYS_PER_REQUEST (1,000 by default) and its MAX_RANGES (64).
+LEAVES_PER_REQUEST = 16
 
 
 @dataclass
@@ -76,6 +86,34 @@ class ModelVerdict:
         }
 
 
+@dataclass(frozen=True)
+class Since:
+    """What the remote counts as pending: changed by transaction ``changed_since`` or
+    later (change capture), or else after the time ``after`` (the clock)."""
+
+    after: datetime | None = None
+    changed_since: int | None = None
+    batched: bool = False  # the remote lists several ranges a request (protocol 3)
+
+    def params(self):
+        if self.changed_since is not None:
+            return {"changed_since": self.changed_since}
+        return {"after": self.after.isoformat()} if self.after is not None else {}
+
+
+def pending_since(database, manifest, client):
+    """The replica's cursor, as the hashes endpoint takes it: its capture cursor where
+    the remote is the one it was taken from and takes ``changed_since`` (protocol 3),
+    else its last sync's time."""
+    protocol = manifest.get("protocol")
+    batched = isinstance(protocol, int) and protocol >= 3
+    if batched and database.capture_cursor is not None:
+        capture = read_capture(manifest, client)
+        if capture is not None and capture.identity == database.remote_identity:
+            return Since(changed_since=database.capture_cursor, batched=True)
+    return Since(after=database.sync_cursor, batched=batched)
+
+
 class RemoteRows:
     """The remote's side: its checksums and hashes endpoints for one model."""
 
@@ -97,35 +135,56 @@ class RemoteRows:
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"{self.client}: malformed checksums of a range: {exc}") from exc
 
-    def hashes(self, low=None, high=None, pks=None, after=None):
-        """{pk: (hash, whether it changed after ``after``)} of [low, high] or ``pks``."""
-        params = {"pks": ",".join(map(str, pks))} if pks is not None else {"from": low, "to": high}
-        if after is not None:
-            params["after"] = after.isoformat()
+    def hashes(self, low=None, high=None, pks=None, since=Since(), ranges=None):
+        """{pk: (hash, whether it is pending)} of [low, high], ``pks`` or ``ranges``; a
+        key the remote deleted since ``since`` (a tombstone): (None, True)."""
+        if pks is not None:
+            params = {"pks": ",".join(map(str, pks))}
+        elif ranges is not None:
+            params = {"ranges": ",".join(f"{a}-{b}" for a, b in ranges)}
+        else:
+            params = {"from": low, "to": high}
+        params.update(since.params())
         self.requests += 1
         body = self.client.get_json(self.entry["hashes_url"], params)
         try:
-            return {int(row[0]): (str(row[1]), len(row) > 2 and row[2] == 1) for row in body}
+            rows = {}
+            for row in body:
+                pending = len(row) > 2 and row[2] == 1
+                if row[1] is None and not pending:
+                    raise ValueError(f"object {row[0]} has no hash")
+                rows[int(row[0])] = (None if row[1] is None else str(row[1]), pending)
+            return rows
         except (IndexError, TypeError, ValueError) as exc:
             raise PayloadError(f"{self.client}: malformed hashes of a range: {exc}") from exc
 
 
-def verify_model(database, model, client, entry, cursor):
-    """The ModelVerdict of ``model``: rows up to ``cursor`` (the replica's, on the
-    remote's clock) compared."""
+def verify_model(database, model, client, entry, since):
+    """The ModelVerdict of ``model``: rows up to ``since`` (a Since: the replica's
+    cursor) compared."""
     remote = RemoteRows(client, entry)
     local = LocalRows(database, model)
     verdict = ModelVerdict(label(model))
     leaves = differing_leaves(remote, local, verdict)
     found = Found()
-    for low, high in leaves:
-        compare(remote.hashes(low, high, after=cursor), local.hashes(low, high), found)
+    step = LEAVES_PER_REQUEST if since.batched else 1
+    for i in range(0, len(leaves), step):
+        batch = leaves[i : i + step]
+        theirs = (
+            remote.hashes(ranges=batch, since=since)
+            if since.batched
+            else remote.hashes(*batch[0], since=since)
+        )
+        ours = {}
+        for low, high in batch:
+            ours.update(local.hashes(low, high))
+        compare(theirs, ours, found)
     keys = sorted({*found.changed, *found.missing, *found.extra})
     if keys:
         # Once more, the objects that differ: what changed meanwhile is not a divergence.
         again = Found()
         for chunk in key_chunks(keys):
-            compare(remote.hashes(pks=chunk, after=cursor), local.hashes(pks=chunk), again)
+            compare(remote.hashes(pks=chunk, since=since), local.hashes(pks=chunk), again)
         found.changed = sorted(set(found.changed) & set(again.changed))
         found.missing = sorted(set(found.missing) & set(again.missing))
         found.extra = sorted(set(found.extra) & set(again.extra))
@@ -178,11 +237,11 @@ def compare(theirs, ours, found):
         if pk not in theirs:
             found.extra.append(pk)
             continue
-        hash_, changed_since = theirs[pk]
+        hash_, pending = theirs[pk]
         if mine == hash_:
-            continue
-        if changed_since:
-            found.pending += 1  # changed after the cursor: the next sync brings it
+            continue  # equal, or deleted at the remote (a tombstone) and here too
+        if pending:
+            found.pending += 1  # changed or deleted since the cursor: the next sync's
         elif mine is None:
             found.missing.append(pk)
         else:
