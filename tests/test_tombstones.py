@@ -18,6 +18,7 @@ from hcore.capture import CLOCK_TABLE, CURSOR_SQL, STATE_TABLE, TOMBSTONE_TABLE,
 from hcore.models import EventType, GentityEvent
 from hcore.schedule import PRUNE_TASK, PRUNE_TASK_NAME
 from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.reliability import servers
 from tests.test_capture import first_pk, sync
 from tests.test_sync import last_run, register
 
@@ -162,3 +163,36 @@ def test_a_replica_behind_the_pruned_horizon_runs_in_full_and_ends_equal(make_in
     assert_same_graph(remote_graph(live), local_graph(database))
     database.refresh_from_db()
     assert database.capture_cursor > cursor
+
+
+def test_tombstones_pruned_while_a_run_reads_its_deletions_send_it_in_full(make_instance):
+    """A pruning at the remote lands between the manifest a run planned on (horizon
+    behind the replica's cursor: an incremental run) and its listing of deletions,
+    which then lacks the one deletion made since the last run. A manifest read after
+    the listing shows the horizon past the cursor: nothing of the listing is used, the
+    run fetches again, in full, deletes the event and ends equal to the remote."""
+    live = make_instance(hostname="midprune.example.org")
+    live.generate(stations=8, seed=8)
+    live.start()
+    front = servers.FaultyFront(live.url)
+    try:
+        database = register(live, port=front.port)
+        sync(database)
+        event = first_pk(live, "hcore_gentityevent")
+        live.sql("DELETE FROM hcore_gentityevent WHERE id = %s", [event])
+
+        def prune():
+            out = live.manage("hcore_prunetombstones", "--days", "0").stdout
+            assert "dropped 1" in out, out
+
+        front.on(lambda path: "deleted_since=" in path, servers.after(prune))
+        out = sync(database)
+        assert "the remote pruned its tombstones while this run read its deletions" in out
+        assert "fetching again" in out
+        assert any("deleted_since=" in path for path, _ in front.requests)
+        run = last_run(database)
+        assert run.full is True
+        assert not GentityEvent.objects.filter(original_db=database, original_id=event).exists()
+        assert_same_graph(remote_graph(live), local_graph(database))
+    finally:
+        front.close()

@@ -56,6 +56,11 @@ class InconsistentRemote(PayloadError):
     to (a cut or wrong listing): a contradiction, not a deletion."""
 
 
+class TombstonesPruned(InconsistentRemote):
+    """The remote pruned the tombstones this run's cursor needs while it fetched the
+    deletions: the listing of what was deleted may be cut. A fetch again runs in full."""
+
+
 class MissingObjects(SyncError):
     """The install found references to objects the dumps lack: its transaction rolls
     back, and its caller fetches them (``missing``: model label -> remote pks) and

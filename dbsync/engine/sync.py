@@ -45,6 +45,7 @@ from .errors import (
     LocalDatabaseLost,
     MissingObjects,
     SyncError,
+    TombstonesPruned,
 )
 from .fetch import (
     check_manifest,
@@ -483,6 +484,26 @@ def fetch_job(client, fetch_plan, model_label, kind, dest_dir):
         ) from exc
 
 
+def check_horizon(database, client, fetch_plan):
+    """Raise TombstonesPruned if the remote pruned, during the fetch, tombstones that the
+    deletions this run read needed. Its pruning publishes the new horizon, then deletes
+    below it (``hcore.tombstones``): so a listing that missed a tombstone was read after
+    that horizon was committed, and a manifest read after the listing shows it. One
+    request more, in the runs that asked for deletions only."""
+    if fetch_plan.changed_since is None or client is None:
+        return
+    if not any(kind == DELETED for _label, kind in fetch_plan.jobs):
+        return
+    capture = read_capture(client.manifest(), client)
+    if capture is not None and capture.horizon > fetch_plan.changed_since:
+        raise TombstonesPruned(
+            f"{database}: the remote pruned its tombstones while this run read its "
+            f"deletions (its horizon is now transaction {capture.horizon}, past this "
+            f"replica's cursor {fetch_plan.changed_since}): the listing of what it deleted "
+            f"may be cut, so nothing of it was used"
+        )
+
+
 def assemble(fetch_plan, paths, plan):
     """The install's input from the fetched files: {(model label, kind): path}."""
     files = {m: [str(p)] for (m, kind), p in paths.items() if kind == DUMP}
@@ -519,6 +540,7 @@ def install_dumps(
     refetch = (
         None if is_legacy(database) else make_refetcher(client, fetch_plan.entries, plan, work)
     )
+    check_horizon(database, client, fetch_plan)
     fetched = assemble(fetch_plan, paths, plan)
     fetch_missing(database, plan, fetched, refetch, log)
     if fetch_plan.replace:
