@@ -58,8 +58,8 @@ def station_with_series(instance):
 
 def station_to_water_basin_by_sql(instance, pk):
     """What an operator would type: the station's rows and what hangs off them
-    (instruments, overseers, the lines' keys to it) deleted or cleared, a water basin's inserted for the same gentity,
-    and another gentity put in that basin."""
+    (instruments, overseers, the lines' keys to it) deleted or cleared, a water
+    basin's inserted for the same gentity, and another gentity put in that basin."""
     instance.sql(
         "UPDATE hcore_timeseries SET instrument_id = NULL WHERE instrument_id IN "
         "(SELECT id FROM hcore_instrument WHERE station_id = %s)",
