@@ -185,3 +185,22 @@ def test_a_type_change_that_would_change_another_origin_is_refused(live, make_in
     assert Station.objects.filter(pk=local).exists()
     assert not Garea.objects.filter(pk=local).exists()
     assert Instrument.objects.filter(pk=outsider.pk).exists()
+
+
+def test_repair_replicates_a_type_change_that_no_sync_brought(live):
+    """--verify names the old child rows left here and the new ones missing; --repair
+    deletes the former, installs the latter, and the replica is equal again."""
+    database = register(live)
+    sync(database)
+    pk = station_with_series(live)
+    local = local_of(database, pk)
+    series = set(Timeseries.objects.filter(gentity_id=local).values_list("pk", flat=True))
+    station_to_water_basin_by_sql(live, pk)
+    status, out = verify(database)
+    assert status == 1 and "hcore.station" in out and "hcore.waterbasin" in out, out
+    assert Station.objects.filter(pk=local).exists()
+
+    call_command("hcore_remotesyncdb", "-r", database.name, "-N", "--repair", stdout=io.StringIO())
+    assert_same_graph(remote_graph(live), local_graph(database))
+    assert_water_basin(database, pk, local, series)
+    assert verify(database)[0] == 0

@@ -154,11 +154,13 @@ def changed_types(children, remote_keys, keys, written, gone, database):
         if listing is None or not loaded:
             continue
         rows = model._base_manager.filter(original_db=database)
+        mine = written[label(model)]
         if hasattr(listing, "gone"):  # tombstones (engine.capture.AllBut)
             if not listing.gone:
                 continue
             rows = rows.filter(original_id__in=list(listing.gone))
-        mine = written[label(model)]
+        elif rows.count() == len(mine):
+            continue  # a full run wrote every row of this remote here: none is old
         whole = set(gone.get(root_of(model), ((), ()))[0])
         missing = sorted(
             (remote, local)
