@@ -170,7 +170,7 @@ class Fetched:
     """Dumps on local disk, ready for the install."""
 
     files: dict  # model label -> [paths]
-    keys: object  # "present" (full dumps) or root label -> set of remote pks
+    keys: object  # "present" (full dumps) or model label -> set of remote pks
     server_time: datetime | None
     capture: dict | None = None  # the remote's capture section: cursor and identity kept
     replace: bool = False  # delete this remote's old objects first (a new identity)
@@ -371,10 +371,12 @@ def plan_fetch(database, plan, options, client, log=quiet):
         log(f"Incremental run: objects written by transaction {xid} or later", 1)
         changed = [m for m in plan.models if model_changed(entries[label(m)], xid)]
         jobs = [(label(model), DUMP) for model in changed]
+        # Of a child model too: a child row deleted while its object stays is a
+        # change of concrete type (install.deletions.changed_types).
         jobs += [
-            (label(root), DELETED)
-            for root in plan.roots
-            if model_changed(entries[label(root)], xid, "deleted")
+            (label(model), DELETED)
+            for model in plan.models
+            if model_changed(entries[label(model)], xid, "deleted")
         ]
         # A root whose count differs from ours (a row lost here, say): its whole keys
         # listing, which also tells which keys to fetch (``fetch_missing``).

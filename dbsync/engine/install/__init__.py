@@ -14,7 +14,8 @@
    ``INSERT ... ON CONFLICT (pk) DO UPDATE ... WHERE <something changed>``, so rows
    that did not change are not touched.
 4. Many-to-many links of the synced objects are replaced in bulk.
-5. Objects the remote no longer has are deleted, under a guard.
+5. Objects the remote no longer has are deleted, under a guard; so are the old
+   child rows of an object whose concrete type changed (its root row stays).
 
 Only rows whose key map says they came from this remote are ever updated or
 deleted: the payload's own ``original_db``/``original_id`` are ignored.

@@ -14,14 +14,25 @@ then, in this order, the deletion is refused, changing nothing:
    would go), unless an approval covers every object that would go.
 
 Only then is it done, by Django's deletion, whose counts must match the guard's.
+
+An object whose concrete type changed at the remote under the same pk (a station
+made a water basin: its ``hcore_station`` and ``hcore_gpoint`` rows deleted there,
+``hcore_garea`` and ``hcore_waterbasin`` rows inserted for the same gentity) still
+has its root row, so it is no deletion of the object: its old child rows go, with
+what cascades from them (the station's instruments, overseers, links), and its
+parent rows stay, linked to the new child rows that the install wrote for the same
+local pk (``changed_types``). The remote tells which child rows it no longer has by
+the child model's own listing: its tombstones under change capture, the dumps under
+a full run. The same walk counts them, under the same three refusals.
 """
 
+from django.apps import apps
 from django.db import connection
 from django.db.models.deletion import Collector
 
 from ..errors import DeleteGuardError, InconsistentRemote, ObjectError, SyncError
 from ..guard import deletion_allowance
-from ..planner import label
+from ..planner import label, root_of
 from ..result import RECORDS_LABEL
 from .impact import MAX_LISTED, Impact
 
@@ -45,10 +56,13 @@ def delete_missing(
     result,
     log,
     approval=None,
+    children=(),
 ):
-    """Delete the objects of this remote that ``remote_keys`` (root label -> remote
+    """Delete the objects of this remote that ``remote_keys`` (model label -> remote
     pks, or no entry: not known, delete nothing) no longer lists, with what goes with
-    them, unless a guard refuses (see the module's docstring).
+    them, unless a guard refuses (see the module's docstring); and the child rows of
+    ``children`` (the plan's models that are not roots) that their model's listing
+    lacks while the object stays (its type changed).
 
     ``keys``: the run's ``KeyMaps``; ``written``: model label -> local pks written in
     this run; ``planned``: the labels of the plan's models (the deletions counted in
@@ -56,11 +70,12 @@ def delete_missing(
     needed the approval.
     """
     gone = missing_objects(roots, remote_keys, keys, written)
+    gone.update(changed_types(children, remote_keys, keys, written, gone, database))
     if not gone:
         return False
     impact = Impact(database, remote_keys)
-    for root, (_remote, local) in gone.items():
-        impact.add(root, local)
+    for model, (_remote, local) in gone.items():
+        impact.add(model, local, keep_parents=is_child(model))
     if impact.contradictions:
         raise InconsistentRemote(
             f"{database}: the remote contradicts itself, so nothing was deleted or "
@@ -76,9 +91,27 @@ def delete_missing(
         )
     used = check_allowance(impact, gone, max_delete, approval, database)
     delete(impact, gone, planned, result)
-    for root, (remote, _local) in gone.items():
-        log(f"Deleted {len(remote)} {label(root)} object(s) the remote no longer has", 2)
+    for model, (remote, _local) in gone.items():
+        if is_child(model):
+            log(
+                f"Deleted the {label(model)} rows of {len(remote)} object(s) whose type "
+                f"changed at the remote",
+                2,
+            )
+        else:
+            log(f"Deleted {len(remote)} {label(model)} object(s) the remote no longer has", 2)
     return used
+
+
+def descendants(model):
+    """The models that inherit from ``model`` (multi-table), deepest first."""
+    found = [m for m in apps.get_models() if model in m._meta.get_parent_list()]
+    return sorted(found, key=lambda m: -len(m._meta.get_parent_list()))
+
+
+def is_child(model):
+    """A multi-table child model (a station is a gpoint is a gentity)."""
+    return bool(model._meta.parents)
 
 
 def missing_objects(roots, remote_keys, keys, written):
@@ -106,6 +139,40 @@ def missing_objects(roots, remote_keys, keys, written):
             missing.sort()
             gone[root] = (missing, [keys.known_local_pk(root_label, pk) for pk in missing])
     return gone
+
+
+def changed_types(children, remote_keys, keys, written, gone, database):
+    """Child model -> (remote pks, local pks) of this remote's child rows that the
+    model's own listing in ``remote_keys`` lacks, of objects installed before the run
+    (``keys.loaded``: a first sync has nothing old) that stay (not in ``gone``, the
+    objects deleted whole): their concrete type changed. A row written in this run
+    stays (deleted and made again at the remote)."""
+    found = {}
+    for model in children:
+        listing = remote_keys.get(label(model))
+        loaded = keys.loaded[label(root_of(model))]
+        if listing is None or not loaded:
+            continue
+        rows = model._base_manager.filter(original_db=database)
+        mine = written[label(model)]
+        if hasattr(listing, "gone"):  # tombstones (engine.capture.AllBut)
+            if not listing.gone:
+                continue
+            rows = rows.filter(original_id__in=list(listing.gone))
+        elif rows.count() == len(mine):
+            continue  # a full run wrote every row of this remote here: none is old
+        whole = set(gone.get(root_of(model), ((), ()))[0])
+        missing = sorted(
+            (remote, local)
+            for remote, local in rows.values_list("original_id", "pk").iterator()
+            if remote not in listing
+            and loaded.get(remote) == local
+            and local not in mine
+            and remote not in whole
+        )
+        if missing:
+            found[model] = ([r for r, _l in missing], [local for _r, local in missing])
+    return found
 
 
 def check_allowance(impact, gone, max_delete, approval, database):
@@ -151,8 +218,16 @@ def delete(impact, gone, planned, result):
     """Delete the objects of ``gone`` and what goes with them (Django's deletion, the
     same walk), and count it; its counts must be the guard's."""
     collector = Collector(using=connection.alias)
-    for root, (_remote, local) in gone.items():
-        collector.collect(root._base_manager.filter(pk__in=local))
+    for model, (_remote, local) in gone.items():
+        if not is_child(model):
+            collector.collect(model._base_manager.filter(pk__in=local))
+            continue
+        # A type change: the child rows go without their parent rows. Deepest first,
+        # each keeping its parents: a child row that Django reaches by cascade instead
+        # takes the relations of its parents along (a water basin reached from its
+        # garea would take the gentity's series).
+        for member in [*descendants(model), model]:
+            collector.collect(member._base_manager.filter(pk__in=local), keep_parents=True)
     _total, per_model = collector.delete()
     deleted = {name.lower(): n for name, n in per_model.items()}
     expected = impact.expected_counts()

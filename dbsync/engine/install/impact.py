@@ -5,7 +5,10 @@ walk follows every relation that points at them, model by model, as Django's
 deletion does (``on_delete``), and counts what goes with them:
 
 - rows that cascade (``CASCADE``), and their parent rows (multi-table inheritance:
-  a station is a gpoint and a gentity), walked again from there;
+  a station is a gpoint and a gentity), walked again from there, one direct parent
+  at a time up to a row already counted, as Django's deletion does; the child rows of
+  an object whose concrete type changed (``add(..., keep_parents=True)``) go without
+  their parent rows;
 - many-to-many links (rows of an auto-created ``through`` table, which points at
   both ends: found as a relation of either);
 - rows of the models that hold no replicated objects but data of them (the records
@@ -94,19 +97,25 @@ class Impact:
 
     # --- the walk -----------------------------------------------------------------------
 
-    def add(self, model, pks):
-        pending = [(model, set(pks))]
+    def add(self, model, pks, keep_parents=False):
+        """Count the rows ``pks`` of ``model`` and what goes with them; with
+        ``keep_parents``, their parent rows stay (a child row of a multi-table model
+        whose object changed type: Django's ``collect(..., keep_parents=True)``)."""
+        pending = [(model, set(pks), keep_parents)]
         while pending:
-            model, pks = pending.pop()
+            model, pks, keep = pending.pop()
             new = pks - self.rows[model]
             if not new:
                 continue
             self.rows[model] |= new
-            pending.extend((parent, new) for parent in model._meta.get_parent_list())
+            if not keep:
+                # The direct parents, each walked again: a chain stops at a row already
+                # counted (the kept parent of a type change's cascade, say), as Django's.
+                pending.extend((parent, new, False) for parent in model._meta.parents)
             for relation in reverse_relations(model):
                 found = self.follow(model, relation, new)
                 if found:
-                    pending.append((relation.related_model, found))
+                    pending.append((relation.related_model, found, False))
             if model is GentityFile:
                 self.files += (
                     GentityFile._base_manager.filter(pk__in=new).exclude(content="").count()
@@ -175,8 +184,11 @@ class Impact:
             )
 
     def check_listed(self, model, field, related, found, referrers):
-        """A cascade to objects the remote still lists is a contradiction."""
-        listing = self.remote_keys.get(label(root_of(related)))
+        """A cascade to objects the remote still lists is a contradiction. Along a
+        parent link (a gpoint's station), the child's own listing tells: its object
+        stays listed when only its type changed."""
+        parent_link = field.remote_field.parent_link
+        listing = self.remote_keys.get(label(related if parent_link else root_of(related)))
         if listing is None or not found:
             return
         still = [remote for remote in found.values() if remote in listing]
@@ -201,14 +213,18 @@ class Impact:
         return dict(sorted((label(m), len(pks)) for m, pks in self.rows.items()))
 
     def root_remote_pks(self):
-        """Root label -> the remote pks of the objects that go (the keys an approval
-        names)."""
+        """Label -> the remote pks of the objects that go (the keys an approval names):
+        of each root model, and of each child model the rows whose parent row stays
+        (a type change)."""
         keys = {}
         for model, pks in self.rows.items():
-            if model._meta.get_parent_list():
+            top = set(pks)
+            for parent in model._meta.parents:
+                top -= self.rows.get(parent, set())
+            if not top:
                 continue
             keys[label(model)] = sorted(
-                model._base_manager.filter(pk__in=pks).values_list("original_id", flat=True)
+                model._base_manager.filter(pk__in=top).values_list("original_id", flat=True)
             )
         return keys
 

@@ -119,6 +119,9 @@ class Installer:
             remote_keys = {label(root): KeySet() for root in self.plan.roots}
             for spec in self.specs.values():
                 remote_keys[spec.root_label].update(refs.present[spec.label])
+                if not spec.is_root:
+                    # A child model's own listing: what changed type (deletions).
+                    remote_keys[spec.label] = refs.present[spec.label]
         if remote_keys is not None:
             delete_missing(
                 self.plan.roots,
@@ -127,6 +130,7 @@ class Installer:
                 self.written,
                 max_delete=self.max_delete,
                 approval=self.approval,
+                children=[spec.model for spec in self.specs.values() if not spec.is_root],
                 planned=self.specs,
                 database=self.database,
                 result=self.result,

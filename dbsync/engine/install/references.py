@@ -45,7 +45,7 @@ class References:
     """What the run's objects refer to, and whether it exists; see the module docstring."""
 
     def __init__(self, specs, dumps, keys, result, *, database, remote_keys, skip, asked, log):
-        """``remote_keys``: root label -> remote pks, "present" (the dumps are complete)
+        """``remote_keys``: model label -> remote pks, "present" (the dumps are complete)
         or None (not known); ``asked``: model label -> the remote pks asked for again
         already, or None when none may be (what is missing then dangles)."""
         self.specs = specs
@@ -79,8 +79,15 @@ class References:
         root_label = self.specs[model_label].root_label
         if pk not in self.keys.loaded[root_label]:
             return False
-        keys = self.remote_keys.get(root_label) if self.remote_keys is not None else None
-        return keys is None or pk in keys
+        if self.remote_keys is None:
+            return True
+        # The object's listing, and its model's own (a child row the remote deleted
+        # while the object stays, its type changed, is not known either).
+        return all(
+            pk in keys
+            for keys in (self.remote_keys.get(root_label), self.remote_keys.get(model_label))
+            if keys is not None
+        )
 
     def refer(self, model_label, pk):
         """Note a reference to be checked at the end, unless its object is known now

@@ -24,6 +24,7 @@ from django.db import transaction
 from hcore.models import RecordsSyncState
 
 from .. import journal
+from ..capture import AllBut
 from ..dumps import dump_name
 from ..errors import RemoteError, SyncError
 from ..fetch import check_manifest, key_chunks, make_refetcher
@@ -173,13 +174,14 @@ def repair(database, plan, client, options, *, log=quiet):
 
 
 def objects_to_install(database, plan, found, client, entries, work, refetch):
-    """({model label: [dump paths]}, {root label: KeySet of remote pks the remote has})
+    """({model label: [dump paths]}, {model label: the remote pks the remote has})
     of what differs: each model's objects changed or missing here, fetched by key (that
     model's dump only: their other rows are known); and, for the roots some of whose
     objects the remote no longer has, the listing the deletion goes by: ours, less
     those. A child row the remote lacks under a root it keeps: the whole row family
-    fetched again (``refetch``)."""
-    files, gone, families, fetched = {}, {}, {}, {}
+    fetched again (``refetch``), and the child model's listing is every key but those,
+    so that the row goes (its object's type changed: ``install.deletions``)."""
+    files, gone, families, fetched, children = {}, {}, {}, {}, {}
     for verdict in found.verdicts:
         if not isinstance(verdict, ModelVerdict) or verdict.equal:
             continue
@@ -193,6 +195,8 @@ def objects_to_install(database, plan, found, client, entries, work, refetch):
             gone.setdefault(root_label, set()).update(verdict.extra)
         else:
             families.setdefault(root_label, set()).update(verdict.extra)
+            if verdict.extra:
+                children[verdict.model] = AllBut(KeySet.from_sorted(sorted(verdict.extra)))
     for root_label, pks in families.items():
         pks -= gone.get(root_label, set())  # gone with their root
         if pks:
@@ -211,7 +215,7 @@ def objects_to_install(database, plan, found, client, entries, work, refetch):
             (set(ours) - pks) | fetched.get(root_label, set()) | families.get(root_label, set())
         )
         remote_keys[root_label] = KeySet.from_sorted(sorted(listed))
-    return files, remote_keys
+    return files, {**remote_keys, **children}
 
 
 def fetch_keys(client, entry, pks, work):
