@@ -209,3 +209,29 @@ def test_repair_replicates_a_type_change_that_no_sync_brought(live):
     assert_same_graph(remote_graph(live), local_graph(database))
     assert_water_basin(database, pk, local, series)
     assert verify(database)[0] == 0
+
+
+def test_type_changes_beyond_the_guard_are_refused_and_counted(live):
+    """Five of the eight stations turned water basins: more stations would go than the
+    delete guard allows (50 %), so the run is refused, nothing changed, and the
+    refusal counts each object once, the five whose type changed (their gentity rows
+    stay) with the instruments and overseers that went with them at the remote."""
+    database = register(live)
+    sync(database)
+    stations = [pk for (pk,) in live.sql("SELECT gpoint_ptr_id FROM hcore_station ORDER BY 1")]
+    changed = stations[:5]
+    (hanging,) = live.sql(
+        "SELECT (SELECT count(*) FROM hcore_instrument WHERE station_id = ANY(%s)) + "
+        "(SELECT count(*) FROM hcore_overseer WHERE station_id = ANY(%s))",
+        [changed, changed],
+    )[0]
+    for pk in changed:
+        station_to_water_basin_by_sql(live, pk)
+    before = Station.objects.filter(original_db=database).count()
+    with pytest.raises(CommandError) as refused:
+        sync(database)
+    message = str(refused.value)
+    assert "hcore.station: 5 of 8" in message and "more than allowed" in message, message
+    assert f"({5 + hanging} objects in all)" in message, message
+    assert Station.objects.filter(original_db=database).count() == before == 8
+    assert not WaterBasin.objects.filter(original_db=database, original_id__in=changed).exists()

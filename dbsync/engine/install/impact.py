@@ -230,8 +230,13 @@ class Impact:
 
     @property
     def total_objects(self):
-        """Objects that go, each once (counted at its root table)."""
-        return sum(len(pks) for m, pks in self.rows.items() if not m._meta.get_parent_list())
+        """Objects that go, or lose their type's rows (a change of concrete type: the
+        child rows go, the parent row stays), each once: a multi-table family's rows
+        share their pk, so the pks of every model of a root, together."""
+        families = {}
+        for model, pks in self.rows.items():
+            families.setdefault(root_of(model), set()).update(pks)
+        return sum(len(pks) for pks in families.values())
 
     def totals(self):
         return {
