@@ -394,8 +394,8 @@ def test_a_file_changed_at_the_remote_arrives(world):
     before = world.local_snapshot()
     counts = world.local.sync()
     if isinstance(world.remote, Instance) and counts["files_fetched"] == 0:
-        # Not listed (it is, if a transaction open elsewhere in the remote's cluster held
-        # the capture's cursor back before its row's write: then it has arrived).
+        # Not listed (it is, if a transaction still open when the last run read held the
+        # capture's cursor back before its row's write: then it has arrived).
         assert Path(before["paths"][pk]).read_bytes() != new
         verified = world.local.manage("hcore_remotesyncdb", "-r", NAME, "--verify", check=False)
         assert verified.returncode == 1, verified.stdout + verified.stderr
