@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from dbsync.models import Database
 from hcore.models import Garea, Gentity, Gpoint, Instrument, Station, Timeseries, WaterBasin
 from tests.graph import assert_same_graph, local_graph, remote_graph
+from tests.test_capture import sync
 from tests.test_sync import last_run, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,12 +29,6 @@ def live(make_instance):
     instance = make_instance(hostname="concrete.example.org")
     instance.generate(stations=8, seed=11)
     return instance.start()
-
-
-def sync(database, *args):
-    out = io.StringIO()
-    call_command("hcore_remotesyncdb", "-r", database.name, "-N", "-v", "2", *args, stdout=out)
-    return out.getvalue()
 
 
 def verify(database):
