@@ -20,6 +20,12 @@ def _request_slots_closed():
     request_slots.close()
 
 
+@pytest.fixture
+def no_overlap(settings):
+    """No overlap window: only the capture's cursor can make a late change arrive."""
+    settings.DBSYNC_OVERLAP_SECONDS = 0
+
+
 @pytest.fixture(scope="session")
 def instance_template():
     template = Template()

@@ -19,13 +19,7 @@ from tests.graph import assert_same_graph, local_dump, local_graph, remote_graph
 from tests.instance import PG_BASE
 from tests.test_sync import last_run, register
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_overlap(settings):
-    """No overlap window: only the capture's cursor can make a late change arrive."""
-    settings.DBSYNC_OVERLAP_SECONDS = 0
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_overlap")]
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.test_capture import sync
 from tests.test_sync import last_run, register
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_overlap(settings):
-    settings.DBSYNC_OVERLAP_SECONDS = 0
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_overlap")]
 
 
 @pytest.fixture
