@@ -44,6 +44,7 @@ from protocol.rowhash import (
     row_text_sql,
 )
 
+from .changes import check_changed_since
 from .errors import ApiError
 from .params import (
     INTEGER,
@@ -174,8 +175,7 @@ def parse_hashes_query(query):
         raise ApiError(400, "Give one of pks, ranges or a range (from, to), not several.")
     after = parse_modified_after(query.get("after"), "after")
     changed_since = parse_transaction("changed_since", query.get("changed_since"))
-    if changed_since is not None and connection.vendor != "postgresql":
-        raise ApiError(400, "changed_since needs change capture, which this instance lacks.")
+    check_changed_since(changed_since)
     return low, high, pks, after, changed_since, ranges
 
 
