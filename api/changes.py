@@ -18,6 +18,7 @@ from django.db import DatabaseError, connection, transaction
 from hcore.capture import (
     COUNTER_TABLE,
     CURSOR_SQL,
+    HASH_TABLE,
     MARKER_COLUMN,
     STATE_TABLE,
     TOMBSTONE_TABLE,
@@ -39,9 +40,12 @@ SELECT {CURSOR_SQL},
        (SELECT timeline_id FROM pg_control_checkpoint()),
        current_database(),
        (SELECT oid::bigint FROM pg_database WHERE datname = current_database()),
-       (SELECT coalesce(json_object_agg(table_name, json_build_array(n, m, d)), '{{}}')
+       (SELECT coalesce(json_object_agg(table_name, json_build_array(n, m, d, c)), '{{}}')
         FROM (SELECT table_name, sum(row_count) AS n, max(max_xid) AS m,
-                     max(max_deleted_xid) AS d
+                     max(max_deleted_xid) AS d,
+                     CASE WHEN table_name IN (SELECT table_name FROM {HASH_TABLE}
+                                              WHERE owner = table_name)
+                          THEN sum(checksum)::text END AS c
               FROM {COUNTER_TABLE} GROUP BY table_name) t)
 """
 
@@ -71,7 +75,12 @@ def capture_state():
             "database": name,
             "database_oid": oid,
         },
-        "tables": {table: tuple(map(int, figures)) for table, figures in tables.items()},
+        # table -> (count, highest writer, highest deleter, checksum or None: a table
+        # whose running checksum is not kept, hcore.checksums)
+        "tables": {
+            table: (*map(int, figures[:3]), None if figures[3] is None else int(figures[3]))
+            for table, figures in tables.items()
+        },
     }
 
 

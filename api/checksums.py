@@ -34,14 +34,13 @@ from django.db import connection
 from hcore.capture import MARKER_COLUMN, TOMBSTONE_TABLE
 from protocol.formats import MAX_KEY, format_checksum
 from protocol.rowhash import (
-    hash_sql,
     hashed_fields,
     hashed_m2m_fields,
     m2m_links,
     part_of,
     part_of_sql,
     row_hash,
-    row_text_sql,
+    served_hash_sql,
 )
 
 from .changes import check_changed_since
@@ -92,15 +91,6 @@ def served_row_sql(model):
     ``model`` as this instance serves them: keys are its own pks."""
     opts = model._meta
     pk = f"t.{qn(opts.pk.column)}"
-
-    def column(field):
-        return f"t.{qn(field.column)}"
-
-    def m2m_keys(field):
-        through = field.remote_field.through._meta.db_table
-        source, target = field.m2m_column_name(), field.m2m_reverse_name()
-        return f"SELECT x.{qn(target)} FROM {qn(through)} x WHERE x.{qn(source)} = {pk}"
-
     source = f"{qn(opts.db_table)} t"
     modified = None
     parents = opts.get_parent_list()
@@ -111,7 +101,7 @@ def served_row_sql(model):
         else:
             source += f" JOIN {qn(root._meta.db_table)} r ON r.{qn(root._meta.pk.column)} = {pk}"
             modified = "r.last_modified"
-    return source, pk, hash_sql(row_text_sql(model, pk, column, m2m_keys)), modified
+    return source, pk, served_hash_sql(model), modified
 
 
 def range_checksums(model, low, high, parts):

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from protocol.formats import format_checksum
 from protocol.schema import (
     describe_model,
     fingerprint,
@@ -134,10 +135,10 @@ def describe_records_and_files(capture=None):
 
 
 def describe_served_model(model, tables=None):
-    """A model's entry; ``tables``: table -> (count, highest writer, highest deleter)
-    from the change counters, which make the count O(models) and tell whether anything
-    changed (``changed``: the highest transaction that wrote the model's own table;
-    ``deleted``: that deleted from it)."""
+    """A model's entry; ``tables``: table -> (count, highest writer, highest deleter,
+    checksum or None) from the change counters, which make the count and the checksum
+    O(models) and tell whether anything changed (``changed``: the highest transaction
+    that wrote the model's own table; ``deleted``: that deleted from it)."""
     opts = model._meta
     counted = (tables or {}).get(opts.db_table)
     entry = {
@@ -153,6 +154,10 @@ def describe_served_model(model, tables=None):
     }
     if counted:
         entry["changed"], entry["deleted"] = counted[1], counted[2]
+        if counted[3] is not None:
+            # The checksum of every served row (the checksums endpoint's over all
+            # keys), kept by the capture triggers (hcore.checksums).
+            entry["checksum"] = format_checksum(counted[3])
     elif tables:
         entry["changed"] = entry["deleted"] = 0  # never written since capture began
     return entry

@@ -10,6 +10,15 @@ class HcoreConfig(AppConfig):
         from . import signals  # noqa: F401  (connects the m2m last_modified hook)
 
         post_migrate.connect(prune_schedule, sender=self, dispatch_uid="hcore-prune")
+        post_migrate.connect(refresh_checksums, sender=self, dispatch_uid="hcore-checksums")
+
+
+def refresh_checksums(sender, using="default", **kwargs):
+    """After every migrate: the running checksums of the served tables whose served
+    fields changed (hcore.checksums), from the models as they now are."""
+    from .checksums import refresh
+
+    refresh(using)
 
 
 def prune_schedule(sender, using="default", plan=None, **kwargs):

@@ -13,10 +13,12 @@ and no clock is involved:
   transition table, one INSERT per statement);
 - a many-to-many link written through an auto-created ``through`` table marks its
   owner's row (the link is served as a field of the owner);
-- every write also keeps ``dbsync_change_counter``: per table, the number of rows
-  and the highest transaction id that wrote it, spread over ``COUNTER_SLOTS`` rows
-  (the writer's backend pid picks one), so that concurrent writers do not queue on
-  one row and the manifest reads O(tables) rows, not the tables.
+- every write also keeps ``dbsync_change_counter``: per table, the number of rows,
+  the highest transaction id that wrote it and the **checksum of its served
+  content** (the sum of its rows' hashes, ``protocol.rowhash``; ``hcore.checksums``
+  gives each table's SQL of it), spread over ``COUNTER_SLOTS`` rows (the writer's
+  backend pid picks one), so that concurrent writers do not queue on one row and the
+  manifest reads O(tables) rows, not the tables.
 
 All the triggers are ``ENABLE ALWAYS``: they fire with ``session_replication_role =
 replica`` too, which the sync's bulk path sets, so rows that a sync installs are
@@ -38,6 +40,7 @@ MARKER_COLUMN = "dbsync_xid"
 TOMBSTONE_TABLE = "dbsync_tombstone"
 COUNTER_TABLE = "dbsync_change_counter"
 STATE_TABLE = "dbsync_capture_state"
+HASH_TABLE = "dbsync_capture_hash"
 CLOCK_TABLE = "dbsync_capture_clock"
 TRIGGER_PREFIX = "dbsync_capture_"
 COUNTER_SLOTS = 16
@@ -80,6 +83,22 @@ CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (
     max_deleted_xid bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (table_name, slot)
 );
+-- The served content's checksum: the sum of the rows' hashes (reduced modulo 2**64
+-- when read), kept where a table has its SQL in the hash table below.
+ALTER TABLE {COUNTER_TABLE} ADD COLUMN IF NOT EXISTS checksum numeric NOT NULL DEFAULT 0;
+-- Per table, the SELECTs that give the change of its checksum by a statement, from the
+-- statement's transition tables (hcore.checksums writes them, with their fingerprint):
+-- a served table's rows, or, for a many-to-many table, its owners' (their links are
+-- part of their content). A table without its row counts only.
+CREATE TABLE IF NOT EXISTS {HASH_TABLE} (
+    table_name text PRIMARY KEY,
+    owner text NOT NULL,
+    fingerprint text NOT NULL,
+    inserted text NOT NULL,
+    updated text NOT NULL,
+    deleted text NOT NULL,
+    truncated text
+);
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     id integer PRIMARY KEY CHECK (id = 1),
     horizon bigint NOT NULL
@@ -93,16 +112,19 @@ CREATE TABLE IF NOT EXISTS {CLOCK_TABLE} (
 );
 
 -- deleted: whether rows went (then max_deleted_xid moves too: a client asks for
--- tombstones only of the tables where it did).
-CREATE OR REPLACE FUNCTION dbsync_capture_count(tbl text, delta bigint, deleted boolean)
+-- tombstones only of the tables where it did); content: the checksum's change.
+CREATE OR REPLACE FUNCTION dbsync_capture_count(
+    tbl text, delta bigint, deleted boolean, content numeric)
 RETURNS void LANGUAGE sql AS $$
-    INSERT INTO {COUNTER_TABLE} AS c (table_name, slot, row_count, max_xid, max_deleted_xid)
+    INSERT INTO {COUNTER_TABLE} AS c
+        (table_name, slot, row_count, max_xid, max_deleted_xid, checksum)
     VALUES (tbl, pg_backend_pid() % {COUNTER_SLOTS}, delta, {CURRENT_XID},
-            CASE WHEN deleted THEN {CURRENT_XID} ELSE 0 END)
+            CASE WHEN deleted THEN {CURRENT_XID} ELSE 0 END, content)
     ON CONFLICT (table_name, slot) DO UPDATE
     SET row_count = c.row_count + EXCLUDED.row_count,
         max_xid = GREATEST(c.max_xid, EXCLUDED.max_xid),
-        max_deleted_xid = GREATEST(c.max_deleted_xid, EXCLUDED.max_deleted_xid);
+        max_deleted_xid = GREATEST(c.max_deleted_xid, EXCLUDED.max_deleted_xid),
+        checksum = c.checksum + EXCLUDED.checksum;
 $$;
 
 CREATE OR REPLACE FUNCTION dbsync_capture_mark() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -111,31 +133,44 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- The checksum's SELECTs run here, in the trigger's own function: a statement's
+-- transition tables are visible to it only (not to a function it calls).
 CREATE OR REPLACE FUNCTION dbsync_capture_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE n bigint;
+DECLARE n bigint; q text; s numeric;
 BEGIN
     SELECT count(*) INTO n FROM new_rows;
-    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, n, false); END IF;
+    IF n > 0 THEN
+        SELECT inserted INTO q FROM {HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
+        IF q IS NOT NULL THEN EXECUTE q INTO s; END IF;
+        PERFORM dbsync_capture_count(TG_TABLE_NAME, n, false, COALESCE(s, 0));
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION dbsync_capture_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE q text; s numeric;
 BEGIN
     IF EXISTS (SELECT 1 FROM new_rows) THEN
-        PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, false);
+        SELECT updated INTO q FROM {HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
+        IF q IS NOT NULL THEN EXECUTE q INTO s; END IF;
+        PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, false, COALESCE(s, 0));
     END IF;
     RETURN NULL;
 END $$;
 
 -- TG_ARGV[0]: the table's primary key column.
 CREATE OR REPLACE FUNCTION dbsync_capture_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE n bigint;
+DECLARE n bigint; q text; s numeric;
 BEGIN
     EXECUTE format(
         'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM old_rows',
         TG_TABLE_NAME, TG_ARGV[0]) USING {CURRENT_XID};
     GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, -n, true); END IF;
+    IF n > 0 THEN
+        SELECT deleted INTO q FROM {HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
+        IF q IS NOT NULL THEN EXECUTE q INTO s; END IF;
+        PERFORM dbsync_capture_count(TG_TABLE_NAME, -n, true, COALESCE(s, 0));
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -146,14 +181,33 @@ BEGIN
         'INSERT INTO {TOMBSTONE_TABLE} (table_name, pk, xid) SELECT %L, %I, $1 FROM %I',
         TG_TABLE_NAME, TG_ARGV[0], TG_TABLE_NAME) USING {CURRENT_XID};
     UPDATE {COUNTER_TABLE} SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
-    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, true);
+    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, true, 0);
     RETURN NULL;
 END $$;
 
--- A link written through an auto-created through table marks its owner's row.
+-- After a TRUNCATE (of every table it names, a many-to-many one's BEFORE trigger
+-- included): the table is empty, its checksum zero.
+CREATE OR REPLACE FUNCTION dbsync_capture_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {COUNTER_TABLE} SET checksum = 0 WHERE table_name = TG_TABLE_NAME;
+    RETURN NULL;
+END $$;
+
+-- A link written through an auto-created through table marks its owner's row, and
+-- changes its owner's checksum (its links are part of its content).
 -- TG_ARGV: the owner's table, its pk column, the through table's column to the owner.
 CREATE OR REPLACE FUNCTION dbsync_capture_link() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE q text; s numeric;
 BEGIN
+    SELECT CASE TG_OP WHEN 'INSERT' THEN inserted WHEN 'UPDATE' THEN updated
+                      WHEN 'DELETE' THEN deleted ELSE truncated END
+    INTO q FROM {HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
+    IF q IS NOT NULL THEN
+        EXECUTE q INTO s;
+        IF COALESCE(s, 0) <> 0 THEN
+            PERFORM dbsync_capture_count(TG_ARGV[0], 0, false, s);
+        END IF;
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM %I)',
             TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_TABLE_NAME) USING {CURRENT_XID};
@@ -170,7 +224,7 @@ END $$;
 
 
 def trigger_names(table):
-    kinds = ("mark", "ins", "upd", "del", "trunc")
+    kinds = ("mark", "ins", "upd", "del", "trunc", "emptied")
     return [f"{TRIGGER_PREFIX}{what}_{table}"[:63] for what in kinds]
 
 
@@ -202,33 +256,51 @@ def backfill_batches(connection, table, pk):
 
 
 def create_triggers(cursor, table, pk):
-    mark, ins, upd, dele, trunc = trigger_names(table)
+    mark, ins, upd, dele, trunc, emptied = names = trigger_names(table)
     cursor.execute(
         f"""
         CREATE TRIGGER {mark} BEFORE UPDATE ON "{table}"
             FOR EACH ROW EXECUTE FUNCTION dbsync_capture_mark();
         CREATE TRIGGER {ins} AFTER INSERT ON "{table}" REFERENCING NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_inserted();
-        CREATE TRIGGER {upd} AFTER UPDATE ON "{table}" REFERENCING NEW TABLE AS new_rows
+        CREATE TRIGGER {upd} AFTER UPDATE ON "{table}"
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_updated();
         CREATE TRIGGER {dele} AFTER DELETE ON "{table}" REFERENCING OLD TABLE AS old_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_deleted('{pk}');
         CREATE TRIGGER {trunc} BEFORE TRUNCATE ON "{table}"
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_truncated('{pk}');
+        CREATE TRIGGER {emptied} AFTER TRUNCATE ON "{table}"
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_emptied();
         """
     )
-    for name in (mark, ins, upd, dele, trunc):
+    for name in names:
         cursor.execute(f'ALTER TABLE "{table}" ENABLE ALWAYS TRIGGER {name}')
+
+
+def drop_triggers(cursor, table):
+    for name in trigger_names(table):
+        cursor.execute(f'DROP TRIGGER IF EXISTS {name} ON "{table}"')
+
+
+def link_trigger_names(through):
+    return [f"{TRIGGER_PREFIX}link{what}_{through}"[:63] for what in ("i", "u", "d", "t")]
+
+
+def drop_link_triggers(cursor, through):
+    for name in link_trigger_names(through):
+        cursor.execute(f'DROP TRIGGER IF EXISTS {name} ON "{through}"')
 
 
 def create_link_triggers(cursor, through, owner, owner_pk, owner_column):
     args = f"'{owner}', '{owner_pk}', '{owner_column}'"
-    names = [f"{TRIGGER_PREFIX}link{what}_{through}"[:63] for what in ("i", "u", "d", "t")]
+    names = link_trigger_names(through)
     cursor.execute(
         f"""
         CREATE TRIGGER {names[0]} AFTER INSERT ON "{through}" REFERENCING NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
-        CREATE TRIGGER {names[1]} AFTER UPDATE ON "{through}" REFERENCING NEW TABLE AS new_rows
+        CREATE TRIGGER {names[1]} AFTER UPDATE ON "{through}"
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
         CREATE TRIGGER {names[2]} AFTER DELETE ON "{through}" REFERENCING OLD TABLE AS old_rows
             FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_link({args});
@@ -268,6 +340,24 @@ def install(connection, tables, links):
             create_triggers(cursor, table, pk)
             start_counter(cursor, table)
         for through, owner, owner_pk, column in links:
+            create_link_triggers(cursor, through, owner, owner_pk, column)
+
+
+def upgrade(connection, tables, links):
+    """The triggers of a database captured before the running checksum: its support
+    (SUPPORT_SQL) and every trigger made again, in one transaction; the checksums
+    themselves are started by ``hcore.checksums.refresh`` after migrate."""
+    if connection.vendor != "postgresql":
+        return
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute("DROP FUNCTION IF EXISTS dbsync_capture_count(text, bigint, boolean)")
+        cursor.execute(SUPPORT_SQL)
+        cursor.execute("LOCK TABLE " + ", ".join(f'"{t}"' for t, _pk in tables))
+        for table, pk in tables:
+            drop_triggers(cursor, table)
+            create_triggers(cursor, table, pk)
+        for through, owner, owner_pk, column in links:
+            drop_link_triggers(cursor, through)
             create_link_triggers(cursor, through, owner, owner_pk, column)
 
 

@@ -223,6 +223,39 @@ def row_text_sql(model, key, column, m2m_keys):
     return " || ".join(parts)
 
 
+def served_hash_sql(model, alias="t", links=None):
+    """SQL of the hash of a row of ``model``'s own table, aliased ``alias``, as its
+    instance serves it (keys are its own pks); ``links(field)``, if given, may give the
+    SELECT of a many-to-many field's linked pks instead of its table's (None: the
+    table's). The checksums endpoint (``api.checksums``) and the change capture's
+    running checksum (``hcore.checksums``) hash with this one expression."""
+    opts = model._meta
+    key = f"{alias}.{quote(opts.pk.column)}"
+
+    def column(field):
+        return f"{alias}.{quote(field.column)}"
+
+    def m2m_keys(field):
+        override = links(field) if links is not None else None
+        return override if override is not None else linked_keys_sql(field, key)
+
+    return hash_sql(row_text_sql(model, key, column, m2m_keys))
+
+
+def linked_keys_sql(field, owner_key):
+    """SELECT of the pks that many-to-many ``field`` links to the owner ``owner_key``."""
+    through = field.remote_field.through._meta.db_table
+    source, target = field.m2m_column_name(), field.m2m_reverse_name()
+    return (
+        f"SELECT x.{quote(target)} FROM {quote(through)} x WHERE x.{quote(source)} = {owner_key}"
+    )
+
+
+def quote(name):
+    """A PostgreSQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def hash_sql(text_sql):
     """SQL of the 64-bit hash of an encoded row (``text_hash`` in SQL)."""
     return (

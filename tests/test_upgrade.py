@@ -19,6 +19,8 @@ import psycopg
 import pytest
 import requests
 
+from hcore.models import Station, Timeseries, UnitOfMeasurement
+from protocol.rowhash import served_hash_sql
 from tests.instance import PG_BASE, ROOT, admin_execute, instance_env, manage
 
 PREVIOUS_RELEASE_FILE = ROOT / "tests" / "upgrade" / "PREVIOUS_RELEASE"
@@ -221,6 +223,19 @@ def test_a_database_of_the_previous_release_is_migrated_and_syncs_on(
         db_name,
         "SELECT sum(row_count) FROM dbsync_change_counter WHERE table_name = 'hcore_station'",
     ) == [(len(stations_before),)]
+    # and each table's running checksum (hcore.checksums) computed after the migrate,
+    # equal to its rows' hashes
+    for model in (Station, Timeseries, UnitOfMeasurement):
+        table = model._meta.db_table
+        (kept,), (computed,) = (
+            sql(
+                db_name,
+                "SELECT sum(checksum) FROM dbsync_change_counter WHERE table_name = %s",
+                [table],
+            )[0],
+            sql(db_name, f"SELECT COALESCE(sum({served_hash_sql(model)}), 0) FROM {table} t")[0],
+        )
+        assert kept == computed and computed != 0, table
 
     # --- a change at the remote, and this release's incremental sync -------------------
     renamed, *untouched = sorted(

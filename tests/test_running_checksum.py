@@ -1,0 +1,184 @@
+"""The manifest's per-model checksum, kept by the capture triggers (hcore.checksums):
+after every kind of write (the ORM, ``update()``, raw SQL, many-to-many links through
+their table, TRUNCATE), it equals the checksums endpoint's over every key, which
+hashes the rows as they are (PostgreSQL, the test database's real triggers)."""
+
+import json
+
+import pytest
+from django.db import connection, transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hcore import checksums
+from hcore import models as m
+from hcore.capture import HASH_TABLE
+from protocol.formats import ZERO_CHECKSUM
+from protocol.schema import served_models
+from tests.api_helpers import create_sample_data
+
+pytestmark = pytest.mark.django_db
+
+LINKS = "hcore_unitofmeasurement_variables"
+
+
+def body(response):
+    if response.streaming:
+        return b"".join(response.streaming_content)
+    return response.content
+
+
+def manifest_checksums(client):
+    manifest = json.loads(body(client.get("/api/")))
+    return {entry["model"]: entry.get("checksum") for entry in manifest["models"]}
+
+
+def endpoint_checksum(client, label):
+    response = client.get(f"/api/{label.replace('.', '/')}/checksums/", {"parts": 1})
+    assert response.status_code == 200, body(response)
+    parts = json.loads(body(response))["parts"]
+    return parts[0][2] if parts else ZERO_CHECKSUM
+
+
+def assert_checksums_hold(client):
+    kept = manifest_checksums(client)
+    for model in served_models():
+        label = model._meta.label_lower
+        assert kept[label] is not None, f"{label}: no checksum in the manifest"
+        assert kept[label] == endpoint_checksum(client, label), label
+
+
+def sql(statement, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+@pytest.fixture
+def sample(db):
+    return create_sample_data()
+
+
+def test_every_model_has_its_checksum_in_the_manifest(client, sample):
+    assert_checksums_hold(client)
+    assert manifest_checksums(client)["hcore.station"] != ZERO_CHECKSUM
+
+
+def test_orm_update_and_raw_sql_writes_keep_it(client, sample):
+    m.Station.objects.update(name="Renamed by update()")
+    assert_checksums_hold(client)
+    sql("UPDATE hcore_gentity SET remarks = remarks || ' (SQL)'")
+    sql("UPDATE hcore_timezone SET utc_offset = utc_offset + 60")
+    assert_checksums_hold(client)
+    sql(
+        "INSERT INTO hcore_eventtype (descr, descr_alt, last_modified) "
+        "VALUES ('By SQL', '', now())"
+    )
+    sql("DELETE FROM hcore_eventtype WHERE descr = 'By SQL'")
+    sql(
+        "INSERT INTO hcore_filetype (descr, descr_alt, mime_type, last_modified) "
+        "VALUES ('x', '', 'y', now())"
+    )
+    assert_checksums_hold(client)
+
+
+def test_a_changed_value_changes_the_checksum_and_its_undoing_restores_it(client, sample):
+    before = manifest_checksums(client)["hcore.timezone"]
+    sql("UPDATE hcore_timezone SET code = code || 'x'")
+    assert manifest_checksums(client)["hcore.timezone"] != before
+    sql("UPDATE hcore_timezone SET code = left(code, -1)")
+    assert manifest_checksums(client)["hcore.timezone"] == before
+
+
+def test_many_to_many_links_through_their_table_keep_it(client, sample):
+    unit = m.UnitOfMeasurement.objects.first()
+    variables = list(m.Variable.objects.all())
+    unit.variables.set(variables[:1])
+    assert_checksums_hold(client)
+    unit.variables.add(*variables[1:])
+    assert_checksums_hold(client)
+    sql(f"UPDATE {LINKS} SET variable_id = %s WHERE variable_id = %s", [variables[0].pk, 0])
+    other = m.UnitOfMeasurement.objects.exclude(pk=unit.pk).first()
+    other.variables.clear()
+    sql(
+        f"UPDATE {LINKS} SET unitofmeasurement_id = %s WHERE unitofmeasurement_id = %s",
+        [other.pk, unit.pk],
+    )
+    assert_checksums_hold(client)
+    unit.variables.remove(variables[0])
+    other.variables.clear()
+    assert_checksums_hold(client)
+
+
+def test_truncate_keeps_it(client, sample):
+    # The test's transaction has deferred key checks pending, which TRUNCATE refuses.
+    sql("SET CONSTRAINTS ALL IMMEDIATE")
+    m.UnitOfMeasurement.objects.first().variables.set(m.Variable.objects.all())
+    sql(f"TRUNCATE {LINKS}")
+    assert_checksums_hold(client)
+    m.UnitOfMeasurement.objects.first().variables.set(m.Variable.objects.all())
+    sql("SET CONSTRAINTS ALL IMMEDIATE")
+    # The owner and its links in one statement: the owner's ends at zero whatever the
+    # order of the two tables' triggers.
+    sql(f"TRUNCATE hcore_unitofmeasurement, {LINKS} CASCADE")
+    assert_checksums_hold(client)
+    assert manifest_checksums(client)["hcore.unitofmeasurement"] == ZERO_CHECKSUM
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "move"]), st.integers(0, 5), st.integers(0, 5)
+        ),
+        max_size=8,
+    )
+)
+def test_any_sequence_of_link_writes_keeps_it(client, sample, steps):
+    units = list(m.UnitOfMeasurement.objects.order_by("pk"))[:2]
+    variables = list(m.Variable.objects.order_by("pk"))
+    with transaction.atomic():
+        for what, a, b in steps:
+            unit, variable = units[a % len(units)], variables[b % len(variables)]
+            if what == "add":
+                sql(
+                    f"INSERT INTO {LINKS} (unitofmeasurement_id, variable_id) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [unit.pk, variable.pk],
+                )
+            elif what == "remove":
+                sql(f"DELETE FROM {LINKS} WHERE unitofmeasurement_id = %s", [unit.pk])
+            else:
+                sql(
+                    f"UPDATE {LINKS} SET unitofmeasurement_id = %s WHERE variable_id = %s "
+                    "AND NOT EXISTS (SELECT 1 FROM {LINKS} x WHERE x.unitofmeasurement_id = %s "
+                    "AND x.variable_id = %s)".replace("{LINKS}", LINKS),
+                    [unit.pk, variable.pk, unit.pk, variable.pk],
+                )
+        assert_checksums_hold(client)
+        transaction.set_rollback(True)
+
+
+def test_refresh_computes_anew_only_what_changed(client, sample):
+    assert checksums.refresh() == []
+    # A stale fingerprint (a model whose served fields changed) and a wrong sum.
+    sql(f"UPDATE {HASH_TABLE} SET fingerprint = 'stale' WHERE table_name = 'hcore_station'")
+    sql(
+        "UPDATE dbsync_change_counter SET checksum = checksum + 1 "
+        "WHERE table_name = 'hcore_station'"
+    )
+    assert checksums.refresh() == ["hcore_station"]
+    assert_checksums_hold(client)
+
+
+def test_a_table_whose_sql_is_missing_gives_no_checksum(client, sample):
+    sql(f"DELETE FROM {HASH_TABLE} WHERE table_name = 'hcore_station'")
+    assert manifest_checksums(client)["hcore.station"] is None
+    m.Station.objects.update(name="Still counted")
+    manifest = json.loads(body(client.get("/api/")))
+    station = next(e for e in manifest["models"] if e["model"] == "hcore.station")
+    assert station["count"] == m.Station.objects.count()
+    assert "checksum" not in station
