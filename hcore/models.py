@@ -499,6 +499,8 @@ class RecordsSummary(models.Model):
     class Meta:
         verbose_name = "records summary"
         verbose_name_plural = "records summaries"
+        # records-summary?changed_after reads the changed series by it, not every series.
+        indexes = [models.Index(fields=["changed"], name="hcore_summary_changed")]
 
     def __str__(self):
         return f"Records of time series {self.timeseries_id}: {self.count}"
