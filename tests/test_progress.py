@@ -77,11 +77,26 @@ def test_without_a_terminal_the_output_has_plain_lines_and_no_bar(remote):
 
 
 def test_silent_writes_nothing_on_stdout(remote):
+    """As the seed's --silent (its stdout sent to /dev/null, for cron): neither lines nor,
+    on a terminal, bars (docs/commands.md says why)."""
     database = register(remote)
     done = subprocess.run(
         command(database, "--silent"), env=_local_env(), capture_output=True, text=True
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        command(database, "--silent", "--full"),
+        env=_local_env(),
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    try:
+        output = read_all(master, process)
+    finally:
+        os.close(master)
+    assert (process.returncode, output, process.stderr.read()) == (0, "", b"")
 
 
 def read_all(fd, process, timeout=300):
