@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import urls as api_urls
 from dbsync.engine.records import sync_records
 from dbsync.engine.remote import RemoteClient
-from dbsync.models import Database, SyncRun
+from dbsync.models import Database, SyncRun, TaskCount
 from hcore import models as m
 from hcore.media import media_type
 from project import urls as project_urls
@@ -328,6 +328,9 @@ def world(settings, tmp_path):
         interval_minutes=60,
     )
     Database.objects.create(name="patras", hostname="patras.example.org")
+    TaskCount.objects.create(
+        task="dbsync.tasks.fetch_dump", outcome="failed", count=2, seconds=1.5
+    )
     SyncRun.objects.create(
         database=remote,
         status=SyncRun.FAILED,
@@ -377,17 +380,20 @@ METRICS_TOKEN = "a-metrics-token-for-the-stored-values-0123"
 
 
 def check_metrics(client):
-    """The scrape parses, and each remote's name comes back whole as its label."""
+    """The scrape parses, and each remote's name and each task's come back whole as
+    their labels."""
     response = client.get(reverse("metrics"), headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     check(response, "/-/metrics")
     assert response.status_code == 200
-    labelled = {
-        sample.labels["remote"]
+    samples = [
+        sample
         for family in text_string_to_metric_families(body_of(response).decode())
         for sample in family.samples
-        if "remote" in sample.labels
-    }
-    assert labelled == set(Database.objects.values_list("name", flat=True))
+    ]
+    remotes = {sample.labels["remote"] for sample in samples if "remote" in sample.labels}
+    assert remotes == set(Database.objects.values_list("name", flat=True))
+    tasks = {sample.labels["task"] for sample in samples if "task" in sample.labels}
+    assert tasks == set(TaskCount.objects.values_list("task", flat=True))
 
 
 def check_media(client, file_name):
