@@ -26,13 +26,12 @@ its row) is not listed by it: a listing without ``changed_since`` (``--full``) o
 
 import hashlib
 import logging
-import mimetypes
 import posixpath
-import re
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.http import FileResponse, HttpResponse
 
+from hcore.media import file_content_type
 from hcore.models import GentityFile
 from protocol.formats import MAX_KEY
 
@@ -43,8 +42,6 @@ from .errors import ApiError
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
-TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}")
 STORAGE_ERRORS = (OSError, SuspiciousFileOperation)
 
 
@@ -96,13 +93,6 @@ def stream_listing(changed_since=None):
     yield b"\n]\n" if separator else b"]\n"
 
 
-def media_type(value):
-    """``value`` if it is a media type (``type/subtype``, RFC 9110 tokens), else None: a
-    stored description is sent in a header, where a line break or a stray character
-    would be refused or would forge another header."""
-    return value if MEDIA_TYPE.fullmatch(value) else None
-
-
 def file_response(pk, head=False):
     obj = None
     if pk <= MAX_KEY:
@@ -121,11 +111,7 @@ def file_response(pk, head=False):
             404, f"The file of gentityfile(pk={pk}) is missing on this server."
         ) from exc
     basename = posixpath.basename(name)
-    content_type = (
-        media_type(obj.file_type.mime_type)
-        or mimetypes.guess_type(basename)[0]
-        or "application/octet-stream"
-    )
+    content_type = file_content_type(obj, basename)
     if head:
         response = HttpResponse(content_type=content_type)
     else:

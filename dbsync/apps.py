@@ -8,8 +8,10 @@ class DbsyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from celery.signals import task_postrun, task_prerun
+
         from . import checks  # noqa: F401 - registers the system checks
-        from .runs import offboarding, schedules
+        from .runs import offboarding, schedules, task_counts
 
         database = self.get_model("Database")
         post_save.connect(schedules.on_save, sender=database, dispatch_uid="dbsync-schedule")
@@ -17,6 +19,9 @@ class DbsyncConfig(AppConfig):
         pre_delete.connect(offboarding.before_delete, sender=database, dispatch_uid="dbsync-gone")
         post_migrate.connect(journal_triggers, sender=self, dispatch_uid="dbsync-journal")
         post_migrate.connect(verification_schedules, sender=self, dispatch_uid="dbsync-verify")
+        # Every Celery task's executions, counted for /-/metrics (runs/task_counts.py).
+        task_prerun.connect(task_counts.on_prerun, dispatch_uid="dbsync-task-start")
+        task_postrun.connect(task_counts.on_postrun, dispatch_uid="dbsync-task-count")
 
 
 def journal_triggers(sender, using="default", plan=None, **kwargs):

@@ -687,3 +687,39 @@ class SchedulePause(models.Model):
 
     def __str__(self):
         return f"{self.database}: paused since {self.paused_at:%Y-%m-%d %H:%M}"
+
+
+class TaskCount(models.Model):
+    """How many executions of a Celery task ended with an outcome, and the time they
+    took: each worker process adds its own (``dbsync.runs.task_counts``, from Celery's
+    signals), ``/-/metrics`` reads the sums. Never reset: Prometheus' counters."""
+
+    SUCCEEDED, FAILED, RETRIED = "succeeded", "failed", "retried"
+    OUTCOME_CHOICES = [(SUCCEEDED, "succeeded"), (FAILED, "failed"), (RETRIED, "retried")]
+
+    task = models.CharField(
+        max_length=200, verbose_name="task", help_text="The Celery task's name."
+    )
+    outcome = models.CharField(
+        max_length=10,
+        choices=OUTCOME_CHOICES,
+        verbose_name="outcome",
+        help_text="How the executions ended (a retried one raised Retry: it runs again).",
+    )
+    count = models.PositiveBigIntegerField(
+        default=0, verbose_name="count", help_text="Executions of the task that ended so."
+    )
+    seconds = models.FloatField(
+        default=0.0,
+        verbose_name="seconds",
+        help_text="Their runtime, summed (the worker's clock, from start to end).",
+    )
+
+    class Meta:
+        verbose_name = "Celery task count"
+        constraints = [
+            models.UniqueConstraint(fields=["task", "outcome"], name="dbsync_taskcount_once")
+        ]
+
+    def __str__(self):
+        return f"{self.task} {self.outcome}: {self.count}"

@@ -10,6 +10,7 @@ serves its own URLs (S3), the user is redirected to the storage's (signed) URL.
 import logging
 import mimetypes
 import posixpath
+import re
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, SuspiciousFileOperation
@@ -22,6 +23,38 @@ from .models import GentityFile
 logger = logging.getLogger(__name__)
 
 PERMISSION = "hcore.view_gentityfile"
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}")
+
+
+def media_type(value):
+    """``value`` if it is a media type (``type/subtype``, RFC 9110 tokens), else None: a
+    stored description is sent in a header, where a line break or a stray character
+    would be refused or would forge another header."""
+    return value if MEDIA_TYPE.fullmatch(value) else None
+
+
+def file_content_type(gentity_file, basename):
+    """The Content-Type of a stored file: its file type's, if that is a media type, else
+    guessed from its name."""
+    return (
+        media_type(gentity_file.file_type.mime_type)
+        or mimetypes.guess_type(basename)[0]
+        or "application/octet-stream"
+    )
+
+
+class StoredNameConverter:
+    """A stored file's name in the URL: any characters, line breaks too (Django's
+    ``path`` converter stops at one, so a file named so would be a 404)."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value):
+        return value
+
+    def to_url(self, value):
+        return value
 
 
 def media_file(request, name):
@@ -46,9 +79,7 @@ def media_file(request, name):
         logger.warning("File %r of gentityfile %s is not readable: %s", name, obj.pk, exc)
         raise Http404("The file is missing on this server.") from exc
     basename = posixpath.basename(name)
-    content_type = (
-        obj.file_type.mime_type or mimetypes.guess_type(basename)[0] or "application/octet-stream"
-    )
+    content_type = file_content_type(obj, basename)
     # An attachment, never rendered inline: a remote's HTML or SVG must not run as a page
     # of this site.
     response = FileResponse(

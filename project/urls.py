@@ -1,9 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, register_converter
 
-from hcore.media import media_file
+from hcore.media import StoredNameConverter, media_file
 from project.metrics import metrics
+
+register_converter(StoredNameConverter, "stored_name")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,5 +13,5 @@ urlpatterns = [
     # Prometheus' scrape (project/metrics.py): a bearer token or a staff session.
     path("-/metrics", metrics, name="metrics"),
     # Replicated files (GentityFile), for users allowed to see them (hcore/media.py).
-    path(f"{settings.MEDIA_URL.strip('/')}/<path:name>", media_file, name="media"),
+    path(f"{settings.MEDIA_URL.strip('/')}/<stored_name:name>", media_file, name="media"),
 ]

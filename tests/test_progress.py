@@ -77,11 +77,26 @@ def test_without_a_terminal_the_output_has_plain_lines_and_no_bar(remote):
 
 
 def test_silent_writes_nothing_on_stdout(remote):
+    """As the seed's --silent (its stdout sent to /dev/null, for cron): neither lines nor,
+    on a terminal, bars (docs/commands.md says why)."""
     database = register(remote)
     done = subprocess.run(
         command(database, "--silent"), env=_local_env(), capture_output=True, text=True
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        command(database, "--silent", "--full"),
+        env=_local_env(),
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    try:
+        output = read_all(master, process)
+    finally:
+        os.close(master)
+    assert (process.returncode, output, process.stderr.read()) == (0, "", b"")
 
 
 def read_all(fd, process, timeout=300):
@@ -170,7 +185,9 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
     live_server, many_series, tmp_path, settings
 ):
     """The command runs as its own process against a slowed front of a real remote;
-    a staff user watches the run's page in headless Chromium while it works."""
+    a staff user watches the run's page in headless Chromium while it works: the fetch's
+    count grows, then the install's line shows, then the records' fetch."""
+    import psycopg
     from django.contrib.auth.models import Permission, User
 
     from tests import browser as b
@@ -189,6 +206,12 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
         DBSYNC_RECORDS_WORKERS="1",
         DBSYNC_PROGRESS_SECONDS="0.2",
     )
+    # The objects install in a fraction of a second, less than a reload of the page:
+    # another session's transaction holds a write lock on the stations' table (reads
+    # pass), so the install waits there, its line written, until the page has shown it.
+    db = settings.DATABASES["default"]
+    holder = psycopg.connect(f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
+    holder.execute("LOCK TABLE hcore_station IN EXCLUSIVE MODE")
     process = subprocess.Popen(
         command(database), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -198,15 +221,25 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
         page = f"{live_server.url}/admin/dbsync/syncrun/{run.pk}/change/"
         seen = []
 
-        def shown():
-            chromium.get(page)
-            status = b.by_css(chromium, ".field-status .readonly")[0].text
-            progress = b.by_css(chromium, ".field-progress .readonly")[0].text
-            if status == SyncRun.RUNNING and progress not in seen:
-                seen.append(progress)
-            return progress.startswith("fetching records: 100 of ")
+        def shown(line):
+            def on_the_page():
+                chromium.get(page)
+                status = b.by_css(chromium, ".field-status .readonly")[0].text
+                progress = b.by_css(chromium, ".field-progress .readonly")[0].text
+                if status == SyncRun.RUNNING and progress not in seen:
+                    seen.append(progress)
+                return status == SyncRun.RUNNING and progress.startswith(line)
 
-        b.wait_for(shown, timeout=240, every=0.5, what="the records' first batch on the page")
+            return on_the_page
+
+        b.wait_for(shown("installing objects: "), timeout=240, every=0.5, what="the install")
+        holder.rollback()  # the install goes on
+        b.wait_for(
+            shown("fetching records: 100 of "),
+            timeout=240,
+            every=0.5,
+            what="the records' first batch on the page",
+        )
         assert b.by_css(chromium, ".field-run_duration .readonly")[0].text.endswith(" so far")
         chromium.save_screenshot(
             str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "run.png")
@@ -216,10 +249,14 @@ def test_in_a_browser_a_running_runs_counts_grow_on_its_page(
         if process.poll() is None:
             process.kill()
             process.wait()
+        holder.close()
         chromium.quit()
         front.close()
     fetching = [int(m[1]) for p in seen if (m := re.match(r"fetching: (\d+) of (\d+) dumps", p))]
     assert len(fetching) >= 3 and fetching == sorted(fetching), seen
+    phases = [p.split(":")[0] for p in seen]
+    assert phases.index("installing objects") > phases.index("fetching"), seen
+    assert phases.index("fetching records") > phases.index("installing objects"), seen
     records = [p for p in seen if p.startswith("fetching records: ")]
     assert records[-1].startswith(f"fetching records: 100 of {series} series, 500 records")
     run.refresh_from_db()

@@ -25,16 +25,19 @@ from django.apps import apps
 from django.contrib import admin
 from django.db import IntegrityError, models, transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django_celery_beat.models import PeriodicTask
 from htimeseries import HTimeseries
 from hypothesis import HealthCheck, example, given, reject
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from api import urls as api_urls
-from api.files import media_type
 from dbsync.engine.records import sync_records
 from dbsync.engine.remote import RemoteClient
-from dbsync.models import Database, SyncRun
+from dbsync.models import Database, SyncRun, TaskCount
 from hcore import models as m
+from hcore.media import media_type
+from project import urls as project_urls
 from protocol.legacy import legacy_model, served_legacy_names
 from protocol.schema import served_models
 from tests.api_helpers import create_sample_data
@@ -130,13 +133,25 @@ def nasty_values():
     return values
 
 
+def unique_names(name, n):
+    """``n`` distinct names of at most a remote name's length, the first ``name`` itself."""
+    room = Database._meta.get_field("name").max_length
+    return [name, *(f"{name[: room - len(f' ({k})')]} ({k})" for k in range(2, n + 1))][:n]
+
+
 def write(values, *, replicated_from=None):
-    """Write ``values`` ({model: {field: text}}) into every object of each model."""
+    """Write ``values`` ({model: {field: text}}) into every object of each model. A remote's
+    name is unique: each remote gets the text, made distinct, and is saved, so that its
+    periodic tasks (dbsync.runs.schedules) are written with that name too."""
     for model, fields in values.items():
         changes = dict(fields)
-        if model is Database:
-            changes.pop("name", None)  # unique; its other fields are enough
+        name = changes.pop("name", None) if model is Database else None
         model._base_manager.update(**changes)
+        if name is not None:
+            remotes = list(Database._base_manager.order_by("pk"))
+            for remote, unique in zip(remotes, unique_names(name, len(remotes)), strict=True):
+                remote.name = unique
+                remote.save(update_fields=["name"])
     if replicated_from is not None:
         for model in apps.get_app_config("hcore").get_models():
             if "original_db" in {f.name for f in model._meta.local_fields}:
@@ -223,8 +238,14 @@ def api_request_urls():
 
 
 def admin_request_urls():
-    """Every named URL of every ModelAdmin of the apps, for one object of each model."""
-    urls = []
+    """Every named URL of every ModelAdmin of the apps, for one object of each model, and
+    the pages of the remotes' periodic tasks (their descriptions hold the remote's name)."""
+    urls = [reverse("admin:django_celery_beat_periodictask_changelist")] + [
+        reverse("admin:django_celery_beat_periodictask_change", args=(pk,))
+        for pk in PeriodicTask.objects.filter(name__startswith="dbsync: ").values_list(
+            "pk", flat=True
+        )
+    ]
     for model, model_admin in admin.site._registry.items():
         if model._meta.app_label not in APPS:
             continue
@@ -250,6 +271,16 @@ def named_patterns(resolver):
 
 def test_every_api_endpoint_is_in_the_table():
     assert set(named_patterns(get_resolver(api_urls))) == set(API_URLS)
+
+
+# The project's own URLs beside the API and the admin, each requested by the API test.
+PROJECT_URLS = {"metrics", "media"}
+
+
+def test_every_project_url_is_requested():
+    patterns = get_resolver(project_urls).url_patterns
+    own = {p.name for p in patterns if isinstance(p, URLPattern) and p.name}
+    assert own == PROJECT_URLS
 
 
 # --- the requests ------------------------------------------------------------------------
@@ -285,10 +316,21 @@ def fast_password_hashing(settings):
 
 @pytest.fixture
 def world(settings, tmp_path):
-    """One object (or more) of every model of hcore and dbsync, records, and a run."""
+    """One object (or more) of every model of hcore and dbsync, records, and a run; two
+    remotes (their names are unique), the first one scheduled."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DBSYNC_METRICS_TOKEN = METRICS_TOKEN
     create_sample_data()
-    remote = Database.objects.create(name="athens", hostname="athens.example.org")
+    remote = Database.objects.create(
+        name="athens",
+        hostname="athens.example.org",
+        schedule_kind=Database.SCHEDULE_INTERVAL,
+        interval_minutes=60,
+    )
+    Database.objects.create(name="patras", hostname="patras.example.org")
+    TaskCount.objects.create(
+        task="dbsync.tasks.fetch_dump", outcome="failed", count=2, seconds=1.5
+    )
     SyncRun.objects.create(
         database=remote,
         status=SyncRun.FAILED,
@@ -334,10 +376,39 @@ NASTY_EXAMPLE = {
     "file_name": 'new\nline "q".txt',
 }
 SLOW = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+METRICS_TOKEN = "a-metrics-token-for-the-stored-values-0123"
+
+
+def check_metrics(client):
+    """The scrape parses, and each remote's name and each task's come back whole as
+    their labels."""
+    response = client.get(reverse("metrics"), headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    check(response, "/-/metrics")
+    assert response.status_code == 200
+    samples = [
+        sample
+        for family in text_string_to_metric_families(body_of(response).decode())
+        for sample in family.samples
+    ]
+    remotes = {sample.labels["remote"] for sample in samples if "remote" in sample.labels}
+    assert remotes == set(Database.objects.values_list("name", flat=True))
+    tasks = {sample.labels["task"] for sample in samples if "task" in sample.labels}
+    assert tasks == set(TaskCount.objects.values_list("task", flat=True))
+
+
+def check_media(client, file_name):
+    """The stored file is served under its odd name, by the URL that the admin links to,
+    the name in Content-Disposition."""
+    url = m.GentityFile.objects.get(pk=file_pks()[0]).content.url
+    served = client.get(url)
+    assert served.status_code == 200, f"{url}: {served.status_code}"
+    assert body_of(served) == b"the contents of " + file_name.encode()
+    assert served["Content-Disposition"].startswith("attachment; filename")
 
 
 @pytest.mark.django_db
-def test_no_stored_value_makes_an_api_endpoint_answer_500(client, world, settings):
+def test_no_stored_value_makes_an_api_endpoint_answer_500(client, admin_client, world, settings):
+    """The API, the metrics (by token) and the media files (to a superuser)."""
     urls = api_request_urls()
 
     @hypothesis.settings(max_examples=15, deadline=None, suppress_health_check=SLOW)
@@ -352,6 +423,8 @@ def test_no_stored_value_makes_an_api_endpoint_answer_500(client, world, setting
         assert served.status_code == 200
         assert body_of(served) == b"the contents of " + stored["file_name"].encode()
         assert "attachment; filename" in served["Content-Disposition"]
+        check_metrics(client)
+        check_media(admin_client, stored["file_name"])
 
     endpoints_answer()
 
@@ -392,6 +465,7 @@ def test_no_stored_value_makes_an_admin_page_answer_500(admin_client, world, set
 # --- a sync of such objects between two real instances -------------------------------------
 
 REMOTE_FILE = 'new\nline "q" ε.txt'
+REMOTE_NAME = 'athens "ε"\r\n\u202e<b>%s {0}\x1b[31m'
 REMOTE_SETUP = f"""
 import datetime as dt
 from django.conf import settings
@@ -418,8 +492,9 @@ def test_a_sync_copies_objects_holding_such_text_exactly(make_instance, settings
     remote = make_instance(hostname="stored-values.example.org")
     remote.shell(REMOTE_SETUP)
     remote.start()
-    database = register(remote)
-    out, err = sync(database)
+    # The remote's name is odd too: it is in the command's messages and progress lines.
+    database = register(remote, name=REMOTE_NAME)
+    out, err = sync(database, "-v", "2")
     run = SyncRun.objects.get(database=database)
     assert run.status == SyncRun.SUCCEEDED, (out, err, run.errors)
     assert_same_graph(remote_graph(remote), local_graph(database))

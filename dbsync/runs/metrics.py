@@ -10,9 +10,11 @@ the number of remotes, and one pass over the succeeded runs' counts.
 Per remote (label ``remote``, its name): the last success, the last run's duration
 and status, what the runs installed, the runs by final status, the current failure
 streak, and whether it is overdue (``freshness``, the judgement ``dbsync_status``
-makes). For the workers: the runs in each active state, and the length of each
-Celery queue when the broker says so cheaply. The verification of each replica against
-its remote (``runs.verification``): its state and when it was last verified.
+makes). For the workers: the runs in each active state, the length of each Celery
+queue when the broker says so cheaply, and each task's executions by outcome with their
+runtime (``TaskCount``, which the workers add to: ``runs.task_counts``). The
+verification of each replica against its remote (``runs.verification``): its state and
+when it was last verified.
 """
 
 import logging
@@ -20,12 +22,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dbsync.engine.result import FILES_LABEL, RECORDS_LABEL
-from dbsync.models import Database, SyncRun
+from dbsync.models import Database, SyncRun, TaskCount
 
 from . import queues
 from .freshness import NEVER, OVERDUE, SEVERITY, freshness
@@ -62,6 +64,7 @@ class SyncCollector:
         yield from self.run_families()
         yield from self.installed_families()
         yield from self.active_families()
+        yield from self.task_families()
         if self.broker:
             yield from self.queue_families()
 
@@ -258,6 +261,26 @@ class SyncCollector:
             started.add_metric(labels, timestamp(run.started_at))
             heartbeat.add_metric(labels, timestamp(run.heartbeat or run.started_at))
         yield from (active, heartbeat, started)
+
+    def task_families(self):
+        """Each Celery task's executions by outcome, and their runtime, as the workers
+        counted them (``runs.task_counts``)."""
+        executions = CounterMetricFamily(
+            "dbsync_celery_tasks",
+            "Executions of the Celery task that ended, by outcome (succeeded, failed, retried).",
+            labels=["task", "outcome"],
+        )
+        runtime = CounterMetricFamily(
+            "dbsync_celery_task_seconds",
+            "Time the Celery task's executions took, whatever their outcome (seconds).",
+            labels=["task"],
+        )
+        for task, outcome, n in TaskCount.objects.values_list("task", "outcome", "count"):
+            executions.add_metric([task, outcome], n)
+        totals = TaskCount.objects.values_list("task").annotate(s=Sum("seconds")).order_by()
+        for task, seconds in totals:
+            runtime.add_metric([task], seconds)
+        yield from (executions, runtime)
 
     def queue_families(self):
         """The messages waiting in each Celery queue, as the broker counts them (a
