@@ -196,9 +196,27 @@ END $$;
 -- A link written through an auto-created through table marks its owner's row, and
 -- changes its owner's checksum (its links are part of its content).
 -- TG_ARGV: the owner's table, its pk column, the through table's column to the owner.
+-- The owners are marked first: that locks their rows, so a concurrent link write of
+-- the same owner waits for this transaction's end, and its checksum's change is then
+-- computed from a snapshot that has this one's links (READ COMMITTED: a statement's
+-- own snapshot), not from the links before both.
 CREATE OR REPLACE FUNCTION dbsync_capture_link() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE q text; s numeric;
 BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM %I)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_TABLE_NAME) USING {CURRENT_XID};
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM old_rows)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
+    ELSIF TG_OP = 'INSERT' THEN
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM new_rows)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
+    ELSE
+        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN '
+                       '(SELECT %I FROM new_rows UNION SELECT %I FROM old_rows)',
+            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_ARGV[2]) USING {CURRENT_XID};
+    END IF;
     SELECT CASE TG_OP WHEN 'INSERT' THEN inserted WHEN 'UPDATE' THEN updated
                       WHEN 'DELETE' THEN deleted ELSE truncated END
     INTO q FROM {HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
@@ -207,16 +225,6 @@ BEGIN
         IF COALESCE(s, 0) <> 0 THEN
             PERFORM dbsync_capture_count(TG_ARGV[0], 0, false, s);
         END IF;
-    END IF;
-    IF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM %I)',
-            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_TABLE_NAME) USING {CURRENT_XID};
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM old_rows)',
-            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
-    ELSE
-        EXECUTE format('UPDATE %I SET {MARKER_COLUMN} = $1 WHERE %I IN (SELECT %I FROM new_rows)',
-            TG_ARGV[0], TG_ARGV[1], TG_ARGV[2]) USING {CURRENT_XID};
     END IF;
     RETURN NULL;
 END $$;

@@ -84,6 +84,16 @@ def test_every_kind_of_change_arrives_with_the_next_incremental_run(live):
             "WHERE NOT EXISTS (SELECT 1 FROM hcore_unitofmeasurement_variables x "
             "WHERE x.unitofmeasurement_id = u.id AND x.variable_id = v.id) LIMIT 2"
         ),
+        # A link moved from one owner to another: both owners change.
+        "M2M through table UPDATE": lambda: live.sql(
+            "UPDATE hcore_unitofmeasurement_variables SET unitofmeasurement_id = "
+            "(SELECT max(id) FROM hcore_unitofmeasurement) WHERE id = ("
+            "SELECT min(x.id) FROM hcore_unitofmeasurement_variables x "
+            "WHERE x.unitofmeasurement_id <> (SELECT max(id) FROM hcore_unitofmeasurement) "
+            "AND NOT EXISTS (SELECT 1 FROM hcore_unitofmeasurement_variables y "
+            "WHERE y.variable_id = x.variable_id "
+            "AND y.unitofmeasurement_id = (SELECT max(id) FROM hcore_unitofmeasurement)))"
+        ),
         "M2M through table DELETE": lambda: live.sql(
             "DELETE FROM hcore_unitofmeasurement_variables WHERE id = %s",
             [first_pk(live, "hcore_unitofmeasurement_variables")],

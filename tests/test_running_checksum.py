@@ -4,7 +4,10 @@ their table, TRUNCATE), it equals the checksums endpoint's over every key, which
 hashes the rows as they are (PostgreSQL, the test database's real triggers)."""
 
 import json
+import threading
+import time
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from hypothesis import HealthCheck, given, settings
@@ -182,3 +185,41 @@ def test_a_table_whose_sql_is_missing_gives_no_checksum(client, sample):
     station = next(e for e in manifest["models"] if e["model"] == "hcore.station")
     assert station["count"] == m.Station.objects.count()
     assert "checksum" not in station
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_link_writes_to_one_owner_keep_it(client):
+    """Two transactions link two variables to one unit at once: the second waits for
+    the first (its trigger locks the owner's row before it sums), then sums from a
+    snapshot that has the first's link, so the two changes add up."""
+    create_sample_data()
+    unit = m.UnitOfMeasurement.objects.order_by("pk").first()
+    unit.variables.clear()
+    first, second = m.Variable.objects.order_by("pk")[:2]
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    insert = f"INSERT INTO {LINKS} (unitofmeasurement_id, variable_id) VALUES (%s, %s)"
+    with psycopg.connect(**params) as one, psycopg.connect(**params) as two:
+        one.execute(insert, [unit.pk, first.pk])
+        waiter = threading.Thread(
+            target=lambda: (two.execute(insert, [unit.pk, second.pk]), two.commit())
+        )
+        waiter.start()
+        # The second waits on the owner's row, which the first's trigger locked.
+        for _ in range(100):
+            with connection.cursor() as cursor:  # outside both transactions
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE pid = %s AND wait_event_type = 'Lock'",
+                    [two.info.backend_pid],
+                )
+                waiting = cursor.fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting, "the second transaction did not wait for the first"
+        one.commit()
+        waiter.join(timeout=30)
+    assert sorted(unit.variables.values_list("pk", flat=True)) == [first.pk, second.pk]
+    assert_checksums_hold(client)
