@@ -11,14 +11,19 @@ bytes the run's tasks have written (a task killed first leaves its reservation
 counted: a run errs on the side of stopping).
 """
 
+import logging
+
+from django.db import DatabaseError
 from django.db.models import F
 
 from dbsync.engine.diskbudget import DiskBudget
 from dbsync.models import SyncRun
 
+logger = logging.getLogger(__name__)
+
 # A reservation: a hundredth of the budget, between 64 KiB (a read's chunk) and 8 MiB,
-# so that a task writes the run's row once per megabytes, not once per chunk, and the
-# blocks that other tasks hold unwritten stay small against the budget.
+# so that a task writes the run's row once a block, not once a read, and the blocks that
+# other tasks hold unwritten stay small against the budget.
 MIN_BLOCK, MAX_BLOCK = 1 << 16, 8 << 20
 
 
@@ -49,7 +54,7 @@ class RunDiskBudget(DiskBudget):
                 self.reserved += amount
                 return
         total = runs.values_list("disk_spent", flat=True).first() or 0
-        self.over(total + needed, what, "the run's fetch tasks have written or reserved")
+        self.over(total + needed, what, "this write would bring the run's fetch tasks to")
 
     def release(self):
         """Give back what was reserved and not written."""
@@ -63,5 +68,13 @@ class RunDiskBudget(DiskBudget):
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.release()
+    def __exit__(self, exc_type, exc, traceback):
+        try:
+            self.release()
+        except DatabaseError as error:
+            if exc is None:
+                raise
+            # The task's own error says more (the local database may be what failed).
+            logger.warning(
+                "Run %s: could not give back its unwritten bytes: %s", self.run_id, error
+            )
