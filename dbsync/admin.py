@@ -565,7 +565,15 @@ class SyncRunAdmin(admin.ModelAdmin):
             ("Journal", ("journal", "journal_size", "reverted_at", "reverted_by")),
             (
                 "Details",
-                ("options", "backup_path", "fetch_plan", "task_id", "notified_at", "deletions"),
+                (
+                    "options",
+                    "backup_path",
+                    "fetch_plan",
+                    "disk_spent",
+                    "task_id",
+                    "notified_at",
+                    "deletions",
+                ),
             ),
         ],
         extra=readonly_fields,

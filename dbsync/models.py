@@ -551,6 +551,13 @@ class SyncRun(models.Model):
         help_text="Celery runs: what is fetched (the remote's manifest entries, full or "
         "incremental, since when) and, once fetched, each dump's size and checksum.",
     )
+    disk_spent = models.BigIntegerField(
+        default=0,
+        verbose_name="disk spent",
+        help_text="Celery runs: the bytes its fetch tasks have written (or reserved while "
+        "they write), counted against its disk budget (DBSYNC_RUN_DISK_BUDGET), which "
+        "they share.",
+    )
     task_id = models.CharField(
         max_length=255,
         blank=True,

@@ -1,12 +1,16 @@
-"""A run's disk budget (dbsync.engine.diskbudget) and how its size is given."""
+"""A run's disk budget (dbsync.engine.diskbudget, and dbsync.runs.diskbudget for the
+fetch tasks of a Celery run) and how its size is given."""
 
 import threading
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 
 from dbsync.engine.diskbudget import DiskBudget
 from dbsync.engine.errors import DiskBudgetError
+from dbsync.models import Database, SyncRun
+from dbsync.runs.diskbudget import MIN_BLOCK, RunDiskBudget
 from project.settings import env_bytes
 
 
@@ -64,3 +68,40 @@ def test_no_budget_counts_but_never_stops():
     budget = DiskBudget(limit=0, spent=10**15)
     budget.spend(10**6, "x")
     assert budget.spent == 10**15 + 10**6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fetch_tasks_of_one_run_draw_on_its_row_and_stop_together_at_its_limit():
+    """Four tasks of one run (threads here, each with its own database connection, as
+    a worker process has) each try to write 1 MiB against a run budget of 1 MiB: they
+    stop once the run's row has no more to give, and, each having given back what it
+    reserved and did not write, the row holds what they wrote: no more than the budget,
+    and at most a few blocks less. (tests/test_tasks.py runs it with real workers.)"""
+    database = Database.objects.create(name="budget", hostname="budget.example.org")
+    run = SyncRun.objects.create(database=database, status=SyncRun.FETCHING, trigger="admin")
+    limit, read = 1 << 20, 1 << 14
+    budgets, errors = [], []
+
+    def task():
+        try:
+            with RunDiskBudget(run.pk, limit=limit) as budget:
+                budgets.append(budget)
+                for _ in range(limit // read):
+                    budget.spend(read, "GET /api/hcore/station/")
+        except DiskBudgetError as exc:
+            errors.append(str(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=task) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.refresh_from_db()
+    written = sum(budget.spent for budget in budgets)
+    assert len(errors) >= 3
+    assert "GET /api/hcore/station/: this write would bring the run's fetch tasks to" in errors[0]
+    assert f"over its disk budget of {limit} bytes (DBSYNC_RUN_DISK_BUDGET)" in errors[0]
+    assert run.disk_spent == written <= limit
+    assert written > limit - 4 * MIN_BLOCK

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import re
 import signal
 import time
+from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -284,6 +286,64 @@ def test_a_trickling_remote_fails_the_run_at_the_request_deadline(remote, cluste
         assert_same_graph(remote_graph(remote), local_graph(database))
     finally:
         front.close()
+        _settle()
+
+
+MODEL_DUMP = re.compile(r"^/api/hcore/[a-z]+/(\?|$)")
+
+
+def test_the_fetch_tasks_of_a_run_share_its_disk_budget(remote, cluster):
+    """A run's fetch tasks run at once, each in a worker process of its own, and draw
+    on one disk budget (the run's row, ``dbsync.runs.diskbudget``). With a budget of
+    half the bytes of the remote's dumps, every dump under it, and a worker slot for
+    every dump (all of them in flight together, each answer 2 s late): the run fails
+    in its fetch, naming the budget; its tasks together wrote no more than it; nothing
+    is installed. (Before, each task began from the bytes stored when it started, so
+    tasks that started together each saw an empty budget: every fetch succeeded and
+    the install, past the budget already, installed the objects before it stopped.)
+    With the budget back, the next run succeeds."""
+    proxy = FaultProxy(remote.url)
+    sizes = defaultdict(int)
+
+    def measure(path, status, headers, body):
+        sizes[path.split("?")[0]] += len(body)
+        return status, headers, body
+
+    def late(path, status, headers, body):
+        time.sleep(2)
+        return status, headers, body
+
+    try:
+        proxy.on(MODEL_DUMP.match, measure)
+        database = register(remote, port=proxy.port)
+        sync(database)  # the command, in this process: the dumps' sizes
+        first = SyncRun.objects.filter(database=database).latest("pk")
+        budget = sum(sizes.values()) // 2
+        assert max(sizes.values()) < budget
+        remote.sql(
+            "UPDATE hcore_gentity SET name = 'Renamed under a budget' "
+            "WHERE id = (SELECT min(gpoint_ptr_id) FROM hcore_station)"
+        )
+        before = local_dump()
+        proxy.rules[:] = [(MODEL_DUMP.match, late)]
+        cluster.use(WorkerSpec.of("budget", concurrency=len(sizes), DBSYNC_RUN_DISK_BUDGET=budget))
+        sync_remote.delay(database.pk, full=True)
+        run = wait_for_run(database, after=first.pk)
+        assert run.status == SyncRun.FAILED
+        assert run.message.startswith("Fetching hcore."), run.message
+        assert f"over its disk budget of {budget} bytes (DBSYNC_RUN_DISK_BUDGET)" in run.message
+        assert local_dump() == before
+        run.refresh_from_db()
+        assert 0 < run.disk_spent <= budget
+
+        proxy.rules.clear()
+        cluster.use(WorkerSpec.of("all"))
+        sync_remote.delay(database.pk)
+        second = wait_for_run(database, after=run.pk)
+        assert second.status == SyncRun.SUCCEEDED, second.message
+        assert_same_graph(remote_graph(remote), local_graph(database))
+    finally:
+        proxy.close()
         _settle()
 
 

@@ -6,6 +6,8 @@ thread) through one shared, thread-safe ``DiskBudget``. Past DBSYNC_RUN_DISK_BUD
 the download stops with a DiskBudgetError: a remote that sends far more than
 expected cannot fill the disk of a machine nobody is watching. The count is of bytes
 written, not of bytes present: what a run writes and then removes still counts.
+A Celery run's fetch tasks, in processes of their own, share theirs through the
+run's row (``dbsync.runs.diskbudget``).
 """
 
 import threading
@@ -27,8 +29,11 @@ class DiskBudget:
             self.spent += size
             spent = self.spent
         if self.limit and spent > self.limit:
-            raise DiskBudgetError(
-                f"{what}: the run has written {spent} bytes, over its disk budget of "
-                f"{self.limit} bytes (DBSYNC_RUN_DISK_BUDGET); stopped. Raise the budget if "
-                f"the remote really is this large."
-            )
+            self.over(spent, what)
+
+    def over(self, spent, what, whose="the run has written"):
+        raise DiskBudgetError(
+            f"{what}: {whose} {spent} bytes, over its disk budget of "
+            f"{self.limit} bytes (DBSYNC_RUN_DISK_BUDGET); stopped. Raise the budget if "
+            f"the remote really is this large."
+        )

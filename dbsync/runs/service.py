@@ -42,6 +42,7 @@ from dbsync.engine.workdir import default_work_dir
 from dbsync.models import Database, SyncRun
 
 from . import notify, progress, storage
+from .diskbudget import RunDiskBudget
 from .locking import (
     LockBusy,
     claim,
@@ -262,15 +263,16 @@ def fetch_for_run(run_id, model_label, kind):
         return {"model": model_label, "kind": kind, "skipped": "the run has ended"}
     fetch_plan = FetchPlan.from_json(run.fetch_plan)
     options = SyncOptions(**run.options)
+    budget = RunDiskBudget(run_id)  # shared with the run's other fetch tasks
     client = RemoteClient(
         run.database,
         port=options.port,
         retries=settings.DBSYNC_TASK_HTTP_RETRIES,
-        budget=DiskBudget(spent=stored_bytes(run.fetch_plan.get("stored", []))),
+        budget=budget,
         run_deadline=RunDeadline.since(run.started_at),
     )
     started = timezone.now()
-    with keep_alive(run_id), _temp_dir(f"run{run_id}-fetch-") as tmp:
+    with keep_alive(run_id), budget, _temp_dir(f"run{run_id}-fetch-") as tmp:
         path, _size = fetch_job(client, fetch_plan, model_label, kind, tmp)
         stored = storage.save_dump(run_id, path)
     meta = {
@@ -282,13 +284,6 @@ def fetch_for_run(run_id, model_label, kind):
     }
     _record_stored(run_id, meta)
     return meta
-
-
-def stored_bytes(metas):
-    """The bytes of a run's dumps stored so far: its disk budget's spending. (The
-    fetch tasks of a run run at once: each sees what the others had stored when it
-    began, so together they may go past the budget by what they fetch at once.)"""
-    return sum(meta.get("bytes", 0) for meta in metas)
 
 
 def _record_stored(run_id, meta):
@@ -374,7 +369,7 @@ def _install_run(run, fetched, log):
             client = RemoteClient(
                 database,
                 port=options.port,
-                budget=DiskBudget(spent=stored_bytes(fetched)),
+                budget=DiskBudget(spent=run.disk_spent),  # the fetch tasks' bytes
                 run_deadline=RunDeadline.since(run.started_at),
             )
             with approval_in_hand(run, result) as approval:

@@ -9,12 +9,22 @@ series, what would go and how to allow it), the local database unchanged
 headless Chromium), exactly the approved deletion, and no further one.
 """
 
+import json
+
 import pytest
 from django.urls import reverse
 
 from dbsync.models import SyncRun
 from dbsync.runs.service import approve_deletions
-from hcore.models import EventType, GentityEvent, Record, Timeseries, TimeStep, TimeZone
+from hcore.models import (
+    EventType,
+    GentityEvent,
+    Instrument,
+    Record,
+    Timeseries,
+    TimeStep,
+    TimeZone,
+)
 from tests import browser as b
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.reliability import servers
@@ -101,6 +111,51 @@ def test_an_empty_time_zone_listing_is_refused_and_deletes_nothing(remote, integ
     assert last_run(database).deletions == {}  # an error, not a deletion to approve
     assert_recovers(database, remote_graph(instance), front)
     assert Record.objects.filter(timeseries__in=series).count() == records
+
+
+def without(pk):
+    """A keys listing's body, ``pk`` left out."""
+    return lambda body: json.dumps([key for key in json.loads(body) if key != pk]).encode()
+
+
+def test_a_listing_that_lacks_an_instrument_its_series_still_use_is_refused(remote, integrity):
+    """The remote's key listing of instruments lacks one that some of its series still
+    use. A series keeps its instrument through a key that is emptied when the
+    instrument goes (SET NULL), not a cascade: before, one instrument of several was
+    under the guard's limit, so the run deleted it and silently emptied the series'
+    key, exit 0. Now it is the same contradiction as a cascade's: exit 1, the message
+    names the models, the field and the remote pks; nothing changed; the listing whole
+    again, the next run succeeds and the series keep their instrument."""
+    instance, front, database = remote
+    used = replicated(Timeseries, database).filter(instrument__isnull=False)
+    instrument = used.first().instrument
+    users = used.filter(instrument=instrument)
+    n_users, n_instruments = users.count(), replicated(Instrument, database).count()
+    assert n_instruments >= 2  # one of them is within the guard's 50%
+    # An instrument added at the remote: its count differs, so even a capture remote's
+    # incremental run asks for the whole listing.
+    instance.shell(
+        "from hcore.models import Instrument, InstrumentType, Station\n"
+        "Instrument.objects.create(station=Station.objects.first(), "
+        "type=InstrumentType.objects.first(), name='new')\n"
+    )
+    before = integrity.snapshot()
+    front.on(is_keys_of("instrument"), servers.rewrite(without(instrument.original_id)))
+    outcome = hcore_remotesyncdb(database)
+    message = assert_failed(
+        outcome,
+        database,
+        "contradicts itself",
+        f"{n_users} hcore.timeseries object(s) it still lists",
+        "refer through instrument to 1 hcore.instrument object(s) that its listing lacks "
+        f"(remote pks {instrument.original_id})",
+        "nothing was deleted or changed",
+    )
+    assert "more than allowed" not in message
+    integrity.assert_unchanged(before)
+    assert last_run(database).deletions == {}  # an error, not a deletion to approve
+    assert_recovers(database, remote_graph(instance), front)
+    assert users.count() == n_users
 
 
 # --- a remote that really empties a lookup table: refused, approved once, done -------------

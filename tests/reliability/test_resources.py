@@ -176,13 +176,14 @@ def probe_manifest_parse(database):
 
 @pytest.mark.parametrize("encoding", ["plain", "gzip"])
 def test_a_manifest_of_millions_of_tiny_objects_is_refused_by_the_cap_on_values(
-    synced, front, integrity, capsys, encoding
+    synced, front, remote, integrity, capsys, encoding
 ):
     """The front answers the manifest with three million empty objects (9 MB; gzipped,
     about 20 kB on the wire), under every cap on bytes: the run is refused by the cap
     on JSON values (DBSYNC_MAX_JSON_ITEMS), naming the remote, its address and the
     path, and changes nothing. The parse's peak memory, measured in a child process,
-    is printed with that of the same body parsed whole (as it was before the cap)."""
+    is printed with that of the same body parsed whole (as it was before the cap).
+    The front answering truly again, the next run succeeds."""
     body = flood_manifest()
     headers = {"Content-Type": "application/json"}
     if encoding == "gzip":
@@ -215,6 +216,12 @@ def test_a_manifest_of_millions_of_tiny_objects_is_refused_by_the_cap_on_values(
     # the cap. Parsed whole, the same body takes over 150 MB.
     assert measured["capped"]["traced_peak_mb"] < 64
     assert measured["whole"]["traced_peak_mb"] > 3 * measured["capped"]["traced_peak_mb"]
+
+    # The front answering truly again, the next run succeeds: the replica is the remote.
+    front.clear()
+    sync(synced)
+    assert last_run(synced).status == SyncRun.SUCCEEDED
+    assert_same_graph(remote_graph(remote), local_graph(synced))
 
 
 # --- the disk budget ----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ them through every relation, the many-to-many links, the records, the files), an
 then, in this order, the deletion is refused, changing nothing:
 
 1. if the remote contradicts itself: an object it still lists would go in a cascade
-   from one its listing lacks (``InconsistentRemote``: a cut or wrong listing is not
-   a deletion);
+   from one its listing lacks, or lose its key to one (``SET_NULL``: a series'
+   instrument, a gentity's water basin) while it still refers to it
+   (``InconsistentRemote``: a cut or wrong listing is not a deletion);
 2. if it would reach or change an object of another origin (``ObjectError``);
 3. if it would delete, of any model, more than ``deletion_allowance(max_delete, this
    remote's replicated rows of that model)`` (``DeleteGuardError``, listing what

@@ -18,8 +18,10 @@ deletion does (``on_delete``), and counts what goes with them:
 
 On the way it notes what must stop the deletion instead: an object of another origin
 (``outsiders``), and, given the remote's key listings, an object that the remote
-still lists yet would go in a cascade (``contradictions``: the listing lacks what
-the remote's other objects refer to).
+still lists yet would go in a cascade or lose a key (``SET_NULL``), its copy still
+referring to one the listing lacks (``contradictions``: the listing lacks what the
+remote's other objects refer to). The walk runs after the install wrote this run's
+dumps, so a referrer whose key the remote itself cleared no longer points there.
 """
 
 from collections import defaultdict
@@ -150,6 +152,10 @@ class Impact:
                 )
                 return None
             self.unlinked[f"{label(related)}.{field.name}"] += kept.count()
+            # A key cleared on an object the remote still lists, whose copy (in this
+            # run's dumps, or unchanged since) still refers to the object it lacks.
+            mine = dict(kept.filter(original_db=self.database).values_list("pk", "original_id"))
+            self.check_listed(model, field, related, mine, kept)
             self.outsiders.extend(
                 f"{label(related)}(pk={pk}).{field.name}"
                 for pk in kept.exclude(original_db=self.database).values_list("pk", flat=True)[
@@ -184,9 +190,10 @@ class Impact:
             )
 
     def check_listed(self, model, field, related, found, referrers):
-        """A cascade to objects the remote still lists is a contradiction. Along a
-        parent link (a gpoint's station), the child's own listing tells: its object
-        stays listed when only its type changed."""
+        """A cascade to objects the remote still lists, or a key of theirs cleared
+        (``found``: local pk -> remote pk of the referrers of this remote), is a
+        contradiction. Along a parent link (a gpoint's station), the child's own
+        listing tells: its object stays listed when only its type changed."""
         parent_link = field.remote_field.parent_link
         listing = self.remote_keys.get(label(related if parent_link else root_of(related)))
         if listing is None or not found:
