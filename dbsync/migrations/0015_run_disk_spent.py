@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbsync', '0013_files_cursor'),
+        ('dbsync', '0014_task_counts'),
     ]
 
     operations = [
