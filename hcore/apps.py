@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_migrate, pre_migrate
 
 
 class HcoreConfig(AppConfig):
@@ -10,7 +10,17 @@ class HcoreConfig(AppConfig):
         from . import signals  # noqa: F401  (connects the m2m last_modified hook)
 
         post_migrate.connect(prune_schedule, sender=self, dispatch_uid="hcore-prune")
+        pre_migrate.connect(forget_checksums, sender=self, dispatch_uid="hcore-checksums")
         post_migrate.connect(refresh_checksums, sender=self, dispatch_uid="hcore-checksums")
+
+
+def forget_checksums(sender, using="default", plan=None, **kwargs):
+    """Before a migrate that applies anything: the checksums' per-table SQL dropped
+    (hcore.checksums.forget), since a migration may drop a column it names."""
+    if plan:
+        from .checksums import forget
+
+        forget(using)
 
 
 def refresh_checksums(sender, using="default", **kwargs):

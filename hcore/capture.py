@@ -6,7 +6,8 @@ Every replicated table (each served model's own table) carries a column
 ``QuerySet.update()``, raw SQL and a transaction that commits late are all marked,
 and no clock is involved:
 
-- an INSERT takes it from the column's DEFAULT (no trigger: a COPY pays nothing);
+- an INSERT takes it from the column's DEFAULT (no row-level trigger; a statement's
+  rows are counted and hashed once, by statement-level triggers);
 - an UPDATE from a row-level BEFORE UPDATE trigger (the only way to set a column);
 - a DELETE or a TRUNCATE writes **tombstones** (table, pk, transaction) into
   ``dbsync_tombstone``, from statement-level triggers (the deleted rows come as a
@@ -41,6 +42,7 @@ TOMBSTONE_TABLE = "dbsync_tombstone"
 COUNTER_TABLE = "dbsync_change_counter"
 STATE_TABLE = "dbsync_capture_state"
 HASH_TABLE = "dbsync_capture_hash"
+OWNER_HASH_TABLE = "dbsync_capture_owner_hash"
 CLOCK_TABLE = "dbsync_capture_clock"
 TRIGGER_PREFIX = "dbsync_capture_"
 COUNTER_SLOTS = 16
@@ -98,6 +100,15 @@ CREATE TABLE IF NOT EXISTS {HASH_TABLE} (
     updated text NOT NULL,
     deleted text NOT NULL,
     truncated text
+);
+-- The hash of each row of a table whose content includes many-to-many links (an
+-- owner's): its checksum changes by the owners' hashes now less those stored, however
+-- a statement combines writes of the owners and of their links.
+CREATE TABLE IF NOT EXISTS {OWNER_HASH_TABLE} (
+    table_name text NOT NULL,
+    pk bigint NOT NULL,
+    hash bigint NOT NULL,
+    PRIMARY KEY (table_name, pk)
 );
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     id integer PRIMARY KEY CHECK (id = 1),
@@ -190,6 +201,7 @@ END $$;
 CREATE OR REPLACE FUNCTION dbsync_capture_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE {COUNTER_TABLE} SET checksum = 0 WHERE table_name = TG_TABLE_NAME;
+    DELETE FROM {OWNER_HASH_TABLE} WHERE table_name = TG_TABLE_NAME;
     RETURN NULL;
 END $$;
 

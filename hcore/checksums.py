@@ -7,9 +7,14 @@ the manifest's figure is that endpoint's over every key). The capture triggers
 
 - INSERT: the new rows' hashes; DELETE: less the old rows'; UPDATE: the new rows'
   less the old rows'; TRUNCATE: zero, once every table the statement names is empty;
-- a many-to-many link written, removed or truncated: for each owner it belongs to,
-  the owner's hash with the links as they are less its hash with the links as they
-  were (the statement's transition table added back or taken out).
+- a model with many-to-many links (their owner: its content includes its links): each
+  row's hash is also stored (``dbsync_capture_owner_hash``), and a statement that
+  writes owners or their links changes the checksum by the hashes of the owners it
+  touched as they now are, less those stored, which it then stores. This holds however
+  a statement combines writes of owners and links (a MERGE, a CTE, an upsert that
+  moves a link), and costs one pass over the touched owners. A link table's trigger
+  first marks (so locks) the owners' rows, so that concurrent link writes to one owner
+  follow one another.
 
 The triggers are the same functions for every table; the SELECTs that compute a
 statement's change are per table, written here from the models into
@@ -17,6 +22,16 @@ statement's change are per table, written here from the models into
 every migrate) writes them where the models' served fields changed, and computes the
 table's checksum anew under a lock that keeps writers out for that one pass. A table
 without its SELECTs is counted, not summed: the manifest gives no checksum for it.
+Before a migrate that applies anything, every table's SELECTs are dropped
+(``forget``): a migration may drop or rename a column they name, and the triggers
+must never fail a write; after it, ``refresh`` writes them all again and computes
+every checksum anew (one pass over each served table). A migrate that fails leaves the
+tables counted, not summed, until the next migrate.
+
+Not kept: a link written, in a transaction still open, to an owner that another
+transaction inserted and had not committed (neither sees the other's row); writes made
+with the triggers disabled. ``--verify`` therefore hashes the remote's rows as they
+are, never this figure.
 
 PostgreSQL only.
 """
@@ -25,10 +40,10 @@ import hashlib
 
 from django.db import transaction
 
-from protocol.rowhash import hashed_m2m_fields, linked_keys_sql, quote, served_hash_sql
+from protocol.rowhash import hashed_m2m_fields, quote, served_hash_sql
 from protocol.schema import served_models
 
-from .capture import COUNTER_TABLE, HASH_TABLE, MARKER_COLUMN
+from .capture import COUNTER_TABLE, HASH_TABLE, MARKER_COLUMN, OWNER_HASH_TABLE
 
 NO_LINKS = "SELECT NULL::bigint WHERE false"
 
@@ -50,54 +65,69 @@ def row_statements(model):
     }
 
 
-def link_statements(model, field):
-    """The SELECTs of the change of the owners' checksum by a statement on the through
-    table of many-to-many ``field`` of ``model``: each owner's hash now less its hash
-    with the links before the statement."""
+def owner_statement(model, affected_sql, links=None):
+    """The SELECT of the change of owner ``model``'s checksum by a statement that
+    touched the owners whose pks ``affected_sql`` (one column) gives: their hashes now
+    (``links``: as ``served_hash_sql`` takes it) less their stored hashes, which it
+    stores (and forgets those of owners gone). One statement: its parts see the same
+    snapshot, the stored hashes as they were before it."""
     opts = model._meta
     key = f"t.{quote(opts.pk.column)}"
-    source, target = quote(field.m2m_column_name()), quote(field.m2m_reverse_name())
-    now = linked_keys_sql(field, key)
-    added = f"SELECT n.{target} FROM new_rows n WHERE n.{source} = {key}"
-    removed = f"SELECT o.{target} FROM old_rows o WHERE o.{source} = {key}"
-    before = {
-        "inserted": f"{now} EXCEPT ALL {added}",
-        "deleted": f"{now} UNION ALL {removed}",
-        "updated": f"SELECT c.k FROM ({now} EXCEPT ALL {added}) AS c(k) UNION ALL {removed}",
-    }
-    owners = {
-        "inserted": f"SELECT n.{source} FROM new_rows n",
-        "deleted": f"SELECT o.{source} FROM old_rows o",
-        "updated": f"SELECT n.{source} FROM new_rows n UNION SELECT o.{source} FROM old_rows o",
-    }
-    current = served_hash_sql(model)
-    table = quote(opts.db_table)
-    statements = {
-        what: (
-            f"SELECT sum(({current})::numeric "
-            f"- ({served_hash_sql(model, links=links_as(field, keys))})::numeric) "
-            f"FROM {table} t WHERE {key} IN ({owners[what]})"
-        )
-        for what, keys in before.items()
-    }
-    # BEFORE TRUNCATE: the links are still there, and will all go.
-    through = quote(field.remote_field.through._meta.db_table)
-    statements["truncated"] = (
-        f"SELECT sum(({served_hash_sql(model, links=links_as(field, NO_LINKS))})::numeric "
-        f"- ({current})::numeric) "
-        f"FROM {table} t WHERE {key} IN (SELECT x.{source} FROM {through} x)"
+    table = opts.db_table
+    name = "'" + table.replace("'", "''") + "'"
+    stored = f"{OWNER_HASH_TABLE} o WHERE o.table_name = {name} AND o.pk IN (SELECT k FROM a)"
+    return (
+        f"WITH a AS (SELECT DISTINCT x.k FROM ({affected_sql}) AS x(k)), "
+        f"cur AS (SELECT {key} AS k, {served_hash_sql(model, links=links)} AS h "
+        f"FROM {quote(table)} t WHERE {key} IN (SELECT k FROM a)), "
+        f"old AS (SELECT o.hash AS h FROM {stored}), "
+        f"up AS (INSERT INTO {OWNER_HASH_TABLE} (table_name, pk, hash) "
+        f"SELECT {name}, k, h FROM cur "
+        f"ON CONFLICT (table_name, pk) DO UPDATE SET hash = EXCLUDED.hash), "
+        f"gone AS (DELETE FROM {stored} AND o.pk NOT IN (SELECT k FROM cur)) "
+        f"SELECT COALESCE((SELECT sum(h) FROM cur), 0) - COALESCE((SELECT sum(h) FROM old), 0)"
     )
-    return statements
+
+
+def owner_row_statements(model):
+    """The SELECTs of an owner's own table: the owners its statement wrote."""
+    pk = quote(model._meta.pk.column)
+    return {
+        "inserted": owner_statement(model, f"SELECT n.{pk} FROM new_rows n"),
+        "updated": owner_statement(
+            model, f"SELECT n.{pk} FROM new_rows n UNION ALL SELECT o.{pk} FROM old_rows o"
+        ),
+        "deleted": owner_statement(model, f"SELECT o.{pk} FROM old_rows o"),
+        "truncated": None,
+    }
+
+
+def link_statements(model, field):
+    """The SELECTs of a statement on the through table of many-to-many ``field`` of
+    ``model``: the owners of the links it wrote or removed."""
+    source = quote(field.m2m_column_name())
+    through = quote(field.remote_field.through._meta.db_table)
+    return {
+        "inserted": owner_statement(model, f"SELECT n.{source} FROM new_rows n"),
+        "updated": owner_statement(
+            model,
+            f"SELECT n.{source} FROM new_rows n UNION ALL SELECT o.{source} FROM old_rows o",
+        ),
+        "deleted": owner_statement(model, f"SELECT o.{source} FROM old_rows o"),
+        # BEFORE TRUNCATE: the links are still there, and will all go.
+        "truncated": owner_statement(
+            model, f"SELECT x.{source} FROM {through} x", links=links_as(field, NO_LINKS)
+        ),
+    }
 
 
 def entries(model):
     """{table: (owner table, statements)} of ``model``'s table and its through tables."""
     table = model._meta.db_table
-    result = {table: (table, row_statements(model))}
-    for field in model._meta.local_many_to_many:
-        through = field.remote_field.through
-        if field in hashed_m2m_fields(model):
-            result[through._meta.db_table] = (table, link_statements(model, field))
+    fields = hashed_m2m_fields(model)
+    result = {table: (table, owner_row_statements(model) if fields else row_statements(model))}
+    for field in fields:
+        result[field.remote_field.through._meta.db_table] = (table, link_statements(model, field))
     return result
 
 
@@ -178,11 +208,42 @@ def compute(conn, model, group, mark):
                     statements["truncated"],
                 ],
             )
+        # A link table no longer served stops changing its owner's checksum.
+        cursor.execute(
+            f"DELETE FROM {HASH_TABLE} WHERE owner = %s AND NOT table_name = ANY(%s)",
+            [table, list(group)],
+        )
         cursor.execute(f"UPDATE {COUNTER_TABLE} SET checksum = 0 WHERE table_name = %s", [table])
+        total = f"COALESCE(sum({served_hash_sql(model)}), 0)"
+        if hashed_m2m_fields(model):
+            cursor.execute(f"DELETE FROM {OWNER_HASH_TABLE} WHERE table_name = %s", [table])
+            cursor.execute(
+                f"INSERT INTO {OWNER_HASH_TABLE} (table_name, pk, hash) "
+                f"SELECT %s, t.{quote(model._meta.pk.column)}, {served_hash_sql(model)} "
+                f"FROM {quote(table)} t",
+                [table],
+            )
+            total = "COALESCE(sum(o.hash), 0)"
+            source, params = f"{OWNER_HASH_TABLE} o WHERE o.table_name = %s", [table]
+        else:
+            source, params = f"{quote(table)} t", []
         cursor.execute(
             f"INSERT INTO {COUNTER_TABLE} AS c (table_name, slot, row_count, max_xid, checksum) "
-            f"SELECT %s, 0, count(*), 0, COALESCE(sum({served_hash_sql(model)}), 0) "
-            f"FROM {quote(table)} t "
+            f"SELECT %s, 0, count(*), 0, {total} FROM {source} "
             "ON CONFLICT (table_name, slot) DO UPDATE SET checksum = EXCLUDED.checksum",
-            [table],
+            [table, *params],
         )
+
+
+def forget(using="default"):
+    """Drop every table's checksum SELECTs (before a migrate that applies something:
+    the triggers then count, not sum, until ``refresh`` writes them again)."""
+    from django.db import connections
+
+    conn = connections[using]
+    if conn.vendor != "postgresql":
+        return
+    with conn.cursor() as cursor:
+        if captured_tables(cursor) is None:
+            return
+        cursor.execute(f"DELETE FROM {HASH_TABLE}")

@@ -10,7 +10,10 @@ does not matter.
 Both sides compute it from their actual columns, never from a hash stored at install:
 the serving side (``api.checksums``) from its rows, the replica
 (``dbsync.engine.verify``) from its own, each key mapped back to the remote's pk
-through ``original_id``; a hand edit of either shows. PostgreSQL computes it in SQL
+through ``original_id``; a hand edit of either shows. (The manifest's per-model
+checksum is of this encoding too, but kept by the capture triggers, ``hcore.checksums``:
+a figure for readers, which ``--verify`` does not trust, since a write made with the
+triggers disabled would be in neither it nor the replica.) PostgreSQL computes it in SQL
 (``row_text_sql``, ``hash_sql``), SQLite in Python (``row_text``, ``text_hash``); the
 golden vectors of ``tests/test_rowhash.py`` hold both to the same bytes.
 

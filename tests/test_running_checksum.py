@@ -223,3 +223,49 @@ def test_concurrent_link_writes_to_one_owner_keep_it(client):
         waiter.join(timeout=30)
     assert sorted(unit.variables.values_list("pk", flat=True)) == [first.pk, second.pk]
     assert_checksums_hold(client)
+
+
+def test_statements_that_write_owners_and_links_together_keep_it(client, sample):
+    """Each trigger of such a statement compares the owners' hashes now with those
+    stored, so the parts add up whatever the statement combines."""
+    units = list(m.UnitOfMeasurement.objects.order_by("pk")[:2])
+    variables = list(m.Variable.objects.order_by("pk")[:3])
+    units[0].variables.set(variables[:2])
+    units[1].variables.set(variables[:1])
+    # A CTE that removes an owner's links and renames the owner.
+    sql(
+        f"WITH gone AS (DELETE FROM {LINKS} WHERE unitofmeasurement_id = %s) "
+        "UPDATE hcore_unitofmeasurement SET descr = descr || ' (CTE)' WHERE id = %s",
+        [units[1].pk, units[1].pk],
+    )
+    assert_checksums_hold(client)
+    # An upsert that inserts one link and moves another to a third variable.
+    sql(
+        f"INSERT INTO {LINKS} (unitofmeasurement_id, variable_id) VALUES (%s, %s), (%s, %s) "
+        "ON CONFLICT (unitofmeasurement_id, variable_id) DO UPDATE SET variable_id = %s",
+        [units[1].pk, variables[0].pk, units[0].pk, variables[0].pk, variables[2].pk],
+    )
+    assert_checksums_hold(client)
+    # A MERGE that deletes some links and inserts others.
+    sql(
+        f"MERGE INTO {LINKS} l USING (SELECT %s::bigint AS u, v.id AS v FROM hcore_variable v) s "
+        "ON l.unitofmeasurement_id = s.u AND l.variable_id = s.v "
+        "WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT (unitofmeasurement_id, "
+        "variable_id) VALUES (s.u, s.v)",
+        [units[0].pk],
+    )
+    assert_checksums_hold(client)
+
+
+def test_a_migrate_forgets_the_sql_first_so_a_dropped_column_fails_no_write(client, sample):
+    """Before a migrate applies anything, the per-table SQL goes (hcore.checksums.forget):
+    a migration that drops a column the SQL names leaves every write working."""
+    checksums.forget()
+    sql("SET CONSTRAINTS ALL IMMEDIATE")  # the test's pending key checks, which ALTER refuses
+    sql("ALTER TABLE hcore_eventtype DROP COLUMN descr_alt")
+    sql("INSERT INTO hcore_eventtype (descr, last_modified) VALUES ('After the drop', now())")
+    sql("UPDATE hcore_eventtype SET descr = descr || '!'")
+    sql("DELETE FROM hcore_eventtype WHERE descr LIKE 'After the drop%%'")
+    manifest = json.loads(body(client.get("/api/")))
+    entry = next(e for e in manifest["models"] if e["model"] == "hcore.eventtype")
+    assert "checksum" not in entry  # counted, not summed, until the migrate's refresh

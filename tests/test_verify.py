@@ -72,9 +72,6 @@ def test_verify_finds_hand_edits_and_changes_nothing(remote):
     status, out, _ = command(database, "--verify")
     assert status == 0, out
     assert "Verified equal" in out
-    # Every model's count and checksum in the manifest (the remote's running checksums)
-    # are ours: nothing else was asked.
-    assert "(0 checksum and hash requests)" in out
     # By hand: a station's coordinate edited, an alternative code deleted.
     station = Station.objects.filter(original_db=database).order_by("pk").first()
     code = GentityAltCode.objects.filter(original_db=database).order_by("pk").first()
@@ -88,7 +85,6 @@ def test_verify_finds_hand_edits_and_changes_nothing(remote):
     before = tables_md5()
     status, out, err = command(database, "--verify")
     assert status == 1
-    assert "(0 checksum and hash requests)" not in out  # the two models were bisected
     assert "hcore.gpoint: 1 objects differ (1 changed here)" in err
     assert "hcore.gentityaltcode: 1 objects differ (1 missing here)" in err
     assert "hcore.station" not in err  # its own fields are intact

@@ -2,10 +2,6 @@
 they differ, then the row hashes of the small ranges that still differ. No dump is
 downloaded; what crosses the network grows with the differences, not with the model.
 
-A remote with change capture gives each model's count and checksum in its manifest,
-kept as rows change (``hcore.checksums``): a model whose figures are ours costs no
-request at all.
-
 Rows the remote changed after the replica's cursor are the next sync's work, not a
 divergence: they are counted as pending. With change capture (the replica has a
 capture cursor and the remote speaks protocol 3) the remote says which by its change
@@ -19,7 +15,7 @@ the verification raises no false alarm.
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from protocol.formats import MAX_KEY, ZERO_CHECKSUM, add_checksums
+from protocol.formats import MAX_KEY
 from protocol.rowhash import part_bounds
 
 from ..capture import read_capture
@@ -169,13 +165,7 @@ def verify_model(database, model, client, entry, since):
     remote = RemoteRows(client, entry)
     local = LocalRows(database, model)
     verdict = ModelVerdict(label(model))
-    ours = local.checksums(0, MAX_KEY, PARTS)
-    if equal_to_manifest(entry, ours):
-        # The remote's running checksum of the model (its manifest) is ours: equal, and
-        # no request asked.
-        verdict.remote_count = verdict.local_count = sum(p[0] for p in ours.values())
-        return verdict
-    leaves = differing_leaves(remote, local, verdict, ours)
+    leaves = differing_leaves(remote, local, verdict)
     found = Found()
     step = LEAVES_PER_REQUEST if since.batched else 1
     for i in range(0, len(leaves), step):
@@ -205,27 +195,13 @@ def verify_model(database, model, client, entry, since):
     return verdict
 
 
-def equal_to_manifest(entry, ours):
-    """Whether the manifest's count and checksum of a model (a remote with change
-    capture keeps them, ``hcore.checksums``) are those of ``ours``, our checksums of
-    every key's parts."""
-    count, checksum = entry.get("count"), entry.get("checksum")
-    if not isinstance(count, int) or not isinstance(checksum, str):
-        return False
-    total = ZERO_CHECKSUM
-    for part in ours.values():
-        total = add_checksums(total, part[1])
-    return count == sum(p[0] for p in ours.values()) and checksum == total
-
-
-def differing_leaves(remote, local, verdict, top=None):
-    """The small key ranges [(low, high)] whose checksums differ, by bisection; ``top``:
-    our checksums of every key, if computed already."""
+def differing_leaves(remote, local, verdict):
+    """The small key ranges [(low, high)] whose checksums differ, by bisection."""
     leaves, todo, first = [], [(0, MAX_KEY)], True
     while todo:
         low, high = todo.pop()
         theirs = remote.checksums(low, high, PARTS)
-        ours = top if first and top is not None else local.checksums(low, high, PARTS)
+        ours = local.checksums(low, high, PARTS)
         if first:
             verdict.remote_count = sum(p[0] for p in theirs.values())
             verdict.local_count = sum(p[0] for p in ours.values())
