@@ -304,6 +304,7 @@ def main():
             events_per_station=0.5,
             files_per_station=options.files_per_station,
             seed=11,
+            timeout=None,
         )
         print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)
         age_remote(remote)

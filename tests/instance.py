@@ -103,11 +103,11 @@ class Instance:
     def manage(self, *args, **kwargs):
         return manage(self.env, *args, **kwargs)
 
-    def generate(self, **options):
+    def generate(self, timeout=600, **options):
         args = ["generate_sample_data"]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        return self.manage(*args)
+        return self.manage(*args, timeout=timeout)
 
     def shell(self, code):
         """Run Python in the instance's Django (e.g. to change data as a user would)."""
