@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from protocol.legacy import LAYOUT_LEGACY
 
+from . import tally
 from .backup import take_backup
 from .capture import (
     AllBut,
@@ -380,7 +381,7 @@ def plan_fetch(database, plan, options, client, log=quiet):
         ]
         # A root whose count differs from ours (a row lost here, say): its whole keys
         # listing, which also tells which keys to fetch (``fetch_missing``).
-        jobs += [(label(root), KEYS) for root in miscounted(database, plan, entries)]
+        jobs += [(label(root), KEYS) for root in miscounted(database, plan, entries, log)]
     else:
         if not full:
             since = database.sync_cursor - timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
@@ -401,28 +402,27 @@ def plan_fetch(database, plan, options, client, log=quiet):
     )
 
 
-def miscounted(database, plan, entries):
-    """The roots whose count at the remote (its manifest) is not ours of its objects:
-    every root counted in one statement (one round trip; index-only where it can)."""
+def miscounted(database, plan, entries, log=quiet):
+    """The roots whose count at the remote (its manifest) is not ours of its objects.
+    Ours are tallies (``engine.tally``): those whose tables nothing wrote since they
+    were counted are read as they are; the others are counted, in one statement."""
     roots = [r for r in plan.roots if isinstance(entries[label(r)].get("count"), int)]
     if not roots:
         return []
-    parts, params = [], []
-    for root in roots:
-        sql, args = (
-            root._base_manager.filter(original_db=database)
-            .values("pk")
-            .query.get_compiler(using=connection.alias)
-            .as_sql()
-        )
-        parts.append(f"(SELECT count(*) FROM ({sql}) AS rows)")
-        params += args
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(parts)}", params)
-        ours = cursor.fetchone()
+    ours = tally.figures(database, [row_tally(database, root) for root in roots], log)
     return [
-        root for root, n in zip(roots, ours, strict=True) if entries[label(root)]["count"] != n
+        root for root in roots if entries[label(root)]["count"] != ours[row_tally_key(root)][0]
     ]
+
+
+def row_tally_key(root):
+    return f"rows {label(root)}"
+
+
+def row_tally(database, root):
+    """The tally of ``root``'s rows replicated from ``database``."""
+    rows = root._base_manager.filter(original_db=database)
+    return tally.Tally(row_tally_key(root), [root._meta.db_table], [tally.count_of(rows)])
 
 
 def fetch_missing(database, plan, fetched, refetch, log=quiet):
