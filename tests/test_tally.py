@@ -59,6 +59,10 @@ def test_an_unchanged_run_counts_nothing_and_a_row_lost_here_is_still_noticed(li
     out = incremental(database)
     assert "Fetching 1 hcore.gentityevent object(s) the remote has and we lack" in out, out
     assert_same_graph(remote_graph(live), local_graph(database))
+    # That run counted again, at its end, what it wrote: the next reads it as it is.
+    assert "tallies of the replica that this run wrote: 1 counted again" in out, out
+    out = incremental(database)
+    assert out.count("tallies of the replica: 0 counted") == 2, out
 
 
 def test_records_deleted_here_with_their_sync_state_come_back(live):

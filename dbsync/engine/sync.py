@@ -64,6 +64,7 @@ from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import FETCH, quiet, steps
 from .records import SummaryPrefetch, sync_legacy_records, sync_records
+from .records.plan import series_tally
 from .remote import RemoteClient
 from .workdir import load_for_resume, work_dir_for
 
@@ -425,6 +426,16 @@ def row_tally(database, root):
     return tally.Tally(row_tally_key(root), [root._meta.db_table], [tally.count_of(rows)])
 
 
+def refresh_tallies(database, plan, log=quiet):
+    """The tallies that this run's own writes made stale, counted again at its end
+    (``engine.tally.refresh``), not at the start of the next run: an unchanged run
+    after a changed one reads them as they are."""
+    tallies = [row_tally(database, root) for root in plan.roots]
+    if "hcore.timeseries" in plan.labels:
+        tallies.append(series_tally(database))
+    tally.refresh(database, tallies, log)
+
+
 def fetch_missing(database, plan, fetched, refetch, log=quiet):
     """The objects whose keys a remote's listing has and this replica lacks, fetched
     with their row families (no transaction open) into ``fetched``. Before, a missing
@@ -757,6 +768,8 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
                 full=options.full,
             )
             files.add_to(result)
+        if not options.dry_run:
+            refresh_tallies(database, plan, log)
     except SyncError as exc:
         again = type(exc)(
             f"{exc} (the objects of this run were installed; records and files were not "

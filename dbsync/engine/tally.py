@@ -93,7 +93,7 @@ def count(tallies):
 def figures(database, tallies, log=None):
     """{key: figures} of ``tallies``: the stored ones that still hold, the others
     counted (in one statement) and stored."""
-    stored = database.tallies if isinstance(database.tallies, dict) else {}
+    stored = stored_tallies(database)
     highest = highest_writers({table for tally in tallies for table in tally.tables})
     result, stale = {}, []
     for tally in tallies:
@@ -103,26 +103,38 @@ def figures(database, tallies, log=None):
             stale.append(tally)
     if log is not None:
         log(f"\t- tallies of the replica: {len(stale)} counted, {len(result)} kept", 2)
-    if not stale:
-        return result
-    xmin, counted = count(stale)
-    result.update(counted)
-    if xmin is not None and highest is not None:
-        keep(database, {key: {"xid": xmin, "figures": list(n)} for key, n in counted.items()})
+    if stale:
+        result.update(count_and_keep(database, stale, highest))
     return result
-
-
-def keep(database, entries):
-    tallies = dict(database.tallies) if isinstance(database.tallies, dict) else {}
-    tallies.update(entries)
-    type(database).objects.filter(pk=database.pk).update(tallies=tallies)
-    database.tallies = tallies
 
 
 def refresh(database, tallies, log=None):
     """Count again those of ``tallies`` that are stored and no longer hold (a run's own
-    writes made them stale): the next run reads them as they are."""
-    stored = database.tallies if isinstance(database.tallies, dict) else {}
-    if not stored:
+    writes made them stale): the next run, if nothing else writes their tables
+    meanwhile, reads them as they are."""
+    stored = stored_tallies(database)
+    tallies = [tally for tally in tallies if tally.key in stored]
+    if not tallies:
         return
-    figures(database, [tally for tally in tallies if tally.key in stored], log)
+    highest = highest_writers({table for tally in tallies for table in tally.tables})
+    stale = [tally for tally in tallies if not holds(stored[tally.key], tally, highest)]
+    if not stale:
+        return
+    if log is not None:
+        log(f"\t- tallies of the replica that this run wrote: {len(stale)} counted again", 2)
+    count_and_keep(database, stale, highest)
+
+
+def stored_tallies(database):
+    return database.tallies if isinstance(database.tallies, dict) else {}
+
+
+def count_and_keep(database, tallies, highest):
+    """{key: figures} of ``tallies``, counted; kept where there are change counters."""
+    xmin, counted = count(tallies)
+    if xmin is not None and highest is not None:
+        tallies = dict(stored_tallies(database))
+        tallies.update({key: {"xid": xmin, "figures": list(n)} for key, n in counted.items()})
+        type(database).objects.filter(pk=database.pk).update(tallies=tallies)
+        database.tallies = tallies
+    return counted
