@@ -235,6 +235,8 @@ def resync_kept(options):
             seconds, peak, out = run_measured(sync, local_env)
             results.append((f"dbsync: re-sync, nothing changed ({turn})", rows, seconds, peak))
             results.extend(phases(f"unchanged {turn}", rows, out))
+            if options.print_output:
+                print(out, flush=True)
     finally:
         remote.stop()
     print("load average (1, 5, 15 min) at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
@@ -269,6 +271,9 @@ def main():
     )
     parser.add_argument(
         "--turns", type=int, default=3, help="Unchanged re-syncs with --reuse (default 3)."
+    )
+    parser.add_argument(
+        "--print-output", action="store_true", help="With --reuse: print each sync's -v 2 log."
     )
     options = parser.parse_args()
     if options.reuse:
