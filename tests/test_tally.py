@@ -8,6 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from dbsync.models import Database
 from hcore.models import GentityEvent, Record, RecordsSyncState, Timeseries
 from tests.graph import assert_same_graph, local_graph, remote_graph
 from tests.test_records import assert_same_records
@@ -63,6 +64,14 @@ def test_an_unchanged_run_counts_nothing_and_a_row_lost_here_is_still_noticed(li
     assert "tallies of the replica that this run wrote: 1 counted again" in out, out
     out = incremental(database)
     assert out.count("tallies of the replica: 0 counted") == 2, out
+    # Tallies counted in another database (this one restored elsewhere, say), whose
+    # transaction ids do not compare with ours: counted again.
+    database.refresh_from_db()
+    moved = {key: {**entry, "identity": "elsewhere"} for key, entry in database.tallies.items()}
+    Database.objects.filter(pk=database.pk).update(tallies=moved)
+    out = incremental(database)
+    assert out.count(" kept") == 2 and out.count(", 0 kept") == 2, out
+    assert_same_graph(remote_graph(live), local_graph(database))
 
 
 def test_records_deleted_here_with_their_sync_state_come_back(live):
