@@ -423,7 +423,7 @@ def row_tally_key(root):
 def row_tally(database, root):
     """The tally of ``root``'s rows replicated from ``database``."""
     rows = root._base_manager.filter(original_db=database)
-    return tally.Tally(row_tally_key(root), [root._meta.db_table], [tally.count_of(rows)])
+    return tally.count_of(row_tally_key(root), [root._meta.db_table], rows)
 
 
 def refresh_tallies(database, plan, log=quiet):

@@ -26,28 +26,17 @@ from hcore.capture import COUNTER_TABLE, CURSOR_SQL
 
 
 class Tally:
-    """``parts``: (sql, params) of scalar subqueries, one a figure, counted over
-    ``tables`` (see ``count_of`` and ``sum_of``)."""
+    """``sql``: a SELECT of one row, ``width`` figures, counted over ``tables``."""
 
-    def __init__(self, key, tables, parts):
-        self.key, self.tables, self.parts = key, list(tables), list(parts)
-
-
-def compiled(queryset):
-    return queryset.query.get_compiler(using=connection.alias).as_sql()
+    def __init__(self, key, tables, sql, params=(), width=1):
+        self.key, self.tables = key, list(tables)
+        self.sql, self.params, self.width = sql, list(params), width
 
 
-def count_of(queryset):
-    """The rows of ``queryset``, as a part of a Tally."""
-    sql, params = compiled(queryset.values("pk"))
-    return f"(SELECT count(*) FROM ({sql}) AS counted)", params
-
-
-def sum_of(queryset, field):
-    """The sum of ``field`` over ``queryset`` (0 if none), as a part of a Tally."""
-    sql, params = compiled(queryset.values(field))
-    column = connection.ops.quote_name(field)
-    return f"(SELECT coalesce(sum(summed.{column}), 0) FROM ({sql}) AS summed)", params
+def count_of(key, tables, queryset):
+    """The tally of the rows of ``queryset``."""
+    sql, params = queryset.values("pk").query.get_compiler(using=connection.alias).as_sql()
+    return Tally(key, tables, f"SELECT count(*) FROM ({sql}) AS counted", params)
 
 
 # Where a tally was counted: transaction ids are comparable within it only.
@@ -97,18 +86,17 @@ def holds(stored, tally, writers):
 
 def count(tallies):
     """(xmin or None, {key: figures}) of ``tallies``, counted in one statement."""
-    parts = [sql for tally in tallies for sql, _params in tally.parts]
-    params = [param for tally in tallies for _sql, args in tally.parts for param in args]
-    if connection.vendor == "postgresql":
-        parts.insert(0, CURSOR_SQL)
+    sources = ", ".join(f"({tally.sql}) AS tally{n}" for n, tally in enumerate(tallies))
+    params = [param for tally in tallies for param in tally.params]
+    postgresql = connection.vendor == "postgresql"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(parts)}", params)
+        cursor.execute(f"SELECT {CURSOR_SQL + ', ' if postgresql else ''}* FROM {sources}", params)
         row = list(cursor.fetchone())
-    xmin = row.pop(0) if connection.vendor == "postgresql" else None
+    xmin = row.pop(0) if postgresql else None
     result = {}
     for tally in tallies:
-        result[tally.key] = tuple(int(n or 0) for n in row[: len(tally.parts)])
-        del row[: len(tally.parts)]
+        result[tally.key] = tuple(int(n or 0) for n in row[: tally.width])
+        del row[: tally.width]
     return xmin, result
 
 

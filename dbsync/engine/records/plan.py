@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from django.db import connection
 from django.db.models import Q
 
 from hcore.models import RecordsSyncState, Timeseries
@@ -149,17 +150,19 @@ SERIES_TALLY = "time series"
 
 def series_tally(database):
     """The tally (``engine.tally``) of the series replicated from ``database``: how
-    many, how many have no sync state, and the records their states hold."""
-    series = Timeseries._base_manager.filter(original_db=database)
-    states = RecordsSyncState.objects.filter(timeseries__original_db=database)
+    many, how many have no sync state, and the records their states hold (one join)."""
+    qn = connection.ops.quote_name
+    series, states = Timeseries._meta, RecordsSyncState._meta
+    state_of = qn(states.get_field("timeseries").column)
+    sql = (
+        f"SELECT count(*), sum(CASE WHEN s.{state_of} IS NULL THEN 1 ELSE 0 END), "
+        f"coalesce(sum(s.{qn('count')}), 0) "
+        f"FROM {qn(series.db_table)} t LEFT JOIN {qn(states.db_table)} s "
+        f"ON s.{state_of} = t.{qn(series.pk.column)} "
+        f"WHERE t.{qn(series.get_field('original_db').column)} = %s"
+    )
     return tally.Tally(
-        SERIES_TALLY,
-        [Timeseries._meta.db_table, RecordsSyncState._meta.db_table],
-        [
-            tally.count_of(series),
-            tally.count_of(series.filter(records_sync_state__isnull=True)),
-            tally.sum_of(states, "count"),
-        ],
+        SERIES_TALLY, [series.db_table, states.db_table], sql, [database.pk], width=3
     )
 
 
