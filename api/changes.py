@@ -16,6 +16,7 @@ the client keeps the timestamp cursor (``last_modified``, with its overlap windo
 from django.db import DatabaseError, connection, transaction
 
 from hcore.capture import (
+    COUNTED_ONLY_TABLES,
     COUNTER_TABLE,
     CURSOR_SQL,
     MARKER_COLUMN,
@@ -42,7 +43,9 @@ SELECT {CURSOR_SQL},
        (SELECT coalesce(json_object_agg(table_name, json_build_array(n, m, d)), '{{}}')
         FROM (SELECT table_name, sum(row_count) AS n, max(max_xid) AS m,
                      max(max_deleted_xid) AS d
-              FROM {COUNTER_TABLE} GROUP BY table_name) t)
+              FROM {COUNTER_TABLE}
+              WHERE table_name NOT IN ({", ".join(f"'{t}'" for t in COUNTED_ONLY_TABLES)})
+              GROUP BY table_name) t)
 """
 
 

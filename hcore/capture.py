@@ -47,6 +47,9 @@ TRIGGER_PREFIX = "dbsync_capture_"
 COUNTER_SLOTS = 16
 BACKFILL_BATCH = 20_000
 PRUNE_BATCH = 10_000
+# The tables with the counters alone (install_counters; migration 0006): not served, so
+# left out of the manifest (api.changes).
+COUNTED_ONLY_TABLES = ("hcore_recordssyncstate",)
 
 # The current transaction's id as a bigint (xid8 has no cast to bigint; it fits one).
 CURRENT_XID = "pg_current_xact_id()::text::bigint"
