@@ -16,6 +16,7 @@ the client keeps the timestamp cursor (``last_modified``, with its overlap windo
 from django.db import DatabaseError, connection, transaction
 
 from hcore.capture import (
+    COUNTED_ONLY_TABLES,
     COUNTER_TABLE,
     CURSOR_SQL,
     HASH_TABLE,
@@ -46,7 +47,9 @@ SELECT {CURSOR_SQL},
                      CASE WHEN table_name IN (SELECT table_name FROM {HASH_TABLE}
                                               WHERE owner = table_name)
                           THEN sum(checksum)::text END AS c
-              FROM {COUNTER_TABLE} GROUP BY table_name) t)
+              FROM {COUNTER_TABLE}
+              WHERE table_name NOT IN ({", ".join(f"'{t}'" for t in COUNTED_ONLY_TABLES)})
+              GROUP BY table_name) t)
 """
 
 

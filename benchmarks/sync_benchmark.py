@@ -11,6 +11,11 @@ command's ``-v 2`` output, and the install phase's rate is compared with the raw
     .venv/bin/python benchmarks/sync_benchmark.py                 # 200,000 stations
     .venv/bin/python benchmarks/sync_benchmark.py --stations 20000
 
+``--name NAME --keep`` keeps the databases under fixed names (``NAME_remote``,
+``NAME_local``…) and the instances' directories in ``/tmp/NAME``; ``--name NAME
+--reuse`` then runs only ``--turns`` unchanged re-syncs on them, without generating or
+syncing anything first (the local database is migrated first, for a newer code).
+
 ``loaddata`` is slow (it saves object by object), so it runs on a share of the data
 (``--loaddata-share``, default 10 %) and its rate is what is compared.
 """
@@ -206,6 +211,37 @@ class Results(list):
             self.append(row)
 
 
+def resync_kept(options):
+    """``--turns`` unchanged re-syncs of the databases that ``--name NAME --keep`` kept."""
+    var = Path(f"/tmp/{options.name}")
+    remote = Instance(
+        None,
+        hostname="bench-remote.example.org",
+        name=f"{options.name}_remote",
+        var_dir=var / "remote",
+    )
+    local_env = instance_env(f"{options.name}_local", var / "local", DBSYNC_WORK_DIR=var / "work")
+    run_measured(manage_args("migrate", "-v0"), local_env)
+    remote.manage("migrate", "-v0")
+    results = Results()
+    try:
+        print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+        remote.start(workers=2)
+        rows = count_rows(f"{PG_BASE}/{remote.db_name}")
+        print(f"  {rows} rows in hcore tables", flush=True)
+        register_remote(remote, local_env)
+        sync = manage_args("hcore_remotesyncdb", "-r", "bench", "-N", "-v", "2")
+        for turn in range(1, options.turns + 1):
+            seconds, peak, out = run_measured(sync, local_env)
+            results.append((f"dbsync: re-sync, nothing changed ({turn})", rows, seconds, peak))
+            results.extend(phases(f"unchanged {turn}", rows, out))
+            if options.print_output:
+                print(out, flush=True)
+    finally:
+        remote.stop()
+    print("load average (1, 5, 15 min) at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stations", type=int, default=200_000)
@@ -223,16 +259,44 @@ def main():
         action="store_true",
         help="The three syncs only: no raw COPY nor loaddata to compare with.",
     )
+    parser.add_argument(
+        "--name",
+        help="Name the databases NAME_remote, NAME_local… and keep the instances' "
+        "directories in /tmp/NAME (default: names of this process).",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Only re-sync, unchanged, the databases that --name NAME --keep kept.",
+    )
+    parser.add_argument(
+        "--turns", type=int, default=3, help="Unchanged re-syncs with --reuse (default 3)."
+    )
+    parser.add_argument(
+        "--print-output", action="store_true", help="With --reuse: print each sync's -v 2 log."
+    )
     options = parser.parse_args()
+    if options.reuse:
+        if not options.name:
+            parser.error("--reuse needs --name")
+        return resync_kept(options)
 
-    template = Template()
-    remote = Instance(template, hostname="bench-remote.example.org")
-    local_db = f"dbsync_bench_local_{os.getpid()}"
-    copy_db = f"dbsync_bench_copy_{os.getpid()}"
-    load_db = f"dbsync_bench_load_{os.getpid()}"
+    prefix = options.name or f"dbsync_bench_{os.getpid()}"
+    var = Path(
+        f"/tmp/{options.name}" if options.name else tempfile.mkdtemp(prefix="dbsync-bench-")
+    )
+    template = Template(name=f"{options.name}_tpl" if options.name else None)
+    remote = Instance(
+        template,
+        hostname="bench-remote.example.org",
+        name=f"{prefix}_remote",
+        var_dir=var / "remote",
+    )
+    local_db = f"{prefix}_local"
+    copy_db = f"{prefix}_copy"
+    load_db = f"{prefix}_load"
     for name in (local_db, copy_db, load_db):
         admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template.name}"')
-    var = Path(tempfile.mkdtemp(prefix="dbsync-bench-"))
     local_env = instance_env(local_db, var / "local", DBSYNC_WORK_DIR=var / "work")
     results = Results()
     try:
@@ -245,6 +309,7 @@ def main():
             events_per_station=0.5,
             files_per_station=options.files_per_station,
             seed=11,
+            timeout=None,
         )
         print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)
         age_remote(remote)

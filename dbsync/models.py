@@ -175,6 +175,16 @@ class Database(models.Model):
         "last files sync that finished with nothing skipped worked on; the next run asks "
         "for the files of the objects written since then (empty: every object's).",
     )
+    tallies = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        verbose_name="tallies",
+        help_text="Figures of what is replicated here from this remote (its rows of each "
+        "model, its time series), each with the transaction below which it was counted; "
+        "a run counts again only those whose tables were written since "
+        "(dbsync.engine.tally).",
+    )
     records_cursor = models.DateTimeField(
         null=True,
         blank=True,

@@ -21,6 +21,10 @@ and no clock is involved:
   backend pid picks one), so that concurrent writers do not queue on one row and the
   manifest reads O(tables) rows, not the tables.
 
+A table that is not served but whose writes a replica's tallies must see
+(``dbsync.engine.tally``: the records sync states) gets the counters only
+(``install_counters``): no marker, no tombstones.
+
 All the triggers are ``ENABLE ALWAYS``: they fire with ``session_replication_role =
 replica`` too, which the sync's bulk path sets, so rows that a sync installs are
 captured and an aggregate can serve as a remote of another. Their names start with
@@ -48,6 +52,9 @@ TRIGGER_PREFIX = "dbsync_capture_"
 COUNTER_SLOTS = 16
 BACKFILL_BATCH = 20_000
 PRUNE_BATCH = 10_000
+# The tables with the counters alone (install_counters; migration 0006): not served, so
+# left out of the manifest (api.changes).
+COUNTED_ONLY_TABLES = ("hcore_recordssyncstate",)
 
 # The current transaction's id as a bigint (xid8 has no cast to bigint; it fits one).
 CURRENT_XID = "pg_current_xact_id()::text::bigint"
@@ -243,6 +250,28 @@ END $$;
 """
 
 
+# The counters only (install_counters): a deletion or a TRUNCATE moves max_deleted_xid
+# and writes no tombstone.
+COUNTED_SQL = f"""
+CREATE OR REPLACE FUNCTION dbsync_capture_counted_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    SELECT count(*) INTO n FROM old_rows;
+    IF n > 0 THEN PERFORM dbsync_capture_count(TG_TABLE_NAME, -n, true, 0); END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION dbsync_capture_counted_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {COUNTER_TABLE} SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
+    PERFORM dbsync_capture_count(TG_TABLE_NAME, 0, true, 0);
+    RETURN NULL;
+END $$;
+"""
+
+
 def trigger_names(table):
     kinds = ("mark", "ins", "upd", "del", "trunc", "emptied")
     return [f"{TRIGGER_PREFIX}{what}_{table}"[:63] for what in kinds]
@@ -332,6 +361,24 @@ def create_link_triggers(cursor, through, owner, owner_pk, owner_column):
         cursor.execute(f'ALTER TABLE "{through}" ENABLE ALWAYS TRIGGER {name}')
 
 
+def create_counter_triggers(cursor, table):
+    _mark, ins, upd, dele, trunc, _emptied = trigger_names(table)
+    cursor.execute(
+        f"""
+        CREATE TRIGGER {ins} AFTER INSERT ON "{table}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_inserted();
+        CREATE TRIGGER {upd} AFTER UPDATE ON "{table}" REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_updated();
+        CREATE TRIGGER {dele} AFTER DELETE ON "{table}" REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_counted_deleted();
+        CREATE TRIGGER {trunc} BEFORE TRUNCATE ON "{table}"
+            FOR EACH STATEMENT EXECUTE FUNCTION dbsync_capture_counted_truncated();
+        """
+    )
+    for name in (ins, upd, dele, trunc):
+        cursor.execute(f'ALTER TABLE "{table}" ENABLE ALWAYS TRIGGER {name}')
+
+
 def start_counter(cursor, table):
     """The table's count as it is (one pass, once), in slot 0."""
     cursor.execute(
@@ -379,6 +426,20 @@ def upgrade(connection, tables, links):
         for through, owner, owner_pk, column in links:
             drop_link_triggers(cursor, through)
             create_link_triggers(cursor, through, owner, owner_pk, column)
+
+
+def install_counters(connection, tables):
+    """The change counters only, on ``tables`` (not served: no marker, no tombstones),
+    so that every write to them moves their highest writer; PostgreSQL only."""
+    if connection.vendor != "postgresql":
+        return
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(SUPPORT_SQL)
+        cursor.execute(COUNTED_SQL)
+        cursor.execute("LOCK TABLE " + ", ".join(f'"{t}"' for t in tables))
+        for table in tables:
+            create_counter_triggers(cursor, table)
+            start_counter(cursor, table)
 
 
 def prune_tombstones(connection, before, batch=PRUNE_BATCH):

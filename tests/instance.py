@@ -66,8 +66,8 @@ def manage(env, *args, check=True, timeout=600, root=ROOT, **kwargs):
 class Template:
     """A migrated, empty database that instances are cloned from (fast)."""
 
-    def __init__(self):
-        self.name = f"dbsync_tpl_{uuid.uuid4().hex[:8]}"
+    def __init__(self, name=None):
+        self.name = name or f"dbsync_tpl_{uuid.uuid4().hex[:8]}"
         self.var_dir = tempfile.mkdtemp(prefix="dbsync-tpl-")
         admin_execute(f'CREATE DATABASE "{self.name}"')
         manage(instance_env(self.name, self.var_dir), "migrate", "-v0")
@@ -79,16 +79,22 @@ class Template:
 class Instance:
     """One Enhydris instance (a remote, from the syncer's point of view)."""
 
-    def __init__(self, template, hostname="remote.example.org", **settings):
-        self.db_name = f"dbsync_remote_{uuid.uuid4().hex[:8]}"
+    def __init__(
+        self, template, hostname="remote.example.org", name=None, var_dir=None, **settings
+    ):
+        """``template``: None for a database ``name`` that exists already (kept by an
+        earlier run, in ``var_dir``)."""
+        self.db_name = name or f"dbsync_remote_{uuid.uuid4().hex[:8]}"
         self.hostname = hostname
-        self.var_dir = Path(tempfile.mkdtemp(prefix="dbsync-remote-"))
+        self.var_dir = Path(var_dir or tempfile.mkdtemp(prefix="dbsync-remote-"))
+        self.var_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.env = instance_env(self.db_name, self.var_dir, **settings)
         self.port = None
         self.process = None
         self.scheme = "http"
-        admin_execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{template.name}"')
+        if template is not None:
+            admin_execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{template.name}"')
 
     @property
     def url(self):
@@ -97,11 +103,11 @@ class Instance:
     def manage(self, *args, **kwargs):
         return manage(self.env, *args, **kwargs)
 
-    def generate(self, **options):
+    def generate(self, timeout=600, **options):
         args = ["generate_sample_data"]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        return self.manage(*args)
+        return self.manage(*args, timeout=timeout)
 
     def shell(self, code):
         """Run Python in the instance's Django (e.g. to change data as a user would)."""

@@ -56,10 +56,15 @@ def revert(run, *args):
 
 def state(database, media):
     """What a revert must restore: every hcore table, the remote's whole row (its
-    cursors), by MD5 of the ordered rows; the stored files, by MD5 of their bytes."""
+    cursors), by MD5 of the ordered rows; the stored files, by MD5 of their bytes. Not
+    the remote's tallies (engine.tally): counts kept to spare the next run a count,
+    which the revert's own writes make stale, so that the next run counts again."""
     tables = snapshot(exclude=("dbsync_syncrun", "dbsync_schedulepause", "dbsync_database"))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT md5(t::text) FROM dbsync_database t WHERE id = %s", [database.pk])
+        cursor.execute(
+            "SELECT md5((to_jsonb(t) - 'tallies')::text) FROM dbsync_database t WHERE id = %s",
+            [database.pk],
+        )
         tables["dbsync_database"] = cursor.fetchone()
     files = {
         str(path.relative_to(media)): hashlib.md5(path.read_bytes()).hexdigest()

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from protocol.legacy import LAYOUT_LEGACY
 
+from . import tally
 from .backup import take_backup
 from .capture import (
     AllBut,
@@ -63,6 +64,7 @@ from .legacy import is_legacy, legacy_entries, to_line_layout
 from .planner import label
 from .progress import FETCH, quiet, steps
 from .records import SummaryPrefetch, sync_legacy_records, sync_records
+from .records.plan import series_tally
 from .remote import RemoteClient
 from .workdir import load_for_resume, work_dir_for
 
@@ -380,7 +382,7 @@ def plan_fetch(database, plan, options, client, log=quiet):
         ]
         # A root whose count differs from ours (a row lost here, say): its whole keys
         # listing, which also tells which keys to fetch (``fetch_missing``).
-        jobs += [(label(root), KEYS) for root in miscounted(database, plan, entries)]
+        jobs += [(label(root), KEYS) for root in miscounted(database, plan, entries, log)]
     else:
         if not full:
             since = database.sync_cursor - timedelta(seconds=settings.DBSYNC_OVERLAP_SECONDS)
@@ -401,28 +403,37 @@ def plan_fetch(database, plan, options, client, log=quiet):
     )
 
 
-def miscounted(database, plan, entries):
-    """The roots whose count at the remote (its manifest) is not ours of its objects:
-    every root counted in one statement (one round trip; index-only where it can)."""
+def miscounted(database, plan, entries, log=quiet):
+    """The roots whose count at the remote (its manifest) is not ours of its objects.
+    Ours are tallies (``engine.tally``): those whose tables nothing wrote since they
+    were counted are read as they are; the others are counted, in one statement."""
     roots = [r for r in plan.roots if isinstance(entries[label(r)].get("count"), int)]
     if not roots:
         return []
-    parts, params = [], []
-    for root in roots:
-        sql, args = (
-            root._base_manager.filter(original_db=database)
-            .values("pk")
-            .query.get_compiler(using=connection.alias)
-            .as_sql()
-        )
-        parts.append(f"(SELECT count(*) FROM ({sql}) AS rows)")
-        params += args
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(parts)}", params)
-        ours = cursor.fetchone()
+    ours = tally.figures(database, [row_tally(database, root) for root in roots], log)
     return [
-        root for root, n in zip(roots, ours, strict=True) if entries[label(root)]["count"] != n
+        root for root in roots if entries[label(root)]["count"] != ours[row_tally_key(root)][0]
     ]
+
+
+def row_tally_key(root):
+    return f"rows {label(root)}"
+
+
+def row_tally(database, root):
+    """The tally of ``root``'s rows replicated from ``database``."""
+    rows = root._base_manager.filter(original_db=database)
+    return tally.count_of(row_tally_key(root), [root._meta.db_table], rows)
+
+
+def refresh_tallies(database, plan, log=quiet):
+    """The tallies that this run's own writes made stale, counted again at its end
+    (``engine.tally.refresh``), not at the start of the next run: an unchanged run
+    after a changed one reads them as they are."""
+    tallies = [row_tally(database, root) for root in plan.roots]
+    if "hcore.timeseries" in plan.labels:
+        tallies.append(series_tally(database))
+    tally.refresh(database, tallies, log)
 
 
 def fetch_missing(database, plan, fetched, refetch, log=quiet):
@@ -757,6 +768,8 @@ def sync_data(database, plan, client, options, result, log=quiet, summary=None, 
                 full=options.full,
             )
             files.add_to(result)
+        if not options.dry_run:
+            refresh_tallies(database, plan, log)
     except SyncError as exc:
         again = type(exc)(
             f"{exc} (the objects of this run were installed; records and files were not "

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from django.db.models import Count, Q, Sum
+from django.db import connection
+from django.db.models import Q
 
-from hcore.models import Timeseries
+from hcore.models import RecordsSyncState, Timeseries
 from protocol.formats import EPOCH
 
+from .. import tally
 from .summary import NOT_LISTED, Entry
 
 SERIES_LABEL = "hcore.timeseries"
@@ -143,24 +145,55 @@ def make_batches(jobs, mode):
         yield Batch(mode, batch)
 
 
+SERIES_TALLY = "time series"
+
+
+def series_tally(database):
+    """The tally (``engine.tally``) of the series replicated from ``database``: how
+    many, how many have no sync state, and the records their states hold (one join)."""
+    qn = connection.ops.quote_name
+    series, states = Timeseries._meta, RecordsSyncState._meta
+    state_of = qn(states.get_field("timeseries").column)
+    sql = (
+        f"SELECT count(*), sum(CASE WHEN s.{state_of} IS NULL THEN 1 ELSE 0 END), "
+        f"coalesce(sum(s.{qn('count')}), 0) "
+        f"FROM {qn(series.db_table)} t LEFT JOIN {qn(states.db_table)} s "
+        f"ON s.{state_of} = t.{qn(series.pk.column)} "
+        f"WHERE t.{qn(series.get_field('original_db').column)} = %s"
+    )
+    return tally.Tally(
+        SERIES_TALLY, [series.db_table, states.db_table], sql, [database.pk], width=3
+    )
+
+
 class ReplicatedSeries:
     """(remote pk, local pk, State or None) of the series replicated from ``database``,
     by remote pk, when iterated. ``listed`` (the remote pks of an incremental summary):
-    only those and the series with no state are read, if they are few; the others are
-    counted in SQL (``unread`` series holding ``unread_unchanged`` records)."""
+    only those and the series with no state are read, if they are few; the others
+    (``unread`` series holding ``unread_unchanged`` records, known once iterated) are
+    told by the series' tally, which an unchanged run reads as it is."""
 
-    def __init__(self, database, listed=None):
-        self.unread = self.unread_unchanged = 0
+    def __init__(self, database, listed=None, log=None):
+        self.total = self.held = 0
+        self.read = self.read_held = 0
         series = Timeseries._base_manager.filter(original_db=database)
         self.read_only = listed is not None and len(listed) <= LISTED_FILTER_MAX
         if self.read_only:
-            read = Q(records_sync_state__isnull=True) | Q(original_id__in=listed)
-            unread = series.exclude(read).aggregate(
-                n=Count("pk"), held=Sum("records_sync_state__count")
-            )
-            self.unread, self.unread_unchanged = unread["n"], unread["held"] or 0
+            figures = tally.figures(database, [series_tally(database)], log)
+            self.total, stateless, self.held = figures[SERIES_TALLY]
+            read = Q(original_id__in=listed)
+            if stateless:
+                read |= Q(records_sync_state__isnull=True)
             series = series.filter(read)
         self.series = series
+
+    @property
+    def unread(self):
+        return self.total - self.read if self.read_only else 0
+
+    @property
+    def unread_unchanged(self):
+        return self.held - self.read_held if self.read_only else 0
 
     def __iter__(self):
         rows = self.series.order_by("original_id").values_list(
@@ -176,4 +209,6 @@ class ReplicatedSeries:
         rows = rows if self.read_only else rows.iterator(chunk_size=10_000)
         for remote_pk, local_pk, count, start, end, checksum in rows:
             state = None if count is None else State(count, start, end, checksum)
+            self.read += 1
+            self.read_held += count or 0
             yield remote_pk, local_pk, state

@@ -110,7 +110,7 @@ class RecordsSync:
             started = time.monotonic()
             self.fetcher = BatchFetcher(self.database, self.client, urls["batch_url"], self.work)
             listed = list(summary) if incremental else None
-            series = ReplicatedSeries(self.database, listed)
+            series = ReplicatedSeries(self.database, listed, self.log)
             plan = plan_jobs(
                 summary,
                 series,
