@@ -10,16 +10,12 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from dbsync.models import Database, SyncRun, TaskCount
+from dbsync.models import Database, SyncRun
 from dbsync.runs import queues
-from dbsync.runs.tasks import sync_remote
 from hcore.models import Record
 from project.celery import app
-from tests.celery_helpers import FAST_RETRIES, Cluster, WorkerSpec, flush_redis, use_test_broker
-from tests.faultproxy import FaultProxy, model_path
 from tests.instance import Instance, free_port
 from tests.test_sync import register, sync
-from tests.test_tasks import wait_for_run, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -211,61 +207,6 @@ def test_stored_counts_of_another_shape_do_not_fail_the_scrape(live_server):
     found = figures(live_server)
     assert of(found, "dbsync_installed_total", remote="odd", kind="records") == 0
     assert of(found, "dbsync_runs_total", remote="odd", status="succeeded") == 4
-
-
-# --- the workers' tasks ---------------------------------------------------------------------
-
-FETCH, INSTALL, SYNC = (
-    "dbsync.tasks.fetch_dump",
-    "dbsync.tasks.install_run",
-    "dbsync.tasks.sync_remote",
-)
-
-
-def test_a_real_workers_tasks_are_counted_by_outcome_with_their_time(
-    live_server, remote, tmp_path
-):
-    """A real Celery worker (tests/celery_helpers.py) on the test Redis runs a sync that
-    succeeds, then one whose station dump the remote refuses (503): that fetch is retried
-    once (DBSYNC_TASK_MAX_RETRIES), then fails the run. Each execution is counted by the
-    worker process that ran it, and the scrape adds them up."""
-    saved = {key: app.conf[key] for key in ("broker_url", "result_backend")}
-    use_test_broker()
-    flush_redis()
-    cluster = Cluster(tmp_path, dict(FAST_RETRIES, DBSYNC_STORAGE_ROOT=tmp_path / "storage"))
-    proxy = FaultProxy(remote.url)
-    proxy.on(
-        model_path("station"),
-        lambda p, s, h, b: (503, {"Content-Type": "application/json"}, b'{"error": "busy"}'),
-    )
-    try:
-        cluster.use(WorkerSpec.of("counted", concurrency=2))
-        good = register(remote, name="good")
-        sync_remote.delay(good.pk)
-        assert wait_for_run(good).status == SyncRun.SUCCEEDED
-        busy = register(remote, name="busy", port=proxy.port)
-        sync_remote.delay(busy.pk)
-        assert wait_for_run(busy).status == SyncRun.FAILED
-        # an execution is counted as it ends: after what it wrote on its run
-        wait_until(lambda: TaskCount.objects.filter(task=FETCH, outcome="failed").exists())
-        wait_until(lambda: TaskCount.objects.filter(task=INSTALL).exists())
-        found = figures(live_server)
-    finally:
-        proxy.close()
-        cluster.stop()
-        app.conf.update(saved)
-        app._pool = None
-        app.amqp._producer_pool = None  # it holds the old pool otherwise
-    good_fetches = len(SyncRun.objects.get(database=good).fetch_plan["fetched"])
-    assert of(found, "dbsync_celery_tasks_total", task=SYNC, outcome="succeeded") == 2
-    assert of(found, "dbsync_celery_tasks_total", task=INSTALL, outcome="succeeded") == 1
-    assert of(found, "dbsync_celery_tasks_total", task=FETCH, outcome="retried") == 1
-    assert of(found, "dbsync_celery_tasks_total", task=FETCH, outcome="failed") == 1
-    fetched = of(found, "dbsync_celery_tasks_total", task=FETCH, outcome="succeeded")
-    assert fetched >= good_fetches > 0
-    assert of(found, "dbsync_celery_tasks_total", task=INSTALL, outcome="failed") is None
-    for task in (SYNC, FETCH, INSTALL):
-        assert of(found, "dbsync_celery_task_seconds_total", task=task) > 0
 
 
 def test_the_queues_waiting_messages_are_counted(live_server):
